@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * maps.h - every map of the medseg XDP program, in one place.
+ *
+ * All maps but the ring buffer are pinned under MEDSEG_PIN_DIR
+ * (/sys/fs/bpf/medseg/<bridge>/<abi-hash>), so a manager restart or crash
+ * leaves enforcement running and the next manager reuses them. BCC creates
+ * and pins a map that is not there yet, and opens it if it is.
+ *
+ * Policy and identity maps hold two generations side by side: every key
+ * starts with the generation, the program reads the active one once per
+ * packet (active_gen), and the manager flips that one slot after writing the
+ * new generation in full.
+ *
+ * Sizes come from the loader as -D options (from the config); the defaults
+ * here are what `medseg-xdp trace` and the tests use.
+ */
+#ifndef MEDSEG_MAPS_H
+#define MEDSEG_MAPS_H
+
+#include "medseg_abi.h"
+
+#ifndef MEDSEG_PIN_DIR
+#error "MEDSEG_PIN_DIR must name the bpffs directory for pinned maps"
+#endif
+#ifndef FLOW_TABLE_SIZE
+#define FLOW_TABLE_SIZE 65536
+#endif
+#ifndef DEVICE_TABLE_SIZE
+#define DEVICE_TABLE_SIZE 16384
+#endif
+#ifndef PREFIX_TABLE_SIZE
+#define PREFIX_TABLE_SIZE 4096
+#endif
+#ifndef RULE_TABLE_SIZE
+#define RULE_TABLE_SIZE 16384
+#endif
+#ifndef SEGMENT_TABLE_SIZE
+#define SEGMENT_TABLE_SIZE 1024
+#endif
+#ifndef FRAG_TABLE_SIZE
+#define FRAG_TABLE_SIZE 4096
+#endif
+#ifndef RING_PAGES
+#define RING_PAGES 256
+#endif
+
+#define PINNED(name) MEDSEG_PIN_DIR "/" #name
+
+/* The generation every lookup of this packet uses; the one slot a policy
+ * update flips. */
+BPF_TABLE_PINNED("array", u32, u32, active_gen, 1, PINNED(active_gen));
+
+/* Sampling and rail settings, changed at run time. */
+BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PINNED(settings));
+
+/* Bridge ports: the PVID that gives untagged frames their VLAN. */
+BPF_TABLE_PINNED("hash", struct port_key, struct port_info, ports, 256,
+		 PINNED(ports));
+
+/* Devices by (generation, MAC) -> segment and the port they live behind. */
+BPF_TABLE_PINNED("hash", struct device_key, struct endpoint_info, devices,
+		 2 * DEVICE_TABLE_SIZE, PINNED(devices));
+
+/* Hosts beyond the bridge by (generation, VLAN, prefix) -> segment. */
+BPF_TABLE_PINNED("lpm_trie", struct prefix4_key, struct endpoint_info,
+		 prefixes_v4, 2 * PREFIX_TABLE_SIZE, PINNED(prefixes_v4),
+		 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct prefix6_key, struct endpoint_info,
+		 prefixes_v6, 2 * PREFIX_TABLE_SIZE, PINNED(prefixes_v6),
+		 BPF_F_NO_PREALLOC);
+
+/* Configured DHCP servers and IPv6 routers, for the rails. */
+BPF_TABLE_PINNED("hash", struct rail_host_key, u32, rail_hosts, 512,
+		 PINNED(rail_hosts));
+
+/* Segment mode, default action and flags. */
+BPF_TABLE_PINNED("hash", struct segment_key, struct segment_info, segments,
+		 2 * SEGMENT_TABLE_SIZE, PINNED(segments));
+
+/* Rules: one LPM lookup answers exact port, port range and any port. */
+BPF_TABLE_PINNED("lpm_trie", struct rule_key, struct rule_verdict, rules,
+		 2 * RULE_TABLE_SIZE, PINNED(rules), BPF_F_NO_PREALLOC);
+
+/* Segment-pair defaults. */
+BPF_TABLE_PINNED("hash", struct pair_key, struct rule_verdict, pair_defaults,
+		 2 * RULE_TABLE_SIZE, PINNED(pair_defaults));
+
+/* The flow table, shared by all CPUs: the two directions of a flow enter on
+ * different ports and so on different CPUs. Denied flows get no entry. */
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_entry, flows,
+		 FLOW_TABLE_SIZE, PINNED(flows));
+
+/* First fragments' verdicts, for the fragments that follow them. */
+BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,
+		 FRAG_TABLE_SIZE, PINNED(frags));
+
+/* Packets and bytes by verdict * REASON_MAX + reason. */
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, stats,
+		 VERDICT_MAX * REASON_MAX, PINNED(stats));
+
+/* Packets and bytes decided by each rule id (defaults have ids too). */
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, rule_hits, MAX_RULE_IDS,
+		 PINNED(rule_hits));
+
+/* Map-pressure and ring-drop counters, index = enum medseg_pressure. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, pressure, PRESSURE_MAX,
+		 PINNED(pressure));
+
+/* Per CPU: what happened to the last packet (read by trace). */
+BPF_TABLE_PINNED("percpu_array", u32, struct decision, last_decision, 1,
+		 PINNED(last_decision));
+
+/* Per CPU token bucket for drop-event and flowless samples. */
+BPF_TABLE_PINNED("percpu_array", u32, struct event_budget, event_budget, 1,
+		 PINNED(event_budget));
+
+/* Samples to the manager. Not pinned: its consumer is the manager itself. */
+BPF_RINGBUF_OUTPUT(samples, RING_PAGES);
+
+#endif /* MEDSEG_MAPS_H */

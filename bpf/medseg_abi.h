@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * medseg_abi.h - every struct and constant shared by the XDP program and the
+ * Python manager. This file is the single source of truth: medseg_xdp/abi.py
+ * parses it (it must stay within the subset that parser reads: #define NAME
+ * number, enums with optional "= number", structs of u8/u16/u32/u64 scalars
+ * and fixed arrays), and tests/test_abi.py proves that the parsed layouts
+ * equal the ones clang gives the BPF maps.
+ *
+ * Rules for editing: explicit padding, keys zero-initialised and a multiple
+ * of 4 bytes, no implicit holes. Changing anything here changes the ABI hash,
+ * and so the bpffs pin directory: old pinned maps are never reused with a
+ * new layout.
+ */
+#ifndef MEDSEG_ABI_H
+#define MEDSEG_ABI_H
+
+/* Verdict of one packet. AUDIT = policy says drop, the segment is in monitor
+ * mode (or the rule's action is audit): the packet passes and is counted. */
+enum medseg_verdict {
+	VERDICT_PASS = 0,
+	VERDICT_DROP = 1,
+	VERDICT_AUDIT = 2,
+	VERDICT_MAX = 3,
+};
+
+/* Why a packet got its verdict. Fixed early: metrics label on it, so only
+ * ever append (before REASON_MAX). */
+enum medseg_reason {
+	REASON_RULE = 0,              /* an explicit rule matched */
+	REASON_PAIR_DEFAULT = 1,      /* the segment pair's default */
+	REASON_SEGMENT_DEFAULT = 2,   /* the source segment's default */
+	REASON_ESTABLISHED = 3,       /* flow hit, initiator's direction */
+	REASON_REPLY = 4,             /* flow hit, responder's direction */
+	REASON_RELATED_ICMP = 5,      /* ICMP error quoting a flow in the table */
+	REASON_RAIL_ARP = 6,
+	REASON_RAIL_ND = 7,           /* NS/NA (hop limit 255), RS, MLD */
+	REASON_RAIL_RA = 8,           /* router advertisement from a known router */
+	REASON_RAIL_DHCP = 9,         /* DHCP/DHCPv6 client traffic, known servers' replies */
+	REASON_RAIL_L2_CONTROL = 10,  /* STP, LACP, LLDP, EAPOL */
+	REASON_RAIL_MGMT = 11,        /* a management segment is an endpoint */
+	REASON_FRAGMENT = 12,         /* non-first fragment, first fragment's verdict */
+	REASON_FRAGMENT_ORPHAN = 13,  /* non-first fragment whose first was not seen */
+	REASON_MALFORMED = 14,        /* a frame the receiver's stack must discard */
+	REASON_UNSUPPORTED_ETHERTYPE = 15,
+	REASON_SPOOFED = 16,          /* MAC or prefix seen behind the wrong port */
+	REASON_MAX = 17,
+};
+
+/* Rule and default actions (config words allow / drop / audit). */
+enum medseg_action {
+	ACTION_ALLOW = 0,
+	ACTION_DROP = 1,
+	ACTION_AUDIT = 2,
+};
+
+enum medseg_mode {
+	MODE_MONITOR = 0,
+	MODE_ENFORCE = 1,
+};
+
+/* Why a packet was copied into the sample ring buffer (0: it was not). */
+enum medseg_sample_kind {
+	SAMPLE_NONE = 0,
+	SAMPLE_FIRST_PACKETS = 1,  /* one of the first K packets of a flow */
+	SAMPLE_DHCP = 2,           /* every DHCP / DHCPv6 packet */
+	SAMPLE_ONE_IN_N = 3,       /* every N-th packet of a flow */
+	SAMPLE_DROP_EVENT = 4,     /* a dropped packet, rate limited */
+	SAMPLE_FLOWLESS = 5,       /* ARP, ND, unknown EtherType; rate limited */
+};
+
+/* Map-pressure and ring-drop counters (per CPU array, index = enum). */
+enum medseg_pressure {
+	PRESSURE_FLOW_INSERT_FAILED = 0,  /* allowed flow got no entry */
+	PRESSURE_FLOW_INSERT_RACE = 1,    /* other CPU inserted first (benign) */
+	PRESSURE_FRAG_INSERT_FAILED = 2,
+	PRESSURE_RING_FULL = 3,           /* sample wanted, ring buffer full */
+	PRESSURE_EVENT_RATE_LIMITED = 4,  /* drop/flowless sample over budget */
+	PRESSURE_MAX = 5,
+};
+
+/* Flags in struct decision.flags */
+#define DECISION_NEW_FLOW 1      /* this packet created a flow entry */
+#define DECISION_MIDSTREAM 2     /* TCP without SYN picked up mid-stream */
+#define DECISION_REVALIDATED 4   /* flow entry of an older generation re-judged */
+#define DECISION_NO_FLOW_ENTRY 8 /* allowed, but the flow insert failed */
+
+/* Flags in struct segment_info.flags */
+#define SEGMENT_MGMT 1           /* management hosts: every flow passes (rail) */
+#define SEGMENT_LIFE_CRITICAL 2  /* holds life-critical devices */
+
+/* Flags in struct rail_host value */
+#define RAIL_HOST_DHCP_SERVER 1
+#define RAIL_HOST_ROUTER 2
+
+/* Flags in struct settings.flags */
+#define SETTING_DROP_UNKNOWN_ETHERTYPE 1
+#define SETTING_DHCP_SERVERS_LISTED 2  /* server replies only from rail_hosts */
+#define SETTING_ROUTERS_LISTED 4       /* RAs only from rail_hosts */
+
+/* Pseudo-segments that policy can name. */
+#define SEGMENT_UNASSIGNED 0
+#define SEGMENT_MULTICAST 65534
+#define SEGMENT_BROADCAST 65535
+
+#define FAMILY_IPV4 4
+#define FAMILY_IPV6 6
+
+/* Rule ids index the per-rule counters; 0 means "no rule" (rails etc.). */
+#define MAX_RULE_IDS 16384
+#define SAMPLE_SNAPLEN 512
+#define MAX_IPV6_EXT_HEADERS 6
+/* events_per_sec at this value never limits (tests and trace use it). */
+#define EVENTS_UNLIMITED 4294967295
+
+/* ---- configuration, one slot each ---- */
+
+struct settings {
+	u32 sample_first_packets;  /* K: first K packets of every flow */
+	u32 sample_one_in_n;       /* N: then every N-th packet; 0 = off */
+	u32 events_per_sec;        /* drop + flowless samples, token rate; 0 = off */
+	u32 events_burst;          /* token bucket depth */
+	u32 flags;                 /* SETTING_* */
+	u32 snaplen;               /* bytes copied per sample, <= SAMPLE_SNAPLEN */
+};
+
+/* ---- identity ---- */
+
+struct device_key {
+	u32 gen;
+	u8 mac[6];
+	u16 pad;
+};
+
+/* Value of devices and of both prefix tries. */
+struct endpoint_info {
+	u16 segment;
+	u16 flags;
+	u32 ifindex;  /* port it must be seen behind; 0 = any */
+};
+
+/* LPM: prefixlen counts gen (32) + vlan (16) + address bits. */
+struct prefix4_key {
+	u32 prefixlen;
+	u32 gen;
+	u16 vlan;
+	u8 addr[4];
+	u16 pad;
+};
+
+struct prefix6_key {
+	u32 prefixlen;
+	u32 gen;
+	u16 vlan;
+	u8 addr[16];
+	u16 pad;
+};
+
+struct port_key {
+	u32 ifindex;
+};
+
+struct port_info {
+	u16 pvid;  /* VLAN of untagged frames on this port, for identity */
+	u16 pad;
+};
+
+struct rail_host_key {
+	u32 gen;
+	u8 addr[16];
+	u8 family;
+	u8 pad[3];
+};
+
+/* ---- policy ---- */
+
+struct segment_key {
+	u32 gen;
+	u16 segment;
+	u16 pad;
+};
+
+struct segment_info {
+	u32 default_rule_id;
+	u8 mode;            /* MODE_* */
+	u8 default_action;  /* ACTION_* */
+	u8 flags;           /* SEGMENT_* */
+	u8 pad;
+};
+
+/* LPM: prefixlen = 80 + matched port bits (0 = any port, 16 = exact port);
+ * a port range is split into prefixes. port_be is in network byte order so
+ * that prefixes of the port are prefixes of the key. For ICMP the "port" is
+ * the ICMP type. */
+struct rule_key {
+	u32 prefixlen;
+	u32 gen;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 proto;
+	u8 pad;
+	u16 port_be;
+};
+
+struct rule_verdict {
+	u32 rule_id;
+	u8 action;
+	u8 pad[3];
+};
+
+struct pair_key {
+	u32 gen;
+	u16 src_segment;
+	u16 dst_segment;
+};
+
+/* ---- flows ---- */
+
+/* Normalised 5-tuple + VLAN: (addr_lo, port_lo) is the smaller endpoint, by
+ * comparing the address as four native-endian u32 words, then the port as
+ * stored (network order). IPv4 uses the first 4 address bytes. ICMP echo uses
+ * the identifier as both ports; other ICMP uses 0. */
+struct flow_key {
+	u8 addr_lo[16];
+	u8 addr_hi[16];
+	u16 port_lo;
+	u16 port_hi;
+	u16 vlan;
+	u8 proto;
+	u8 family;
+};
+
+/* Direction 0 = initiator -> responder, 1 = replies. */
+struct flow_entry {
+	u64 packets[2];
+	u64 bytes[2];
+	u64 first_seen_ns;
+	u64 last_seen_ns;
+	u32 gen;
+	u32 rule_id;
+	u16 src_segment;   /* initiator's */
+	u16 dst_segment;   /* responder's */
+	u8 verdict;
+	u8 reason;         /* the reason of the decision that created it */
+	u8 initiator_is_lo;
+	u8 flags;          /* DECISION_MIDSTREAM */
+	u8 tcp_flags[2];   /* OR of all TCP flags seen, per direction */
+	u16 policy_port;   /* the initiator's, to re-judge on a new generation */
+	u8 pad[4];
+};
+
+struct frag_key {
+	u8 src[16];
+	u8 dst[16];
+	u32 id;
+	u8 proto;
+	u8 family;
+	u16 pad;
+};
+
+struct frag_verdict {
+	u32 gen;
+	u32 rule_id;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 verdict;
+	u8 reason;
+	u16 pad;
+};
+
+/* ---- accounting and trace ---- */
+
+struct counter {
+	u64 packets;
+	u64 bytes;
+};
+
+/* Written at the program's single exit: what happened to the last packet on
+ * this CPU. `medseg-xdp trace` reads it after each BPF_PROG_TEST_RUN. */
+struct decision {
+	u64 seq;           /* packets judged on this CPU */
+	u32 gen;
+	u32 rule_id;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 verdict;
+	u8 reason;
+	u8 sample_kind;    /* SAMPLE_* wanted for this packet */
+	u8 flags;          /* DECISION_* */
+};
+
+struct event_budget {
+	u64 last_refill_ns;
+	u64 tokens;
+};
+
+/* Ring buffer record: this header, then captured_len bytes of the frame
+ * from its first byte. */
+struct sample_header {
+	u64 timestamp_ns;
+	u32 ifindex;
+	u32 packet_len;
+	u32 captured_len;
+	u32 rule_id;
+	u32 gen;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 verdict;
+	u8 reason;
+	u8 kind;
+	u8 pad;
+	u32 pad2;
+};
+
+#endif /* MEDSEG_ABI_H */

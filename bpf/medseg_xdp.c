@@ -1,0 +1,767 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * medseg_xdp.c - the XDP entry point on every port of the inline bridge.
+ *
+ * Per packet: parse -> rails -> (non-first fragment: first fragment's
+ * verdict) -> flow lookup. A flow hit on the active generation carries both
+ * segments and the verdict, so an established flow costs one hash lookup.
+ * Identity and policy run only on a miss or a stale generation. Every path
+ * leaves through finish(), which counts, samples and records the decision.
+ * The Python twin of this file is medseg_xdp/reference.py: change both.
+ */
+#include "parse.h"
+#include "maps.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+#define TCP_FLAG_SYN 0x02
+#define DHCP_SERVER_PORT 67
+#define DHCP_CLIENT_PORT 68
+#define DHCP6_CLIENT_PORT 546
+#define DHCP6_SERVER_PORT 547
+#define ND_HOP_LIMIT 255
+
+static __always_inline void count_pressure(u32 what)
+{
+	u64 *counter = pressure.lookup(&what);
+
+	if (counter)
+		*counter += 1;
+}
+
+static __always_inline void set_decision(struct decision *d, u8 verdict,
+					 u8 reason, u32 rule_id)
+{
+	d->verdict = verdict;
+	d->reason = reason;
+	d->rule_id = rule_id;
+}
+
+/* A DHCP sample, decided first, outranks the flow's sampling. */
+static __always_inline void want_sample(struct decision *d, u8 kind)
+{
+	if (d->sample_kind == SAMPLE_NONE)
+		d->sample_kind = kind;
+}
+
+/* ---- identity ---- */
+
+static __always_inline void identify(u32 gen, u16 vlan, u8 *mac, u32 *addr,
+				     u8 family, struct endpoint_info *out)
+{
+	out->flags = 0;
+	out->ifindex = 0;
+	if (mac[0] & 1) {
+		int bcast = (mac[0] & mac[1] & mac[2] & mac[3] & mac[4] &
+			     mac[5]) == 0xff;
+		out->segment = bcast ? SEGMENT_BROADCAST : SEGMENT_MULTICAST;
+		return;
+	}
+
+	struct device_key dk = { .gen = gen };
+	__builtin_memcpy(dk.mac, mac, 6);
+	struct endpoint_info *found = devices.lookup(&dk);
+	if (found) {
+		*out = *found;
+		return;
+	}
+
+	/* A VLAN-specific prefix first, then the prefixes valid on any VLAN
+	 * (vlan 0 in the key). */
+	if (family == FAMILY_IPV4) {
+		struct prefix4_key k = { .prefixlen = 32 + 16 + 32, .gen = gen,
+					 .vlan = vlan };
+		__builtin_memcpy(k.addr, addr, 4);
+		found = prefixes_v4.lookup(&k);
+		if (!found && vlan) {
+			k.vlan = 0;
+			found = prefixes_v4.lookup(&k);
+		}
+	} else {
+		struct prefix6_key k = { .prefixlen = 32 + 16 + 128,
+					 .gen = gen, .vlan = vlan };
+		__builtin_memcpy(k.addr, addr, 16);
+		found = prefixes_v6.lookup(&k);
+		if (!found && vlan) {
+			k.vlan = 0;
+			found = prefixes_v6.lookup(&k);
+		}
+	}
+	if (found) {
+		*out = *found;
+		return;
+	}
+	out->segment = SEGMENT_UNASSIGNED;
+}
+
+/* A segment without an entry is in monitor mode and allows by default. */
+static __always_inline void lookup_segment(u32 gen, u16 segment,
+					   struct segment_info *out)
+{
+	struct segment_key key = { .gen = gen, .segment = segment };
+	struct segment_info *info = segments.lookup(&key);
+
+	if (info) {
+		*out = *info;
+		return;
+	}
+	out->default_rule_id = 0;
+	out->mode = MODE_MONITOR;
+	out->default_action = ACTION_ALLOW;
+	out->flags = 0;
+}
+
+static __always_inline u8 verdict_of(u8 action, int enforce)
+{
+	if (action == ACTION_ALLOW)
+		return VERDICT_PASS;
+	if (action == ACTION_DROP && enforce)
+		return VERDICT_DROP;
+	return VERDICT_AUDIT;
+}
+
+static __always_inline u16 vlan_for_identity(struct xdp_md *ctx,
+					     struct packet *pkt)
+{
+	if (pkt->vlan)
+		return pkt->vlan;
+	struct port_key key = { .ifindex = ctx->ingress_ifindex };
+	struct port_info *port = ports.lookup(&key);
+	return port ? port->pvid : 0;
+}
+
+/* ---- policy ---- */
+
+struct judge_args {
+	u8 *src_mac;
+	u8 *dst_mac;
+	u32 *src_addr;
+	u32 *dst_addr;
+	u16 vlan;
+	u16 policy_port;
+	u8 family;
+	u8 proto;
+	u8 check_spoof;  /* the source is this packet's sender */
+};
+
+/* Both endpoints' segments into d; returns 1 when either segment enforces.
+ * src_out gives the caller the sender's binding for the spoofing check. */
+static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
+					     struct decision *d,
+					     struct endpoint_info *src,
+					     u8 *combined_flags,
+					     struct segment_info *src_info)
+{
+	struct endpoint_info dst;
+	struct segment_info dst_info;
+
+	identify(gen, a->vlan, a->src_mac, a->src_addr, a->family, src);
+	identify(gen, a->vlan, a->dst_mac, a->dst_addr, a->family, &dst);
+	d->src_segment = src->segment;
+	d->dst_segment = dst.segment;
+	lookup_segment(gen, src->segment, src_info);
+	lookup_segment(gen, dst.segment, &dst_info);
+	*combined_flags = src_info->flags | dst_info.flags;
+	return src_info->mode == MODE_ENFORCE || dst_info.mode == MODE_ENFORCE;
+}
+
+/* Identity then policy for one direction: the most specific rule, the
+ * segment pair's default, the source segment's default. A would-drop is
+ * enforced when either endpoint's segment enforces. */
+static __always_inline void judge(struct xdp_md *ctx, u32 gen,
+				  struct judge_args *a, struct decision *d)
+{
+	struct endpoint_info src;
+	struct segment_info src_info;
+	u8 flags;
+	int enforce = resolve_endpoints(gen, a, d, &src, &flags, &src_info);
+
+	if (a->check_spoof && src.ifindex &&
+	    src.ifindex != ctx->ingress_ifindex) {
+		set_decision(d, enforce ? VERDICT_DROP : VERDICT_AUDIT,
+			     REASON_SPOOFED, 0);
+		return;
+	}
+	if (flags & SEGMENT_MGMT) {
+		set_decision(d, VERDICT_PASS, REASON_RAIL_MGMT, 0);
+		return;
+	}
+
+	struct rule_key rk = {
+		.prefixlen = 96,
+		.gen = gen,
+		.src_segment = d->src_segment,
+		.dst_segment = d->dst_segment,
+		.proto = a->proto,
+		.port_be = bpf_htons(a->policy_port),
+	};
+	struct rule_verdict *rule = rules.lookup(&rk);
+	if (rule) {
+		set_decision(d, verdict_of(rule->action, enforce), REASON_RULE,
+			     rule->rule_id);
+		return;
+	}
+	struct pair_key pk = { .gen = gen, .src_segment = d->src_segment,
+			       .dst_segment = d->dst_segment };
+	rule = pair_defaults.lookup(&pk);
+	if (rule) {
+		set_decision(d, verdict_of(rule->action, enforce),
+			     REASON_PAIR_DEFAULT, rule->rule_id);
+		return;
+	}
+	set_decision(d, verdict_of(src_info.default_action, enforce),
+		     REASON_SEGMENT_DEFAULT, src_info.default_rule_id);
+}
+
+/* ---- flows ---- */
+
+/* Returns 1 when the packet's sender is the key's lo endpoint. */
+static __always_inline int make_flow_key(struct packet *pkt,
+					 struct flow_key *key)
+{
+	int src_is_lo = 1;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (pkt->src[i] != pkt->dst[i]) {
+			src_is_lo = pkt->src[i] < pkt->dst[i];
+			goto decided;
+		}
+	}
+	src_is_lo = pkt->sport <= pkt->dport;
+decided:
+	key->proto = pkt->proto;
+	key->family = pkt->family;
+	key->vlan = pkt->vlan;
+	if (src_is_lo) {
+		__builtin_memcpy(key->addr_lo, pkt->src, 16);
+		__builtin_memcpy(key->addr_hi, pkt->dst, 16);
+		key->port_lo = pkt->sport;
+		key->port_hi = pkt->dport;
+	} else {
+		__builtin_memcpy(key->addr_lo, pkt->dst, 16);
+		__builtin_memcpy(key->addr_hi, pkt->src, 16);
+		key->port_lo = pkt->dport;
+		key->port_hi = pkt->sport;
+	}
+	return src_is_lo;
+}
+
+static __always_inline void account(struct flow_entry *e, int dir,
+				    struct packet *pkt, u64 now)
+{
+	__sync_fetch_and_add(&e->packets[dir & 1], 1);
+	__sync_fetch_and_add(&e->bytes[dir & 1], pkt->len);
+	if (e->last_seen_ns != now)
+		e->last_seen_ns = now;
+	/* Plain OR: a lost flag bit between two CPUs costs less than an
+	 * atomic on every TCP packet. */
+	if ((e->tcp_flags[dir & 1] | pkt->tcp_flags) != e->tcp_flags[dir & 1])
+		e->tcp_flags[dir & 1] |= pkt->tcp_flags;
+}
+
+/* First K packets of a flow, then every N-th: from the flow's own packet
+ * count, so the choice is deterministic. */
+static __always_inline u8 flow_sample_kind(struct flow_entry *e,
+					   struct settings *s)
+{
+	u64 total = e->packets[0] + e->packets[1];
+
+	if (total <= s->sample_first_packets)
+		return SAMPLE_FIRST_PACKETS;
+	if (s->sample_one_in_n && total % s->sample_one_in_n == 0)
+		return SAMPLE_ONE_IN_N;
+	return SAMPLE_NONE;
+}
+
+static __always_inline void fill_judge_args(struct judge_args *a,
+					    struct packet *pkt, u16 vlan,
+					    int reverse, u16 policy_port)
+{
+	a->vlan = vlan;
+	a->family = pkt->family;
+	a->proto = pkt->proto;
+	a->policy_port = policy_port;
+	a->check_spoof = !reverse;
+	if (reverse) {
+		a->src_mac = pkt->eth_dst;
+		a->dst_mac = pkt->eth_src;
+		a->src_addr = pkt->dst;
+		a->dst_addr = pkt->src;
+	} else {
+		a->src_mac = pkt->eth_src;
+		a->dst_mac = pkt->eth_dst;
+		a->src_addr = pkt->src;
+		a->dst_addr = pkt->dst;
+	}
+}
+
+/* The flow path: hit, stale hit, or a new flow. */
+static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
+					struct packet *pkt, struct settings *s,
+					u64 now, struct decision *d)
+{
+	struct flow_key key = {};
+	struct judge_args args;
+	int src_is_lo = make_flow_key(pkt, &key);
+	u16 vlan = vlan_for_identity(ctx, pkt);
+	struct flow_entry *e = flows.lookup(&key);
+
+	if (e) {
+		int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
+
+		if (e->gen == gen) {
+			set_decision(d, e->verdict,
+				     dir ? REASON_REPLY : REASON_ESTABLISHED,
+				     e->rule_id);
+			d->src_segment = e->src_segment;
+			d->dst_segment = e->dst_segment;
+		} else {
+			/* Re-judge the initiator's direction under the
+			 * active policy. */
+			fill_judge_args(&args, pkt, vlan, dir, e->policy_port);
+			args.check_spoof = 0;
+			judge(ctx, gen, &args, d);
+			d->flags |= DECISION_REVALIDATED;
+			if (d->verdict == VERDICT_DROP) {
+				flows.delete(&key);
+				return;
+			}
+			e->verdict = d->verdict;
+			e->reason = d->reason;
+			e->rule_id = d->rule_id;
+			e->src_segment = d->src_segment;
+			e->dst_segment = d->dst_segment;
+			e->gen = gen;
+		}
+		account(e, dir, pkt, now);
+		want_sample(d, flow_sample_kind(e, s));
+		return;
+	}
+
+	fill_judge_args(&args, pkt, vlan, 0, pkt->policy_port);
+	judge(ctx, gen, &args, d);
+	int initiator_is_lo = src_is_lo;
+	u16 initiator_port = pkt->policy_port;
+
+	/* Mid-stream pickup: a TCP segment without SYN belongs to a flow that
+	 * began before we saw it; judge it from the other side too, and keep
+	 * the more permissive answer (pass > audit > drop). */
+	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_FLAG_SYN) &&
+	    d->verdict != VERDICT_PASS) {
+		struct decision other = {};
+		u16 reply_port = bpf_ntohs(pkt->sport);
+
+		fill_judge_args(&args, pkt, vlan, 1, reply_port);
+		judge(ctx, gen, &args, &other);
+		if (other.verdict == VERDICT_PASS ||
+		    (other.verdict == VERDICT_AUDIT &&
+		     d->verdict == VERDICT_DROP)) {
+			set_decision(d, other.verdict, other.reason,
+				     other.rule_id);
+			d->src_segment = other.src_segment;
+			d->dst_segment = other.dst_segment;
+			initiator_is_lo = !src_is_lo;
+			initiator_port = reply_port;
+		}
+		d->flags |= DECISION_MIDSTREAM;
+	}
+	if (d->verdict == VERDICT_DROP)
+		return;  /* denied flows get no entry: a scan cannot evict */
+
+	struct flow_entry fresh = {
+		.first_seen_ns = now,
+		.last_seen_ns = now,
+		.gen = gen,
+		.rule_id = d->rule_id,
+		.src_segment = d->src_segment,
+		.dst_segment = d->dst_segment,
+		.verdict = d->verdict,
+		.reason = d->reason,
+		.initiator_is_lo = initiator_is_lo,
+		.flags = d->flags & DECISION_MIDSTREAM,
+		.policy_port = initiator_port,
+	};
+	int dir = src_is_lo == initiator_is_lo ? 0 : 1;
+
+	if (dir) {
+		fresh.packets[1] = 1;
+		fresh.bytes[1] = pkt->len;
+		fresh.tcp_flags[1] = pkt->tcp_flags;
+	} else {
+		fresh.packets[0] = 1;
+		fresh.bytes[0] = pkt->len;
+		fresh.tcp_flags[0] = pkt->tcp_flags;
+	}
+	int err = flows.insert(&key, &fresh);
+	if (err == 0) {
+		d->flags |= DECISION_NEW_FLOW;
+		want_sample(d, flow_sample_kind(&fresh, s));
+		return;
+	}
+	/* Lost the race to the other direction's CPU: count into its entry. */
+	e = flows.lookup(&key);
+	if (e) {
+		dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
+		count_pressure(PRESSURE_FLOW_INSERT_RACE);
+		set_decision(d, e->verdict,
+			     dir ? REASON_REPLY : REASON_ESTABLISHED, e->rule_id);
+		account(e, dir, pkt, now);
+		want_sample(d, flow_sample_kind(e, s));
+		return;
+	}
+	count_pressure(PRESSURE_FLOW_INSERT_FAILED);
+	d->flags |= DECISION_NO_FLOW_ENTRY;
+}
+
+/* ---- rails, fragments, ICMP errors ---- */
+
+#define ND_ROUTER_SOLICIT 133
+#define ND_ROUTER_ADVERT 134
+#define ND_NEIGHBOR_SOLICIT 135
+#define ND_NEIGHBOR_ADVERT 136
+#define MLD_QUERY 130
+#define MLD_REPORT 131
+#define MLD_DONE 132
+#define MLD2_REPORT 143
+
+static __always_inline int is_rail_host(u32 gen, struct packet *pkt, u32 flag)
+{
+	struct rail_host_key key = { .gen = gen, .family = pkt->family };
+
+	__builtin_memcpy(key.addr, pkt->src, 16);
+	u32 *flags = rail_hosts.lookup(&key);
+	return flags && (*flags & flag);
+}
+
+/* The network's plumbing works under any policy. Returns 1 when a rail
+ * decided the packet. An unlisted DHCP server or router falls through to
+ * policy (its packets are still sampled, for the rogue-server alert). */
+static __always_inline int rails(u32 gen, struct packet *pkt,
+				 struct settings *s, struct decision *d)
+{
+	if (!pkt->has_l4)
+		return 0;
+	if (pkt->proto == IPPROTO_UDP) {
+		u16 sport = bpf_ntohs(pkt->sport), dport = bpf_ntohs(pkt->dport);
+
+		if ((sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT) ||
+		    (sport == DHCP6_CLIENT_PORT && dport == DHCP6_SERVER_PORT)) {
+			d->sample_kind = SAMPLE_DHCP;
+			set_decision(d, VERDICT_PASS, REASON_RAIL_DHCP, 0);
+			return 1;
+		}
+		if ((sport == DHCP_SERVER_PORT && dport == DHCP_CLIENT_PORT) ||
+		    (sport == DHCP6_SERVER_PORT && dport == DHCP6_CLIENT_PORT)) {
+			d->sample_kind = SAMPLE_DHCP;
+			if (!(s->flags & SETTING_DHCP_SERVERS_LISTED) ||
+			    is_rail_host(gen, pkt, RAIL_HOST_DHCP_SERVER)) {
+				set_decision(d, VERDICT_PASS, REASON_RAIL_DHCP, 0);
+				return 1;
+			}
+		}
+		return 0;
+	}
+	if (pkt->proto != IPPROTO_ICMPV6)
+		return 0;
+
+	u8 type = pkt->icmp_type;
+	if ((type == ND_NEIGHBOR_SOLICIT || type == ND_NEIGHBOR_ADVERT ||
+	     type == ND_ROUTER_SOLICIT) && pkt->hop_limit == ND_HOP_LIMIT) {
+		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
+	} else if (type == MLD_QUERY || type == MLD_REPORT || type == MLD_DONE ||
+		   type == MLD2_REPORT) {
+		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
+	} else if (type == ND_ROUTER_ADVERT && pkt->hop_limit == ND_HOP_LIMIT &&
+		   (!(s->flags & SETTING_ROUTERS_LISTED) ||
+		    is_rail_host(gen, pkt, RAIL_HOST_ROUTER))) {
+		set_decision(d, VERDICT_PASS, REASON_RAIL_RA, 0);
+	} else {
+		return 0;
+	}
+	d->sample_kind = SAMPLE_FLOWLESS;
+	return 1;
+}
+
+static __always_inline void make_frag_key(struct packet *pkt,
+					  struct frag_key *key)
+{
+	__builtin_memcpy(key->src, pkt->src, 16);
+	__builtin_memcpy(key->dst, pkt->dst, 16);
+	key->id = pkt->frag_id;
+	key->proto = pkt->proto;
+	key->family = pkt->family;
+}
+
+/* A non-first fragment follows its first fragment's verdict. An orphan
+ * (first fragment never seen, or evicted) carries no ports to judge: it is
+ * dropped where an endpoint's segment enforces, audited elsewhere. */
+static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
+					   struct packet *pkt,
+					   struct decision *d)
+{
+	struct frag_key key = {};
+
+	make_frag_key(pkt, &key);
+	struct frag_verdict *first = frags.lookup(&key);
+	if (first) {
+		set_decision(d, first->verdict, REASON_FRAGMENT, first->rule_id);
+		d->src_segment = first->src_segment;
+		d->dst_segment = first->dst_segment;
+		return;
+	}
+
+	struct judge_args args;
+	struct endpoint_info src;
+	struct segment_info src_info;
+	u8 flags;
+
+	fill_judge_args(&args, pkt, vlan_for_identity(ctx, pkt), 0, 0);
+	int enforce = resolve_endpoints(gen, &args, d, &src, &flags, &src_info);
+	set_decision(d, enforce ? VERDICT_DROP : VERDICT_AUDIT,
+		     REASON_FRAGMENT_ORPHAN, 0);
+}
+
+static __always_inline void record_first_fragment(struct packet *pkt,
+						  struct decision *d)
+{
+	struct frag_key key = {};
+	struct frag_verdict v = {
+		.gen = d->gen,
+		.rule_id = d->rule_id,
+		.src_segment = d->src_segment,
+		.dst_segment = d->dst_segment,
+		.verdict = d->verdict,
+		.reason = d->reason,
+	};
+
+	make_frag_key(pkt, &key);
+	if (frags.update(&key, &v))
+		count_pressure(PRESSURE_FRAG_INSERT_FAILED);
+}
+
+static __always_inline int is_icmp_error(u8 proto, u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+		       type == ICMP_PARAMETERPROB;
+	return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
+}
+
+/* An ICMP error quotes the header of the packet it is about: when that
+ * packet's flow is in the table, the error passes with the flow (path-MTU
+ * discovery must work). Returns 1 when it found the flow. */
+static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
+					struct decision *d)
+{
+	void *end = (void *)(long)ctx->data_end;
+	u8 *quoted = pkt->l4 + 8;
+	struct packet inner = {};
+	u8 *l4;
+
+	if (pkt->family == FAMILY_IPV4) {
+		struct iphdr *ip = (void *)quoted;
+		if (BEYOND(ip + 1, end, pkt->l4_end))
+			return 0;
+		l4 = quoted + ip->ihl * 4;
+		inner.proto = ip->protocol;
+		__builtin_memcpy(inner.src, &ip->saddr, 4);
+		__builtin_memcpy(inner.dst, &ip->daddr, 4);
+	} else {
+		struct ipv6hdr *ip6 = (void *)quoted;
+		if (BEYOND(ip6 + 1, end, pkt->l4_end))
+			return 0;
+		l4 = (u8 *)(ip6 + 1);
+		inner.proto = ip6->nexthdr;
+		__builtin_memcpy(inner.src, &ip6->saddr, 16);
+		__builtin_memcpy(inner.dst, &ip6->daddr, 16);
+	}
+	/* RFC 792 guarantees 8 bytes of the quoted L4 header */
+	if (BEYOND(l4 + 8, end, pkt->l4_end))
+		return 0;
+	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
+		inner.sport = *(__be16 *)l4;
+		inner.dport = *(__be16 *)(l4 + 2);
+	} else if (IS_ICMP_PROTO(inner.proto) && is_icmp_echo(inner.proto, l4[0])) {
+		inner.sport = *(__be16 *)(l4 + 4);
+		inner.dport = inner.sport;
+	} else if (!IS_ICMP_PROTO(inner.proto)) {
+		return 0;
+	}
+	inner.family = pkt->family;
+	inner.vlan = pkt->vlan;
+
+	struct flow_key key = {};
+	make_flow_key(&inner, &key);
+	struct flow_entry *e = flows.lookup(&key);
+	if (!e)
+		return 0;
+	set_decision(d, e->verdict, REASON_RELATED_ICMP, e->rule_id);
+	d->src_segment = e->src_segment;
+	d->dst_segment = e->dst_segment;
+	return 1;
+}
+
+static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
+				      struct packet *pkt, struct settings *s,
+				      u64 now, struct decision *d)
+{
+	if (rails(gen, pkt, s, d))
+		return;
+	if (pkt->is_later_fragment) {
+		later_fragment(ctx, gen, pkt, d);
+		return;
+	}
+	if (IS_ICMP_PROTO(pkt->proto) && is_icmp_error(pkt->proto, pkt->icmp_type) &&
+	    related_icmp(ctx, pkt, d))
+		return;
+	handle_flow(ctx, gen, pkt, s, now, d);
+}
+
+/* ---- the single exit ---- */
+
+/* Token bucket for samples that have no flow to pace them. */
+static __always_inline int take_event_token(struct settings *s, u64 now)
+{
+	u32 zero = 0;
+
+	if (s->events_per_sec == EVENTS_UNLIMITED)
+		return 1;
+	struct event_budget *b = event_budget.lookup(&zero);
+	if (!b || !s->events_per_sec)
+		return 0;
+	u64 elapsed = now - b->last_refill_ns;
+	if (elapsed >= NSEC_PER_SEC) {
+		b->tokens = s->events_burst;
+		b->last_refill_ns = now;
+	} else {
+		u64 add = elapsed * s->events_per_sec / NSEC_PER_SEC;
+		if (add) {
+			b->tokens += add;
+			if (b->tokens > s->events_burst)
+				b->tokens = s->events_burst;
+			b->last_refill_ns = now;
+		}
+	}
+	if (!b->tokens)
+		return 0;
+	b->tokens--;
+	return 1;
+}
+
+struct sample_record {
+	struct sample_header hdr;
+	u8 data[SAMPLE_SNAPLEN];
+};
+
+static __always_inline void emit_sample(struct xdp_md *ctx, struct packet *pkt,
+					struct decision *d, struct settings *s,
+					u64 now)
+{
+	struct sample_record *rec = samples.ringbuf_reserve(sizeof(*rec));
+
+	if (!rec) {
+		count_pressure(PRESSURE_RING_FULL);
+		return;
+	}
+	u32 cap = s->snaplen && s->snaplen < SAMPLE_SNAPLEN ? s->snaplen :
+							     SAMPLE_SNAPLEN;
+	if (cap > pkt->len)
+		cap = pkt->len;
+	/* The identity on 1..SAMPLE_SNAPLEN, written so that the verifier
+	 * sees the bound the helper needs. */
+	cap = ((cap - 1) & (SAMPLE_SNAPLEN - 1)) + 1;
+	rec->hdr.timestamp_ns = now;
+	rec->hdr.ifindex = ctx->ingress_ifindex;
+	rec->hdr.packet_len = pkt->len;
+	rec->hdr.rule_id = d->rule_id;
+	rec->hdr.gen = d->gen;
+	rec->hdr.src_segment = d->src_segment;
+	rec->hdr.dst_segment = d->dst_segment;
+	rec->hdr.verdict = d->verdict;
+	rec->hdr.reason = d->reason;
+	rec->hdr.kind = d->sample_kind;
+	rec->hdr.pad = 0;
+	rec->hdr.pad2 = 0;
+	rec->hdr.captured_len = bpf_xdp_load_bytes(ctx, 0, rec->data, cap) ? 0 : cap;
+	samples.ringbuf_submit(rec, 0);
+}
+
+static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
+				  struct decision *d, struct settings *s,
+				  u64 now)
+{
+	u32 index = d->verdict * REASON_MAX + d->reason;
+	struct counter *c = stats.lookup(&index);
+
+	if (c) {
+		c->packets++;
+		c->bytes += pkt->len;
+	}
+	u32 rule = d->rule_id;
+	if (rule && rule < MAX_RULE_IDS) {
+		c = rule_hits.lookup(&rule);
+		if (c) {
+			c->packets++;
+			c->bytes += pkt->len;
+		}
+	}
+	if (pkt->is_fragment && !pkt->is_later_fragment)
+		record_first_fragment(pkt, d);
+
+	if (d->sample_kind == SAMPLE_NONE && d->verdict == VERDICT_DROP)
+		d->sample_kind = SAMPLE_DROP_EVENT;
+	if ((d->sample_kind == SAMPLE_DROP_EVENT ||
+	     d->sample_kind == SAMPLE_FLOWLESS) && !take_event_token(s, now)) {
+		if (s->events_per_sec)
+			count_pressure(PRESSURE_EVENT_RATE_LIMITED);
+		d->sample_kind = SAMPLE_NONE;
+	}
+	if (d->sample_kind != SAMPLE_NONE)
+		emit_sample(ctx, pkt, d, s, now);
+
+	u32 zero = 0;
+	struct decision *last = last_decision.lookup(&zero);
+	if (last) {
+		d->seq = last->seq + 1;
+		*last = *d;
+	}
+	return d->verdict == VERDICT_DROP ? XDP_DROP : XDP_PASS;
+}
+
+int xdp_medseg(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct decision d = {};
+	struct settings s = {};
+	u32 zero = 0;
+
+	u32 *gen = active_gen.lookup(&zero);
+	if (gen)
+		d.gen = *gen;
+	struct settings *configured = settings.lookup(&zero);
+	if (configured)
+		s = *configured;
+	u64 now = bpf_ktime_get_coarse_ns();
+
+	switch (parse_packet(ctx, &pkt)) {
+	case PARSE_IP:
+		handle_ip(ctx, d.gen, &pkt, &s, now, &d);
+		break;
+	case PARSE_ARP:
+		set_decision(&d, VERDICT_PASS, REASON_RAIL_ARP, 0);
+		d.sample_kind = SAMPLE_FLOWLESS;
+		break;
+	case PARSE_L2_CONTROL:
+		set_decision(&d, VERDICT_PASS, REASON_RAIL_L2_CONTROL, 0);
+		break;
+	case PARSE_OTHER_ETHERTYPE:
+		set_decision(&d, s.flags & SETTING_DROP_UNKNOWN_ETHERTYPE ?
+				 VERDICT_DROP : VERDICT_PASS,
+			     REASON_UNSUPPORTED_ETHERTYPE, 0);
+		d.sample_kind = SAMPLE_FLOWLESS;
+		break;
+	default:
+		set_decision(&d, VERDICT_DROP, REASON_MALFORMED, 0);
+	}
+	return finish(ctx, &pkt, &d, &s, now);
+}
