@@ -12,7 +12,7 @@
 #include "parse.h"
 #include "maps.h"
 
-#define NSEC_PER_SEC 1000000000ULL
+#define ONE_SECOND_NS 1000000000ULL
 #define TCP_FLAG_SYN 0x02
 #define DHCP_SERVER_PORT 67
 #define DHCP_CLIENT_PORT 68
@@ -630,11 +630,11 @@ static __always_inline int take_event_token(struct settings *s, u64 now)
 	if (!b || !s->events_per_sec)
 		return 0;
 	u64 elapsed = now - b->last_refill_ns;
-	if (elapsed >= NSEC_PER_SEC) {
+	if (elapsed >= ONE_SECOND_NS) {
 		b->tokens = s->events_burst;
 		b->last_refill_ns = now;
 	} else {
-		u64 add = elapsed * s->events_per_sec / NSEC_PER_SEC;
+		u64 add = elapsed * s->events_per_sec / ONE_SECOND_NS;
 		if (add) {
 			b->tokens += add;
 			if (b->tokens > s->events_burst)

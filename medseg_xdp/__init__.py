@@ -1,0 +1,1 @@
+"""medseg-xdp: XDP micro-segmentation for hospital networks."""

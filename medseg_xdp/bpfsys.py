@@ -1,0 +1,280 @@
+"""Thin typed wrappers over the bpf() calls we use, through the libbpf inside BCC.
+
+Map access goes by file descriptor, so tools that only read or write pinned
+state (status, trace's map setup, break-glass) need neither a compile nor
+BCC's table classes. Keys and values are ctypes structures from abi.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterator
+from typing import TypeVar
+
+from bcc import libbcc  # Debian's python3-bpfcc
+
+_lib = libbcc.lib
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+# libbpf symbols BCC does not declare for ctypes.
+_lib.bpf_xdp_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+_lib.bpf_xdp_detach.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
+_lib.bpf_xdp_query_id.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
+_lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+_lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+
+T = TypeVar("T", bound=ctypes.Structure)
+
+
+class BpfError(OSError):
+    """A bpf() call failed; the message names the call and the object."""
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno() or -ret
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def obj_get(path: str) -> int:
+    return _check(_lib.bpf_obj_get(path.encode()), f"open pinned {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(_lib.bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def possible_cpus() -> int:
+    """Per-CPU map values have one slot per possible CPU."""
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+class Map:
+    """One BPF map by fd, with fixed key and value ctypes types."""
+
+    def __init__(self, fd: int, name: str, key_type: type, value_type: type, percpu: bool = False) -> None:
+        self.fd = fd
+        self.name = name
+        self.key_type = key_type
+        self.value_type = value_type
+        self.percpu = percpu
+        self._slot = (ctypes.sizeof(value_type) + 7) // 8 * 8
+        self._ncpus = possible_cpus() if percpu else 1
+
+    def _value_buffer(self) -> ctypes.Array[ctypes.c_char]:
+        return ctypes.create_string_buffer(self._slot * self._ncpus)
+
+    def lookup(self, key: ctypes.Structure | ctypes._SimpleCData) -> ctypes.Structure | None:
+        """The value, or None; for per-CPU maps, CPU 0's (use lookup_percpu)."""
+        values = self.lookup_percpu(key)
+        return values[0] if values else None
+
+    def lookup_percpu(self, key: ctypes.Structure | ctypes._SimpleCData) -> list | None:
+        buf = self._value_buffer()
+        if _lib.bpf_lookup_elem(self.fd, ctypes.byref(key), buf) < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return None
+            _check(-1, f"lookup in {self.name}")
+        raw = buf.raw
+        return [self.value_type.from_buffer_copy(raw, cpu * self._slot) for cpu in range(self._ncpus)]
+
+    def update(self, key: ctypes.Structure | ctypes._SimpleCData, value: ctypes.Structure | ctypes._SimpleCData, flags: int = BPF_ANY) -> None:
+        if self.percpu:
+            buf = self._value_buffer()
+            for cpu in range(self._ncpus):
+                ctypes.memmove(ctypes.addressof(buf) + cpu * self._slot, ctypes.byref(value), ctypes.sizeof(value))
+            ret = _lib.bpf_update_elem(self.fd, ctypes.byref(key), buf, flags)
+        else:
+            ret = _lib.bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), flags)
+        _check(ret, f"update in {self.name}")
+
+    def update_raw(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        _check(_lib.bpf_update_elem(self.fd, key, value, flags), f"update in {self.name}")
+
+    def delete(self, key: ctypes.Structure | ctypes._SimpleCData | bytes) -> bool:
+        ref = key if isinstance(key, bytes) else ctypes.byref(key)
+        if _lib.bpf_delete_elem(self.fd, ref) < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return False
+            _check(-1, f"delete in {self.name}")
+        return True
+
+    def keys(self) -> Iterator[ctypes.Structure]:
+        """All keys; a key deleted meanwhile restarts nothing (kernel semantics)."""
+        key = self.key_type()
+        first = True
+        while True:
+            nxt = self.key_type()
+            ret = _lib.bpf_get_next_key(self.fd, None if first else ctypes.byref(key), ctypes.byref(nxt))
+            if ret < 0:
+                if ctypes.get_errno() == errno.ENOENT:
+                    return
+                _check(-1, f"iterate {self.name}")
+            yield nxt
+            key, first = nxt, False
+
+    def items(self) -> Iterator[tuple[ctypes.Structure, ctypes.Structure]]:
+        for key in list(self.keys()):
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def sum_percpu(self, key: ctypes.Structure | ctypes._SimpleCData) -> list[int] | None:
+        """Sum of a per-CPU value over CPUs, field by field (counters)."""
+        values = self.lookup_percpu(key)
+        if values is None:
+            return None
+        if isinstance(values[0], ctypes._SimpleCData):
+            return [sum(v.value for v in values)]
+        return [sum(getattr(v, name) for v in values) for name, _ in self.value_type._fields_]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _BpfProgInfo(ctypes.Structure):
+    # The leading fields of the kernel's struct bpf_prog_info (uapi, stable).
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+def prog_info(fd: int) -> tuple[int, str]:
+    """(id, name) of a loaded program."""
+    info = _BpfProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program info")
+    return info.id, info.name.decode()
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    try:
+        fd = prog_fd_by_id(prog_id)
+    except BpfError:
+        return None
+    try:
+        return prog_info(fd)[1]
+    finally:
+        os.close(fd)
+
+
+class _XdpAttachOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int)]
+
+
+def xdp_attached_id(ifindex: int, flags: int = 0) -> int:
+    """Id of the XDP program on an interface (in this thread's netns), 0 if none."""
+    prog_id = ctypes.c_uint32(0)
+    _check(_lib.bpf_xdp_query_id(ifindex, flags, ctypes.byref(prog_id)), f"query XDP on ifindex {ifindex}")
+    return prog_id.value
+
+
+def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: int = -1) -> None:
+    opts = None
+    if old_prog_fd >= 0:
+        opts = _XdpAttachOpts(ctypes.sizeof(_XdpAttachOpts), old_prog_fd)
+        flags |= XDP_FLAGS_REPLACE
+    _check(
+        _lib.bpf_xdp_attach(ifindex, prog_fd, flags, ctypes.byref(opts) if opts else None),
+        f"attach XDP to ifindex {ifindex}",
+    )
+
+
+def xdp_detach(ifindex: int, flags: int) -> None:
+    _check(_lib.bpf_xdp_detach(ifindex, flags, None), f"detach XDP from ifindex {ifindex}")
+
+
+class _TestRunOpts(ctypes.Structure):
+    # libbpf's struct bpf_test_run_opts
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class XdpMd(ctypes.Structure):
+    # uapi struct xdp_md, the context of a test run
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+def prog_test_run(
+    prog_fd: int,
+    frame: bytes,
+    ingress_ifindex: int = 0,
+    repeat: int = 1,
+    flags: int = 0,
+    batch_size: int = 0,
+) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN of an XDP program on one frame: (retval, ns per run).
+
+    ingress_ifindex must name an interface of this thread's network namespace
+    (0: loopback). With repeat > 1 every run after the first sees the state
+    the first one left (an established flow, for instance).
+    """
+    data = ctypes.create_string_buffer(frame, len(frame))
+    out = ctypes.create_string_buffer(len(frame) + 256)
+    ctx = XdpMd(data_end=len(frame), ingress_ifindex=ingress_ifindex)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.cast(data, ctypes.c_void_p),
+        data_size_in=len(frame),
+        data_out=None if flags & BPF_F_TEST_XDP_LIVE_FRAMES else ctypes.cast(out, ctypes.c_void_p),
+        data_size_out=0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else len(out),
+        ctx_in=ctypes.cast(ctypes.byref(ctx), ctypes.c_void_p),
+        ctx_size_in=ctypes.sizeof(ctx),
+        repeat=repeat,
+        flags=flags,
+        batch_size=batch_size,
+    )
+    _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return opts.retval, opts.duration

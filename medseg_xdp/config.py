@@ -1,0 +1,364 @@
+"""The TOML configuration: bridge ports, settings, rails, segments, rules.
+
+This is the format `medseg-xdp trace` reads; the policy issue extends it
+(device classes, VLAN segments, stable rule ids from the inventory) without
+replacing it. Every error names the file and the path of the bad value,
+e.g. ``policy.toml: rules[3].to: unknown segment 'pacs'``.
+
+    [bridge]
+    name = "br0"
+    ports = ["portA", "portB"]
+    pvid = { portA = 20 }            # VLAN of untagged frames, per port
+
+    [settings]
+    sample_first_packets = 8          # K
+    sample_one_in_n = 1000            # N (0: off)
+    events_per_sec = 100              # drop-event and flowless samples
+    events_burst = 200
+    snaplen = 512
+    unknown_ethertype = "pass"        # or "drop"
+
+    [rails]
+    dhcp_servers = ["10.0.0.1"]       # when set, other servers' replies meet policy
+    routers = ["fe80::1"]             # when set, other routers' RAs meet policy
+
+    [segments.pumps]
+    mode = "monitor"                  # or "enforce"
+    default = "drop"                  # the segment's default action
+    life_critical = true
+    macs = ["00:1a:2b:00:00:01"]
+    prefixes = ["10.20.0.0/16"]
+    vlan = 20                         # the prefixes hold on this VLAN only
+    port = "portA"                    # anti-spoofing: seen only behind this port
+
+    [[rules]]
+    id = "pumps-to-server"            # optional name, shown by trace and metrics
+    from = "pumps"
+    to = "pump-server"
+    proto = "tcp"                     # omit proto (and ports): the pair's default
+    ports = [443, "8000-8099"]        # omit: any port; for ICMP, ICMP types
+    action = "allow"                  # allow | drop | audit
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg_xdp import abi
+
+PSEUDO_SEGMENTS = {
+    "unassigned": abi.const("SEGMENT_UNASSIGNED"),
+    "multicast": abi.const("SEGMENT_MULTICAST"),
+    "broadcast": abi.const("SEGMENT_BROADCAST"),
+}
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+ACTIONS = {action.name: action for action in abi.Action}
+MODES = {mode.name: mode for mode in abi.Mode}
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_SEGMENT_ID = abi.const("SEGMENT_MULTICAST") - 1
+
+
+class ConfigError(ValueError):
+    """A configuration that must not be applied; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    id: int
+    mode: abi.Mode = abi.Mode.monitor
+    default: abi.Action = abi.Action.allow
+    life_critical: bool = False
+    management: bool = False
+    macs: tuple[str, ...] = ()
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    vlan: int = 0
+    port: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    src: str
+    dst: str
+    action: abi.Action
+    proto: int | None = None  # None: the segment pair's default
+    ports: tuple[tuple[int, int], ...] = ()  # inclusive ranges; empty: any
+
+    @property
+    def is_pair_default(self) -> bool:
+        return self.proto is None
+
+
+@dataclass(frozen=True)
+class Settings:
+    sample_first_packets: int = 8
+    sample_one_in_n: int = 1000
+    events_per_sec: int = 100
+    events_burst: int = 200
+    snaplen: int = abi.const("SAMPLE_SNAPLEN")
+    drop_unknown_ethertype: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    bridge: str = "br0"
+    ports: tuple[str, ...] = ()
+    pvid: dict[str, int] = field(default_factory=dict)
+    settings: Settings = Settings()
+    dhcp_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    routers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    segments: dict[str, Segment] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+
+    def segment_id(self, name: str) -> int:
+        return PSEUDO_SEGMENTS[name] if name in PSEUDO_SEGMENTS else self.segments[name].id
+
+    def segment_name(self, segment_id: int) -> str:
+        for name, number in PSEUDO_SEGMENTS.items():
+            if number == segment_id:
+                return name
+        for segment in self.segments.values():
+            if segment.id == segment_id:
+                return segment.name
+        return f"segment-{segment_id}"
+
+
+class _Reader:
+    """Typed access to one TOML document, with paths in every error."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {message}")
+
+    def table(self, data: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(path, "must be a table")
+        return value
+
+    def get(self, data: dict[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = data.get(key, default)
+        if value is not default and (not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = " or ".join(t.__name__ for t in _as_tuple(kind))
+            raise self.fail(path, f"must be {names}, not {type(value).__name__}")
+        return value
+
+    def integer(self, data: dict[str, Any], key: str, path: str, default: int, low: int, high: int) -> int:
+        value = self.get(data, key, path, int, default)
+        if not low <= value <= high:
+            raise self.fail(path, f"{value} is out of range {low}..{high}")
+        return value
+
+    def choice(self, data: dict[str, Any], key: str, path: str, choices: dict[str, Any], default: Any) -> Any:
+        value = data.get(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
+        return choices[value]
+
+    def unknown_keys(self, data: dict[str, Any], allowed: set[str], path: str) -> None:
+        extra = sorted(set(data) - allowed)
+        if extra:
+            raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    r = _Reader(source)
+    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules"}, "")
+
+    bridge = r.table(data, "bridge", "bridge")
+    r.unknown_keys(bridge, {"name", "ports", "pvid"}, "bridge")
+    ports = tuple(_strings(r, bridge, "ports", "bridge.ports"))
+    pvid_table = r.table(bridge, "pvid", "bridge.pvid")
+    pvid = {}
+    for port, _ in pvid_table.items():
+        if port not in ports:
+            raise r.fail(f"bridge.pvid.{port}", "not a port listed in bridge.ports")
+        pvid[port] = r.integer(pvid_table, port, f"bridge.pvid.{port}", 0, 1, 4094)
+
+    settings = _settings(r, r.table(data, "settings", "settings"))
+    rails = r.table(data, "rails", "rails")
+    r.unknown_keys(rails, {"dhcp_servers", "routers"}, "rails")
+    dhcp_servers = tuple(_address(r, a, f"rails.dhcp_servers[{i}]") for i, a in enumerate(_strings(r, rails, "dhcp_servers", "rails.dhcp_servers")))
+    routers = tuple(_address(r, a, f"rails.routers[{i}]") for i, a in enumerate(_strings(r, rails, "routers", "rails.routers")))
+
+    segments = _segments(r, r.table(data, "segments", "segments"), ports)
+    rules_data = data.get("rules", [])
+    if not isinstance(rules_data, list):
+        raise r.fail("rules", "must be an array of tables ([[rules]])")
+    known = set(segments) | set(PSEUDO_SEGMENTS)
+    rules = tuple(_rule(r, item, index, known) for index, item in enumerate(rules_data))
+    names = [rule.name for rule in rules]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise r.fail(f"rules[{index}].id", f"duplicate rule id {name!r}")
+    return Config(
+        bridge=r.get(bridge, "name", "bridge.name", str, "br0"),
+        ports=ports,
+        pvid=pvid,
+        settings=settings,
+        dhcp_servers=dhcp_servers,
+        routers=routers,
+        segments=segments,
+        rules=rules,
+    )
+
+
+def _strings(r: _Reader, data: dict[str, Any], key: str, path: str) -> list[str]:
+    values = r.get(data, key, path, list, [])
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise r.fail(f"{path}[{index}]", "must be a string")
+    return values
+
+
+def _address(r: _Reader, text: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise r.fail(path, f"{text!r} is not an IP address") from None
+
+
+def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
+    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "snaplen", "unknown_ethertype"}, "settings")
+    defaults = Settings()
+    u32 = 2**32 - 1
+    return Settings(
+        sample_first_packets=r.integer(data, "sample_first_packets", "settings.sample_first_packets", defaults.sample_first_packets, 0, u32),
+        sample_one_in_n=r.integer(data, "sample_one_in_n", "settings.sample_one_in_n", defaults.sample_one_in_n, 0, u32),
+        events_per_sec=r.integer(data, "events_per_sec", "settings.events_per_sec", defaults.events_per_sec, 0, u32),
+        events_burst=r.integer(data, "events_burst", "settings.events_burst", defaults.events_burst, 0, u32),
+        snaplen=r.integer(data, "snaplen", "settings.snaplen", defaults.snaplen, 1, abi.const("SAMPLE_SNAPLEN")),
+        drop_unknown_ethertype=r.choice(data, "unknown_ethertype", "settings.unknown_ethertype", {"pass": False, "drop": True}, False),
+    )
+
+
+def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[str, Segment]:
+    segments: dict[str, Segment] = {}
+    used_ids: dict[int, str] = {}
+    owner_of_mac: dict[str, str] = {}
+    next_id = 1
+    for name, body in data.items():
+        path = f"segments.{name}"
+        if not isinstance(body, dict):
+            raise r.fail(path, "must be a table")
+        if not _SEGMENT_NAME.match(name):
+            raise r.fail(path, "a segment name is letters, digits, '_', '.', '-' (at most 63)")
+        r.unknown_keys(body, {"id", "mode", "default", "life_critical", "management", "macs", "prefixes", "vlan", "port"}, path)
+        if name in PSEUDO_SEGMENTS:
+            number = PSEUDO_SEGMENTS[name]
+            for key in ("id", "macs", "prefixes", "vlan", "port"):
+                if key in body:
+                    raise r.fail(f"{path}.{key}", f"the pseudo-segment {name!r} takes only mode, default and flags")
+        else:
+            while next_id in used_ids:
+                next_id += 1
+            number = r.integer(body, "id", f"{path}.id", next_id, 1, MAX_SEGMENT_ID)
+        if number in used_ids:
+            raise r.fail(f"{path}.id", f"id {number} is already segment {used_ids[number]!r}")
+        used_ids[number] = name
+        macs = []
+        for index, mac in enumerate(_strings(r, body, "macs", f"{path}.macs")):
+            mac = mac.lower().replace("-", ":")
+            if not _MAC.match(mac):
+                raise r.fail(f"{path}.macs[{index}]", f"{mac!r} is not a MAC address")
+            if mac in owner_of_mac:
+                raise r.fail(f"{path}.macs[{index}]", f"{mac} is already in segment {owner_of_mac[mac]!r}")
+            owner_of_mac[mac] = name
+            macs.append(mac)
+        prefixes = []
+        for index, text in enumerate(_strings(r, body, "prefixes", f"{path}.prefixes")):
+            try:
+                prefixes.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as exc:
+                raise r.fail(f"{path}.prefixes[{index}]", str(exc)) from None
+        port = r.get(body, "port", f"{path}.port", str, None)
+        if port is not None and port not in ports:
+            raise r.fail(f"{path}.port", f"{port!r} is not in bridge.ports")
+        segments[name] = Segment(
+            name=name,
+            id=number,
+            mode=r.choice(body, "mode", f"{path}.mode", MODES, abi.Mode.monitor),
+            default=r.choice(body, "default", f"{path}.default", ACTIONS, abi.Action.allow),
+            life_critical=r.get(body, "life_critical", f"{path}.life_critical", bool, False),
+            management=r.get(body, "management", f"{path}.management", bool, False),
+            macs=tuple(macs),
+            prefixes=tuple(prefixes),
+            vlan=r.integer(body, "vlan", f"{path}.vlan", 0, 0, 4094),
+            port=port,
+        )
+    return segments
+
+
+def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
+    path = f"rules[{index}]"
+    if not isinstance(data, dict):
+        raise r.fail(path, "must be a table")
+    r.unknown_keys(data, {"id", "from", "to", "proto", "ports", "action"}, path)
+    for key in ("from", "to", "action"):
+        if key not in data:
+            raise r.fail(f"{path}.{key}", "missing")
+    for key in ("from", "to"):
+        if data[key] not in known:
+            raise r.fail(f"{path}.{key}", f"unknown segment {data[key]!r}")
+    proto_value = data.get("proto")
+    proto: int | None
+    if proto_value is None:
+        proto = None
+    elif isinstance(proto_value, str) and proto_value in PROTOCOLS:
+        proto = PROTOCOLS[proto_value]
+    elif isinstance(proto_value, int) and not isinstance(proto_value, bool) and 0 <= proto_value <= 255:
+        proto = proto_value
+    else:
+        raise r.fail(f"{path}.proto", f"{proto_value!r} is not one of {', '.join(PROTOCOLS)} or 0..255")
+    ports = tuple(_port_range(r, value, f"{path}.ports[{i}]") for i, value in enumerate(r.get(data, "ports", f"{path}.ports", list, [])))
+    if ports and proto is None:
+        raise r.fail(f"{path}.ports", "ports need a proto")
+    name = r.get(data, "id", f"{path}.id", str, None) or f"rule{index + 1}"
+    return Rule(
+        name=name,
+        src=data["from"],
+        dst=data["to"],
+        action=r.choice(data, "action", f"{path}.action", ACTIONS, None),
+        proto=proto,
+        ports=ports,
+    )
+
+
+def _port_range(r: _Reader, value: Any, path: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d+(-\d+)?", value):
+        low_text, _, high_text = value.partition("-")
+        low, high = int(low_text), int(high_text or low_text)
+    else:
+        raise r.fail(path, f"{value!r} is not a port or a range 'low-high'")
+    if not 0 <= low <= high <= 65535:
+        raise r.fail(path, f"{value!r} is out of range 0..65535 (low <= high)")
+    return low, high

@@ -1,0 +1,151 @@
+"""Typed access to a bridge's pinned maps: policy generations, counters, flows.
+
+Works on the pinned state alone (no compile), so a restarted manager, the
+CLI and the tests all see the same maps the attached program uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_xdp import abi, bpfsys
+from medseg_xdp.policy_image import GENERATIONAL_MAPS, IN_PLACE_MAPS, MapContents
+
+U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
+
+# name -> (key type, value type, per-CPU); the ring buffer is not pinned.
+MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
+    "active_gen": (U32, U32, False),
+    "settings": (U32, abi.Settings, False),
+    "ports": (abi.PortKey, abi.PortInfo, False),
+    "devices": (abi.DeviceKey, abi.EndpointInfo, False),
+    "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo, False),
+    "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo, False),
+    "rail_hosts": (abi.RailHostKey, U32, False),
+    "segments": (abi.SegmentKey, abi.SegmentInfo, False),
+    "rules": (abi.RuleKey, abi.RuleVerdict, False),
+    "pair_defaults": (abi.PairKey, abi.RuleVerdict, False),
+    "flows": (abi.FlowKey, abi.FlowEntry, False),
+    "frags": (abi.FragKey, abi.FragVerdict, False),
+    "stats": (U32, abi.Counter, True),
+    "rule_hits": (U32, abi.Counter, True),
+    "pressure": (U32, U64, True),
+    "last_decision": (U32, abi.Decision, True),
+    "event_budget": (U32, abi.EventBudget, True),
+}
+
+
+@dataclass(frozen=True)
+class CounterValue:
+    packets: int
+    bytes: int
+
+
+def key_generation(key: ctypes.Structure) -> int:
+    return key.gen  # type: ignore[attr-defined, no-any-return]
+
+
+class Dataplane:
+    """The pinned maps of one bridge (Loader.pin_dir)."""
+
+    def __init__(self, pin_dir: Path, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.pin_dir = pin_dir
+        self._sleep = sleep
+        self.maps: dict[str, bpfsys.Map] = {}
+        for name, (key_type, value_type, percpu) in MAP_LAYOUTS.items():
+            fd = bpfsys.obj_get(str(pin_dir / name))
+            self.maps[name] = bpfsys.Map(fd, name, key_type, value_type, percpu)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+
+    def __enter__(self) -> Dataplane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- policy ----
+
+    def active_generation(self) -> int:
+        value = self.maps["active_gen"].lookup(U32(0))
+        return value.value if value is not None else 0  # type: ignore[attr-defined]
+
+    def apply(self, compile_for: Callable[[int], MapContents], grace_s: float = 0.05) -> int:
+        """Write the next generation beside the live one, flip, then retire the old.
+
+        compile_for(gen) gives the map contents of the new generation. A
+        packet reads the active generation once and uses it for every
+        lookup, so no packet is judged by a mix of two policies. The old
+        generation is deleted after grace_s, when packets that read it
+        before the flip are long done.
+        """
+        old = self.active_generation()
+        new = (old + 1) & 0xFFFFFFFF or 1
+        contents = compile_for(new)
+        for name in GENERATIONAL_MAPS:
+            m = self.maps[name]
+            for key, value in contents.get(name, {}).items():
+                m.update_raw(key, value)
+        for name in IN_PLACE_MAPS:
+            m = self.maps[name]
+            wanted = contents.get(name, {})
+            for key, value in wanted.items():
+                m.update_raw(key, value)
+            for key in list(m.keys()):
+                if abi.to_bytes(key) not in wanted:
+                    m.delete(key)
+        self.maps["active_gen"].update(U32(0), U32(new))
+        self._sleep(grace_s)
+        self.retire_generations(keep=new)
+        return new
+
+    def retire_generations(self, keep: int) -> int:
+        """Delete every policy entry of another generation than keep."""
+        removed = 0
+        for name in GENERATIONAL_MAPS:
+            m = self.maps[name]
+            for key in list(m.keys()):
+                if key_generation(key) != keep and m.delete(key):
+                    removed += 1
+        return removed
+
+    # ---- counters ----
+
+    def stats(self) -> dict[tuple[abi.Verdict, abi.Reason], CounterValue]:
+        """Non-zero packet/byte counters by (verdict, reason), summed over CPUs."""
+        result = {}
+        for verdict in abi.Verdict:
+            for reason in abi.Reason:
+                summed = self.maps["stats"].sum_percpu(U32(abi.stats_index(verdict, reason)))
+                if summed and summed[0]:
+                    result[(verdict, reason)] = CounterValue(*summed)
+        return result
+
+    def rule_hits(self, rule_ids: list[int]) -> dict[int, CounterValue]:
+        result = {}
+        for rule_id in rule_ids:
+            summed = self.maps["rule_hits"].sum_percpu(U32(rule_id))
+            if summed and summed[0]:
+                result[rule_id] = CounterValue(*summed)
+        return result
+
+    def pressure(self) -> dict[abi.Pressure, int]:
+        result = {}
+        for what in abi.Pressure:
+            summed = self.maps["pressure"].sum_percpu(U32(what))
+            result[what] = summed[0] if summed else 0
+        return result
+
+    def last_decisions(self) -> list[abi.Decision]:  # type: ignore[valid-type]
+        """The last decision on each CPU (trace finds the one whose seq moved)."""
+        return self.maps["last_decision"].lookup_percpu(U32(0)) or []
+
+    def flows(self) -> Iterator[tuple[abi.FlowKey, abi.FlowEntry]]:  # type: ignore[valid-type]
+        return self.maps["flows"].items()

@@ -1,0 +1,246 @@
+"""Compile the XDP program with BCC, pin its maps, attach it to bridge ports.
+
+The loader owns three facts: where the pinned state of a bridge lives
+(/sys/fs/bpf/medseg/<bridge>/<abi-hash>), how the program is compiled for
+it, and which interfaces carry it. A program is ours when its name is
+xdp_medseg: detach never touches anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+
+from medseg_xdp import abi, bpfsys
+
+log = logging.getLogger(__name__)
+
+PROGRAM_NAME = "xdp_medseg"
+PROGRAM_SOURCE = abi.BPF_DIR / "medseg_xdp.c"
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/medseg")
+BPFFS = Path("/sys/fs/bpf")
+# Without XDP frags (BCC sets no program flags) a frame must fit a page:
+# 4096 - headroom - skb_shared_info leaves about this much for the MTU.
+NATIVE_XDP_MAX_MTU = 3498
+
+
+class LoaderError(RuntimeError):
+    """A load, attach or detach that cannot go ahead; the message says why."""
+
+
+@dataclass(frozen=True)
+class TableSizes:
+    """Map capacities, compiled in; part of the pinned layout."""
+
+    flows: int = 65536
+    devices: int = 16384
+    prefixes: int = 4096
+    rules: int = 16384
+    segments: int = 1024
+    frags: int = 4096
+    ring_pages: int = 256
+
+    def cflags(self) -> list[str]:
+        names = {
+            "flows": "FLOW_TABLE_SIZE",
+            "devices": "DEVICE_TABLE_SIZE",
+            "prefixes": "PREFIX_TABLE_SIZE",
+            "rules": "RULE_TABLE_SIZE",
+            "segments": "SEGMENT_TABLE_SIZE",
+            "frags": "FRAG_TABLE_SIZE",
+            "ring_pages": "RING_PAGES",
+        }
+        return [f"-D{names[field]}={value}" for field, value in asdict(self).items()]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    ifname: str
+    ifindex: int
+    prog_id: int
+    mode: str  # "native" or "generic"
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body in a network namespace (this thread), or where we are."""
+    if name is None:
+        yield
+        return
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+def ensure_bpffs() -> None:
+    if not os.path.ismount(BPFFS):
+        BPFFS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
+
+
+def kernel_headers_problem() -> str | None:
+    """Why BCC cannot compile here, or None."""
+    build = Path("/lib/modules") / platform.release() / "build"
+    if not (build / "include").is_dir():
+        return f"no kernel headers at {build}: run scripts/setup.sh (it points BCC at the distro's linux-headers)"
+    return None
+
+
+class Loader:
+    """Compiles and attaches the program of one bridge."""
+
+    def __init__(self, bridge: str, pin_root: Path = DEFAULT_PIN_ROOT, sizes: TableSizes = TableSizes()) -> None:
+        self.bridge = bridge
+        self.sizes = sizes
+        self.pin_dir = pin_root / bridge / abi.abi_hash(repr(sizes))
+        self._bpf: object | None = None
+        self.prog_fd = -1
+
+    def compile(self) -> int:
+        """Compile and load the program; maps are created or reopened pinned."""
+        problem = kernel_headers_problem()
+        if problem:
+            raise LoaderError(problem)
+        ensure_bpffs()
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        from bcc import BPF  # imported late: tools that only read maps skip BCC's start-up
+
+        cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *self.sizes.cflags()]
+        try:
+            self._bpf = BPF(src_file=str(PROGRAM_SOURCE).encode(), cflags=cflags)
+            self.prog_fd = self._bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP).fd
+        except Exception as exc:  # BCC raises bare Exception for compile and verifier errors
+            raise LoaderError(f"cannot load {PROGRAM_SOURCE.name}: {exc}") from exc
+        return self.prog_fd
+
+    @property
+    def bpf(self) -> object:
+        if self._bpf is None:
+            raise LoaderError("program not compiled")
+        return self._bpf
+
+    def ring_buffer_fd(self) -> int:
+        return self.bpf["samples"].map_fd  # type: ignore[index]
+
+    def attach(
+        self,
+        ifnames: Sequence[str],
+        netns_name: str | None = None,
+        replace: bool = False,
+        force_generic: bool = False,
+    ) -> list[Attachment]:
+        """Attach to each interface: native XDP, else generic with a warning.
+
+        An interface that already carries xdp_medseg is refused unless
+        replace, and then swapped atomically (XDP_FLAGS_REPLACE); one that
+        carries another program is always refused.
+        """
+        if self.prog_fd < 0:
+            self.compile()
+        done: list[Attachment] = []
+        with in_netns(netns_name):
+            for ifname in ifnames:
+                done.append(self._attach_one(ifname, replace, force_generic))
+        return done
+
+    def _attach_one(self, ifname: str, replace: bool, force_generic: bool) -> Attachment:
+        ifindex, mtu = _link(ifname)
+        current = bpfsys.xdp_attached_id(ifindex)
+        old_fd = -1
+        if current:
+            name = bpfsys.prog_name_by_id(current)
+            if name != PROGRAM_NAME:
+                raise LoaderError(f"{ifname} already carries another XDP program ({name or '?'}, id {current}); not touching it")
+            if not replace:
+                raise LoaderError(f"{ifname} already carries {PROGRAM_NAME} (id {current}); use --replace to swap it or unload first")
+            old_fd = bpfsys.prog_fd_by_id(current)
+        _disable_rx_vlan_offload(ifname)
+        modes = [("generic", bpfsys.XDP_FLAGS_SKB_MODE)]
+        if not force_generic:
+            if mtu > NATIVE_XDP_MAX_MTU:
+                log.warning("%s: MTU %d is above %d, which native XDP without frags cannot take: generic mode", ifname, mtu, NATIVE_XDP_MAX_MTU)
+            else:
+                modes.insert(0, ("native", bpfsys.XDP_FLAGS_DRV_MODE))
+        try:
+            for mode, flags in modes:
+                try:
+                    bpfsys.xdp_attach(ifindex, self.prog_fd, flags, old_fd)
+                except bpfsys.BpfError as exc:
+                    if mode == "native" and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EBUSY):
+                        log.warning("%s: native XDP refused (%s): falling back to generic XDP, which is slower", ifname, exc.strerror)
+                        continue
+                    raise LoaderError(f"cannot attach to {ifname}: {exc}") from exc
+                prog_id, _ = bpfsys.prog_info(self.prog_fd)
+                return Attachment(ifname, ifindex, prog_id, mode)
+        finally:
+            if old_fd >= 0:
+                os.close(old_fd)
+        raise LoaderError(f"cannot attach to {ifname}")
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()  # type: ignore[attr-defined]
+            self._bpf = None
+            self.prog_fd = -1
+
+    def remove_pinned_state(self) -> None:
+        """Delete this bridge's pinned maps (all layouts)."""
+        shutil.rmtree(self.pin_dir.parent, ignore_errors=True)
+
+
+def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:
+    """Detach xdp_medseg from each interface that carries it.
+
+    Returns the interfaces it detached from. An interface without our
+    program is an error naming it, so that unloading twice says so.
+    """
+    detached: list[str] = []
+    missing: list[str] = []
+    with in_netns(netns_name):
+        for ifname in ifnames:
+            ifindex, _ = _link(ifname)
+            for flags in (bpfsys.XDP_FLAGS_DRV_MODE, bpfsys.XDP_FLAGS_SKB_MODE):
+                prog_id = bpfsys.xdp_attached_id(ifindex, flags)
+                if prog_id and bpfsys.prog_name_by_id(prog_id) == PROGRAM_NAME:
+                    bpfsys.xdp_detach(ifindex, flags)
+                    detached.append(ifname)
+                    break
+            else:
+                missing.append(ifname)
+    if missing and not detached:
+        raise LoaderError(f"no {PROGRAM_NAME} attached to {', '.join(missing)}: nothing to unload")
+    if missing:
+        log.warning("no %s was attached to %s", PROGRAM_NAME, ", ".join(missing))
+    return detached
+
+
+def _link(ifname: str) -> tuple[int, int]:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise LoaderError(f"no interface {ifname}")
+        link = ipr.get_links(found[0])[0]
+        return found[0], link.get_attr("IFLA_MTU")
+
+
+def _disable_rx_vlan_offload(ifname: str) -> None:
+    """Real NICs strip VLAN tags before XDP; identity needs them."""
+    if shutil.which("ethtool") is None:
+        log.warning("%s: ethtool missing, cannot turn rx-vlan offload off", ifname)
+        return
+    subprocess.run(["ethtool", "-K", ifname, "rxvlan", "off"], capture_output=True)
+    shown = subprocess.run(["ethtool", "-k", ifname], capture_output=True, text=True).stdout
+    if "rx-vlan-offload: on" in shown:
+        log.warning("%s: rx-vlan offload is still on: VLAN tags may be stripped before XDP", ifname)

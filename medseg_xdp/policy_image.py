@@ -1,0 +1,166 @@
+"""Compile a configuration into the contents of the BPF maps.
+
+The result, MapContents, is plain bytes keyed by map name. The kernel
+(dataplane.Dataplane.apply) and the reference model (reference.py) are
+filled from the very same bytes, which is what makes the differential test
+meaningful.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medseg_xdp import abi
+from medseg_xdp.config import Config, ConfigError, Rule, Segment
+
+MapContents = dict[str, dict[bytes, bytes]]
+
+# Maps whose keys start with the generation (LPM keys right after prefixlen).
+GENERATIONAL_MAPS = ("devices", "prefixes_v4", "prefixes_v6", "rail_hosts", "segments", "rules", "pair_defaults")
+# Maps written in place: not part of a policy generation.
+IN_PLACE_MAPS = ("ports", "settings")
+RULE_KEY_FIXED_BITS = 80  # gen + segments + proto + pad, before the port
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    contents: MapContents
+    rule_names: dict[int, str]  # rule id -> rule name ("default:<segment>" for defaults)
+
+
+def port_prefixes(low: int, high: int) -> list[tuple[int, int]]:
+    """Split the inclusive range low..high into (value, prefix bits) over 16 bits."""
+    prefixes: list[tuple[int, int]] = []
+    while low <= high:
+        size = low & -low if low else 1 << 16
+        while low + size - 1 > high:
+            size >>= 1
+        prefixes.append((low, 16 - size.bit_length() + 1))
+        low += size
+    return prefixes
+
+
+def _put(contents: MapContents, name: str, key: ctypes.Structure, value: ctypes.Structure | ctypes._SimpleCData) -> None:
+    contents.setdefault(name, {})[abi.to_bytes(key)] = bytes(memoryview(value).cast("B"))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+def compile_policy(config: Config, generation: int, ifindex_of: Callable[[str], int]) -> CompiledPolicy:
+    """Map contents of config at a generation; ifindex_of names bridge ports."""
+    contents: MapContents = {name: {} for name in (*GENERATIONAL_MAPS, *IN_PLACE_MAPS)}
+    rule_names: dict[int, str] = {}
+    _endpoints(config, generation, ifindex_of, contents)
+    _rules(config, generation, contents, rule_names)
+    _segment_infos(config, generation, contents, rule_names)
+    _rails(config, generation, contents)
+    _in_place(config, ifindex_of, contents)
+    return CompiledPolicy(contents, rule_names)
+
+
+def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
+    for segment in config.segments.values():
+        bound = ifindex_of(segment.port) if segment.port else 0
+        info = abi.EndpointInfo(segment=segment.id, flags=0, ifindex=bound)
+        for mac in segment.macs:
+            key = abi.DeviceKey(gen=gen)
+            key.mac[:] = _mac_bytes(mac)
+            _put(contents, "devices", key, info)
+        for prefix in segment.prefixes:
+            if prefix.version == 4:
+                key4 = abi.Prefix4Key(prefixlen=48 + prefix.prefixlen, gen=gen, vlan=segment.vlan)
+                key4.addr[:] = prefix.network_address.packed
+                _put(contents, "prefixes_v4", key4, info)
+            else:
+                key6 = abi.Prefix6Key(prefixlen=48 + prefix.prefixlen, gen=gen, vlan=segment.vlan)
+                key6.addr[:] = prefix.network_address.packed
+                _put(contents, "prefixes_v6", key6, info)
+
+
+def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str]) -> None:
+    owner: dict[bytes, tuple[int, Rule]] = {}
+    for index, rule in enumerate(config.rules):
+        rule_id = index + 1
+        rule_names[rule_id] = rule.name
+        verdict = abi.RuleVerdict(rule_id=rule_id, action=rule.action)
+        src, dst = config.segment_id(rule.src), config.segment_id(rule.dst)
+        if rule.is_pair_default:
+            keys: list[tuple[str, ctypes.Structure]] = [("pair_defaults", abi.PairKey(gen=gen, src_segment=src, dst_segment=dst))]
+        else:
+            ranges = rule.ports or ((0, 65535),)
+            keys = [
+                ("rules", abi.RuleKey(prefixlen=RULE_KEY_FIXED_BITS + bits, gen=gen, src_segment=src, dst_segment=dst, proto=rule.proto, port_be=_be16(value)))
+                for low, high in ranges
+                for value, bits in port_prefixes(low, high)
+            ]
+        for map_name, key in keys:
+            raw = map_name.encode() + abi.to_bytes(key)
+            if raw in owner:
+                first_index, first = owner[raw]
+                if first.action != rule.action:
+                    raise ConfigError(
+                        f"rules[{index}] ({rule.name}) and rules[{first_index}] ({first.name}) match the same traffic "
+                        f"with equal specificity but different actions"
+                    )
+                continue  # shadowed by an earlier rule with the same action
+            owner[raw] = (index, rule)
+            _put(contents, map_name, key, verdict)
+
+
+def _be16(port: int) -> int:
+    """The u16 whose memory holds port in network byte order."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str]) -> None:
+    segments = dict(config.segments)
+    if "unassigned" not in segments:
+        segments["unassigned"] = Segment(name="unassigned", id=abi.const("SEGMENT_UNASSIGNED"))
+    next_id = len(config.rules) + 1
+    for segment in segments.values():
+        rule_names[next_id] = f"default:{segment.name}"
+        flags = (abi.const("SEGMENT_MGMT") if segment.management else 0) | (
+            abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0
+        )
+        info = abi.SegmentInfo(default_rule_id=next_id, mode=segment.mode, default_action=segment.default, flags=flags)
+        _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment.id), info)
+        next_id += 1
+    if next_id > abi.const("MAX_RULE_IDS"):
+        raise ConfigError(f"{next_id - 1} rules and defaults: more than the {abi.const('MAX_RULE_IDS') - 1} rule ids the counters hold")
+
+
+def _rails(config: Config, gen: int, contents: MapContents) -> None:
+    flags_of: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+    for address in config.dhcp_servers:
+        flags_of[address] = flags_of.get(address, 0) | abi.const("RAIL_HOST_DHCP_SERVER")
+    for address in config.routers:
+        flags_of[address] = flags_of.get(address, 0) | abi.const("RAIL_HOST_ROUTER")
+    for address, flags in flags_of.items():
+        key = abi.RailHostKey(gen=gen, family=address.version if address.version == 4 else 6)
+        ctypes.memmove(key.addr, address.packed, len(address.packed))
+        _put(contents, "rail_hosts", key, ctypes.c_uint32(flags))
+
+
+def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
+    for port, vlan in config.pvid.items():
+        _put(contents, "ports", abi.PortKey(ifindex=ifindex_of(port)), abi.PortInfo(pvid=vlan))
+    s = config.settings
+    flags = (
+        (abi.const("SETTING_DROP_UNKNOWN_ETHERTYPE") if s.drop_unknown_ethertype else 0)
+        | (abi.const("SETTING_DHCP_SERVERS_LISTED") if config.dhcp_servers else 0)
+        | (abi.const("SETTING_ROUTERS_LISTED") if config.routers else 0)
+    )
+    settings = abi.Settings(
+        sample_first_packets=s.sample_first_packets,
+        sample_one_in_n=s.sample_one_in_n,
+        events_per_sec=s.events_per_sec,
+        events_burst=s.events_burst,
+        flags=flags,
+        snaplen=s.snaplen,
+    )
+    _put(contents, "settings", ctypes.c_uint32(0), settings)

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12/13 host for medseg-xdp: system packages, kernel headers
+# for BCC, bpffs, and a venv with the package installed in editable mode.
+# Idempotent: a re-run on a prepared host changes nothing and touches no network.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${MEDSEG_VENV:-/opt/medseg-xdp/venv}
+SYSTEM_PYTHON=/usr/bin/python3
+KERNEL=$(uname -r)
+MODULES_DIR=/lib/modules/$KERNEL
+STAMP=$VENV/.medseg-xdp-installed
+CHANGES=()
+
+say() { echo "medseg-xdp setup: $*"; }
+die() { echo "medseg-xdp setup: error: $*" >&2; exit 1; }
+changed() { CHANGES+=("$1"); }
+
+is_installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]
+}
+
+has_candidate() {
+    local candidate
+    candidate=$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [[ -n $candidate && $candidate != "(none)" ]]
+}
+
+headers_meta_package() {
+    local arch
+    arch=$(dpkg --print-architecture)
+    case $arch in
+        i386) echo linux-headers-686-pae ;;
+        armhf) echo linux-headers-armmp ;;
+        ppc64el) echo linux-headers-powerpc64le ;;
+        *) echo "linux-headers-$arch" ;;
+    esac
+}
+
+# BCC needs generated headers from the arch-specific dir, and kconfig.h either
+# there or in the `source` dir that Debian splits off as linux-headers-*-common.
+headers_usable() {
+    [[ -f $MODULES_DIR/build/include/generated/autoconf.h ]] &&
+        { [[ -f $MODULES_DIR/build/include/linux/kconfig.h ]] ||
+            [[ -f $MODULES_DIR/source/include/linux/kconfig.h ]]; }
+}
+
+install_packages() {
+    local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "$(headers_meta_package)")
+    # Headers matching the running kernel exist only for Debian's own kernels,
+    # and bpftool is not packaged under that name on every release.
+    local optional=(bpftool)
+    if ! headers_usable; then
+        optional+=("linux-headers-$KERNEL")
+    fi
+
+    local missing=() pkg
+    for pkg in "${required[@]}" "${optional[@]}"; do
+        is_installed "$pkg" || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+
+    say "updating apt lists (missing: ${missing[*]})"
+    apt-get update -qq
+    local to_install=()
+    for pkg in "${missing[@]}"; do
+        if [[ " ${optional[*]} " == *" $pkg "* ]] && ! has_candidate "$pkg"; then
+            say "note: package $pkg is not available here; skipping it"
+            continue
+        fi
+        to_install+=("$pkg")
+    done
+    ((${#to_install[@]})) || return 0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${to_install[@]}"
+    changed "installed packages: ${to_install[*]}"
+}
+
+newest_distro_headers() {
+    local arch dirs
+    arch=$(dpkg --print-architecture)
+    dirs=$(find /usr/src -maxdepth 1 -name "linux-headers-*-$arch" -type d | sort -V)
+    if [[ -z $dirs ]]; then
+        dirs=$(find /usr/src -maxdepth 1 -name 'linux-headers-*' ! -name '*-common' -type d | sort -V)
+    fi
+    local dir
+    for dir in $(tac <<<"$dirs"); do
+        if [[ -f $dir/include/generated/autoconf.h ]]; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Debian's arch dir Makefile is a one-line include of the matching common dir.
+common_dir_of() {
+    sed -n 's|^include \(/usr/src/linux-headers-.*-common\)/Makefile$|\1|p' "$1/Makefile" 2>/dev/null | head -n1
+}
+
+link_into_modules() {
+    local name=$1 target=$2 link=$MODULES_DIR/$1
+    if [[ -e $link && ! -L $link ]]; then
+        say "warning: $link is a real directory; leaving it alone"
+        return 0
+    fi
+    if [[ $(readlink "$link" 2>/dev/null) != "$target" ]]; then
+        ln -sfn "$target" "$link"
+        changed "linked $link -> $target"
+    fi
+}
+
+ensure_kernel_headers() {
+    if ! headers_usable; then
+        if [[ -d $MODULES_DIR/build && ! -L $MODULES_DIR/build ]]; then
+            say "warning: $MODULES_DIR/build exists but lacks usable headers; BCC may fail to compile"
+            return 0
+        fi
+        local arch_dir common_dir
+        arch_dir=$(newest_distro_headers) || die "no kernel headers under /usr/src; install $(headers_meta_package)"
+        common_dir=$(common_dir_of "$arch_dir")
+        mkdir -p "$MODULES_DIR"
+        link_into_modules build "$arch_dir"
+        if [[ -n $common_dir ]]; then
+            link_into_modules source "$common_dir"
+        fi
+        headers_usable || die "linked $arch_dir but BCC still lacks include/linux/kconfig.h"
+    fi
+    # Headers of another release usually work for XDP programs, but are worth a line.
+    local release
+    release=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$MODULES_DIR/build/include/generated/utsrelease.h" 2>/dev/null || true)
+    if [[ $release != "$KERNEL" ]]; then
+        say "warning: no headers for kernel $KERNEL; pointing BCC at distro headers $(readlink -f "$MODULES_DIR/build")"
+    fi
+}
+
+ensure_bpffs() {
+    if ! mountpoint -q /sys/fs/bpf; then
+        mkdir -p /sys/fs/bpf
+        mount -t bpf bpf /sys/fs/bpf
+        changed "mounted bpffs at /sys/fs/bpf"
+    fi
+}
+
+venv_current() {
+    local version
+    version=$("$SYSTEM_PYTHON" -c 'import platform; print(platform.python_version())')
+    [[ -x $VENV/bin/python ]] &&
+        grep -qx 'include-system-site-packages = true' "$VENV/pyvenv.cfg" 2>/dev/null &&
+        grep -qx "version = $version" "$VENV/pyvenv.cfg"
+}
+
+ensure_venv() {
+    if ! venv_current; then
+        if [[ -e $VENV ]]; then
+            [[ -f $VENV/pyvenv.cfg ]] || die "$VENV exists and is not a venv; set MEDSEG_VENV elsewhere"
+            rm -rf "$VENV"
+            changed "removed outdated venv $VENV"
+        fi
+        mkdir -p "$(dirname "$VENV")"
+        "$SYSTEM_PYTHON" -m venv --system-site-packages "$VENV"
+        changed "created venv $VENV (from $SYSTEM_PYTHON, with system site-packages for bcc)"
+    fi
+
+    # The stamp names the repo too: CI installs from a fresh clone elsewhere,
+    # and an editable install must follow it there.
+    local want
+    want="repo=$REPO_ROOT pyproject=$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+    local origin
+    origin=$(cd / && "$VENV/bin/python" -c \
+        'import importlib.util as u; s = u.find_spec("medseg_xdp"); print(s.origin if s else "")' 2>/dev/null || true)
+    if [[ $(cat "$STAMP" 2>/dev/null) != "$want" || $origin != "$REPO_ROOT"/* ]]; then
+        say "installing medseg-xdp (editable) into $VENV"
+        "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT[test]"
+        echo "$want" >"$STAMP"
+        changed "pip-installed $REPO_ROOT[test] (editable) into $VENV"
+    fi
+
+    local err
+    if ! err=$("$VENV/bin/python" -c 'import bcc' 2>&1); then
+        die "'import bcc' fails in $VENV (python3-bpfcc must match $SYSTEM_PYTHON): ${err##*$'\n'}"
+    fi
+}
+
+main() {
+    [[ $(id -u) -eq 0 ]] || die "run as root (packages, /lib/modules, bpffs)"
+    install_packages
+    ensure_kernel_headers
+    ensure_bpffs
+    ensure_venv
+    if ((${#CHANGES[@]})); then
+        say "changed on this host:"
+        printf '  - %s\n' "${CHANGES[@]}"
+    else
+        say "host already set up; nothing changed (venv: $VENV)"
+    fi
+}
+
+main "$@"
