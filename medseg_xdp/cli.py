@@ -1,0 +1,157 @@
+"""The medseg-xdp command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg_xdp import config as config_mod
+from medseg_xdp.config import ConfigError
+from medseg_xdp.loader import LoaderError
+
+log = logging.getLogger("medseg_xdp")
+
+
+class CliError(Exception):
+    """Printed as one line, exit code 1: no traceback for expected failures."""
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise CliError(f"{what} needs root (BPF and network namespaces)")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from medseg_xdp.trace import Tracer, parse_hex, read_frames
+
+    cfg = config_mod.load(args.config)
+    frames = read_frames(args.pcap) if args.pcap else [parse_hex(h) for h in args.hex]
+    if args.ingress and args.ingress not in cfg.ports:
+        raise CliError(f"--ingress {args.ingress}: not a port in the config's bridge.ports ({', '.join(cfg.ports) or 'none'})")
+    _need_root("trace")
+    with Tracer(cfg) as tracer:
+        for number, frame in enumerate(frames, 1):
+            try:
+                result = tracer.trace(frame, args.ingress)
+            except OSError as exc:
+                # e.g. a frame larger than a page, which a test run cannot take
+                line = {"packet": number, "error": str(exc)}
+                print(json.dumps(line) if args.json else f"#{number}: error: {exc}")
+                continue
+            if args.json:
+                print(json.dumps({"packet": number, **result.as_dict()}))
+            else:
+                print(
+                    f"#{number}: {result.verdict:<5} reason={result.reason} rule={result.rule} "
+                    f"{result.src_segment} -> {result.dst_segment} sample={result.sample}"
+                    + (f" [{','.join(result.flags)}]" if result.flags else "")
+                )
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from medseg_xdp.dataplane import Dataplane
+    from medseg_xdp.loader import Loader
+    from medseg_xdp.policy_image import compile_policy
+
+    _need_root("load")
+    cfg = config_mod.load(args.config)
+    ports = args.ports or list(cfg.ports)
+    if not ports:
+        raise CliError("no ports: list them in bridge.ports or give --ports")
+    loader = Loader(cfg.bridge)
+    loader.compile()
+    ifindex = _ifindexes(ports, args.netns)
+    with Dataplane(loader.pin_dir) as dataplane:
+        gen = dataplane.apply(lambda g: compile_policy(cfg, g, ifindex.__getitem__).contents)
+    for attachment in loader.attach(ports, netns_name=args.netns, replace=args.replace, force_generic=args.generic):
+        print(f"{attachment.ifname}: {attachment.mode} XDP, program id {attachment.prog_id}")
+    print(f"policy generation {gen}; pinned state in {loader.pin_dir}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    from medseg_xdp.loader import Loader, detach
+
+    _need_root("unload")
+    cfg = config_mod.load(args.config)
+    ports = args.ports or list(cfg.ports)
+    for ifname in detach(ports, netns_name=args.netns):
+        print(f"{ifname}: detached")
+    if args.remove_state:
+        Loader(cfg.bridge).remove_pinned_state()
+        print("pinned state removed")
+    return 0
+
+
+def _ifindexes(ports: Sequence[str], netns_name: str | None) -> dict[str, int]:
+    from pyroute2 import IPRoute
+
+    from medseg_xdp.loader import in_netns
+
+    with in_netns(netns_name), IPRoute() as ipr:
+        result = {}
+        for port in ports:
+            found = ipr.link_lookup(ifname=port)
+            if not found:
+                raise CliError(f"no interface {port}" + (f" in netns {netns_name}" if netns_name else ""))
+            result[port] = found[0]
+        return result
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medseg_xdp.demo import run_smoke
+
+    _need_root("demo")
+    return run_smoke(keep_running=args.keep_running)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg-xdp", description="Micro-segmentation for hospital networks, enforced by XDP.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    trace = sub.add_parser("trace", help="run packets through the real kernel program and explain each verdict")
+    trace.add_argument("-c", "--config", type=Path, required=True)
+    source = trace.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pcap", type=Path, help="a pcap or pcapng file of Ethernet frames")
+    source.add_argument("--hex", nargs="+", help="frames as hex strings")
+    trace.add_argument("--ingress", help="bridge port the frames arrive on (default: none)")
+    trace.add_argument("--json", action="store_true", help="one JSON object per packet")
+    trace.set_defaults(func=cmd_trace)
+
+    for name, func, text in (("load", cmd_load, "compile, apply the config, attach to the ports"), ("unload", cmd_unload, "detach from the ports")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", type=Path, required=True)
+        p.add_argument("--ports", nargs="+", help="interfaces (default: bridge.ports)")
+        p.add_argument("--netns", help="network namespace the ports live in")
+        p.set_defaults(func=func)
+        if name == "load":
+            p.add_argument("--replace", action="store_true", help="swap an attached xdp_medseg atomically")
+            p.add_argument("--generic", action="store_true", help="generic (skb) XDP even where native works")
+        else:
+            p.add_argument("--remove-state", action="store_true", help="also delete the pinned maps")
+
+    demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
+    demo.add_argument("--keep-running", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="medseg-xdp: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError, LoaderError, ValueError) as exc:
+        print(f"medseg-xdp: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
