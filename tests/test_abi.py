@@ -1,0 +1,72 @@
+"""The layouts abi.py parses from medseg_abi.h equal the ones clang compiles."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import pytest
+
+from medseg_xdp import abi
+from medseg_xdp.abi import AbiError, parse_header
+
+
+def _clang_layouts() -> dict[str, type]:
+    """Every ABI struct as clang lays it out, through BCC's map leaf types."""
+    from bcc import BPF
+
+    arrays = "\n".join(f"BPF_ARRAY(layout_{name}, struct {name}, 1);" for name in abi.STRUCTS)
+    program = f'#include "medseg_abi.h"\n{arrays}\nint noop(struct xdp_md *ctx) {{ return XDP_PASS; }}\n'
+    bpf = BPF(text=program, cflags=[f"-I{abi.BPF_DIR}"])
+    try:
+        return {name: bpf[f"layout_{name}"].Leaf for name in abi.STRUCTS}
+    finally:
+        bpf.cleanup()
+
+
+def _layout(struct: type) -> list[tuple[str, int, int]]:
+    return [(name, getattr(struct, name).offset, ctypes.sizeof(ftype)) for name, ftype in struct._fields_]
+
+
+@pytest.mark.root
+def test_every_struct_matches_clang() -> None:
+    clang = _clang_layouts()
+    assert set(clang) == set(abi.STRUCTS)
+    for name, ours in abi.STRUCTS.items():
+        assert ctypes.sizeof(ours) == ctypes.sizeof(clang[name]), name
+        assert _layout(ours) == _layout(clang[name]), name
+
+
+@pytest.mark.root
+def test_map_layouts_match_the_program() -> None:
+    """Each pinned map's key/value types (dataplane.MAP_LAYOUTS) are the program's."""
+    from medseg_xdp.dataplane import MAP_LAYOUTS
+    from medseg_xdp.loader import BPFFS, Loader
+
+    root = BPFFS / "medseg-test-abi"
+    loader = Loader("abi", pin_root=root)
+    try:
+        loader.compile()
+        for name, (key_type, value_type, percpu) in MAP_LAYOUTS.items():
+            table = loader.bpf[name]  # type: ignore[index]
+            leaf = table.sLeaf if percpu else table.Leaf  # BCC's per-CPU Leaf is an array
+            assert ctypes.sizeof(table.Key) == ctypes.sizeof(key_type), name
+            assert ctypes.sizeof(leaf) == ctypes.sizeof(value_type), name
+    finally:
+        loader.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_no_implicit_padding() -> None:
+    """Keys are hashed as bytes: a hole clang pads would make equal keys differ."""
+    for name, struct in abi.STRUCTS.items():
+        assert sum(ctypes.sizeof(t) for _, t in struct._fields_) == ctypes.sizeof(struct), name
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["struct bad { int x; };", "struct bad { u32 *p; };", "struct bad { u8 a[UNKNOWN]; };"],
+)
+def test_parser_refuses_what_it_cannot_read(text: str) -> None:
+    with pytest.raises((AbiError, KeyError)):
+        parse_header(text)

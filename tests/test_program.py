@@ -1,0 +1,280 @@
+"""Fixture tables through BPF_PROG_TEST_RUN: packet, map contents, verdict, counters.
+
+The real program, compiled by BCC, on private maps filled from FIXTURE_CONFIG
+(tests/fixture_policy.toml). Each row sends frames in order and checks the
+last one's verdict, reason, rule and segments, and that exactly its
+(verdict, reason) counter and rule counter moved by one packet and its bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import ARP, LLC, STP, Dot1AD, Dot1Q, Dot3, Ether
+from scapy.packet import Raw
+
+from medseg_xdp import abi, config
+from medseg_xdp.trace import Tracer
+
+pytestmark = pytest.mark.root
+
+FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
+MODALITY, MONITOR, OTHER = "02:00:00:00:00:01", "02:00:00:00:00:03", "02:00:00:00:00:09"
+ROUTER = "02:00:00:00:00:fe"
+
+
+def modality(dst: str = "10.0.2.5") -> Ether:
+    return Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst=dst)
+
+
+def to_modality(src: str = "10.0.2.5") -> Ether:
+    return Ether(src=ROUTER, dst=MODALITY) / IP(src=src, dst="10.0.1.5")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    frames: list[tuple[bytes, str]]  # (frame, ingress port); the last one is checked
+    verdict: str
+    reason: str
+    rule: str = "-"
+    src: str | None = None
+    dst: str | None = None
+    flags: tuple[str, ...] | None = None
+    sample: str | None = None
+
+
+def b(packet: object) -> bytes:
+    return bytes(packet)  # type: ignore[call-overload]
+
+
+def dicom_syn(sport: int) -> Ether:
+    return modality() / TCP(sport=sport, dport=104, flags="S")
+
+
+CASES = [
+    Case("allowed TCP SYN", [(b(dicom_syn(40000)), "portA")], "pass", "rule", "dicom", "modalities", "pacs", ("new_flow",), "first_packets"),
+    Case(
+        "SYN-ACK is a reply",
+        [(b(dicom_syn(40001)), "portA"), (b(to_modality() / TCP(sport=104, dport=40001, flags="SA")), "portB")],
+        "pass", "reply", "dicom", "modalities", "pacs", (),
+    ),
+    Case(
+        "ACK is established",
+        [(b(dicom_syn(40002)), "portA"), (b(modality() / TCP(sport=40002, dport=104, flags="A")), "portA")],
+        "pass", "established", "dicom",
+    ),
+    Case("port range audits", [(b(modality() / TCP(sport=40003, dport=11500, flags="S")), "portA")], "audit", "rule", "dicom-query"),
+    Case("exact port beats range", [(b(modality() / TCP(sport=40004, dport=11112, flags="S")), "portA")], "pass", "rule", "dicom-alt"),
+    Case("any-port rule", [(b(modality() / UDP(sport=40005, dport=5000)), "portA")], "pass", "rule", "udp-any"),
+    Case("segment default drops", [(b(modality() / TCP(sport=40006, dport=22, flags="S")), "portA")], "drop", "segment_default", "default:modalities", sample="drop_event"),
+    Case("MAC behind the wrong port is spoofed", [(b(modality() / TCP(sport=40007, dport=104, flags="S")), "portB")], "drop", "spoofed"),
+    Case(
+        "pair default, enforced by the destination",
+        [(b(Ether(src=MONITOR, dst=ROUTER) / IP(src="10.0.3.5", dst="10.0.2.5") / TCP(sport=1, dport=80, flags="S")), "portA")],
+        "drop", "pair_default", "monitors-to-pacs", "monitors", "pacs",
+    ),
+    Case(
+        "monitor mode audits a would-drop",
+        [(b(Ether(src=MONITOR, dst=ROUTER) / IP(src="10.0.3.5", dst="10.5.5.5") / TCP(sport=2, dport=80, flags="S")), "portA")],
+        "audit", "segment_default", "default:monitors", "monitors", "unassigned",
+    ),
+    Case(
+        "management segment passes as a rail",
+        [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.99.5", dst="10.0.2.5") / TCP(sport=3, dport=22, flags="S")), "portB")],
+        "pass", "rail_mgmt", "-", "mgmt", "pacs",
+    ),
+    Case("ARP", [(b(Ether(src=MODALITY, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.1.5", pdst="10.0.1.1")), "portA")], "pass", "rail_arp", sample="flowless"),
+    Case("LLDP", [(b(Ether(src=MODALITY, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07\x04" + bytes(40))), "portA")], "pass", "rail_l2_control"),
+    Case("STP BPDU (802.3 length, LLC)", [(b(Dot3(src=MODALITY, dst="01:80:c2:00:00:00") / LLC() / STP()), "portA")], "pass", "rail_l2_control"),
+    Case("unknown EtherType passes, counted", [(b(Ether(src=MODALITY, dst=ROUTER, type=0x88B5) / Raw(bytes(46))), "portA")], "pass", "unsupported_ethertype"),
+    Case("truncated IPv4", [(b(modality() / TCP(sport=5, dport=104))[:30], "portA")], "drop", "malformed"),
+    Case("IPv4 header length 4", [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", ihl=4) / Raw(bytes(20))), "portA")], "drop", "malformed"),
+    Case("IP total length beyond the frame", [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", len=400) / UDP()), "portA")], "drop", "malformed"),
+    Case(
+        "DHCP discover",
+        [(b(Ether(src=MODALITY, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / Raw(bytes(240))), "portA")],
+        "pass", "rail_dhcp", sample="dhcp",
+    ),
+    Case(
+        "DHCP offer from the listed server",
+        [(b(Ether(src=ROUTER, dst=MODALITY) / IP(src="10.0.0.1", dst="10.0.1.5") / UDP(sport=67, dport=68) / Raw(bytes(240))), "portB")],
+        "pass", "rail_dhcp", sample="dhcp",
+    ),
+    Case(
+        "DHCP offer from an unlisted server meets policy",
+        [(b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.0.0.66", dst="10.0.1.5") / UDP(sport=67, dport=68) / Raw(bytes(240))), "portB")],
+        "pass", "segment_default", "default:unassigned", "unassigned", "modalities", sample="dhcp",
+    ),
+    Case(
+        "neighbour solicitation, hop limit 255",
+        [(b(Ether(src=MODALITY, dst="33:33:ff:00:00:05") / IPv6(src="fe80::5", dst="ff02::1:ff00:5", hlim=255) / ICMPv6ND_NS(tgt="fe80::6")), "portA")],
+        "pass", "rail_nd", sample="flowless",
+    ),
+    Case(
+        "neighbour solicitation, hop limit 64, is no rail",
+        [(b(Ether(src=MODALITY, dst="02:00:00:00:00:aa") / IPv6(src="fd00:1::5", dst="fd00:2::5", hlim=64) / ICMPv6ND_NS(tgt="fd00:2::5")), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "pacs",
+    ),
+    Case(
+        "RA from the listed router",
+        [(b(Ether(src=ROUTER, dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6ND_RA()), "portB")],
+        "pass", "rail_ra",
+    ),
+    Case(
+        "RA from another router meets policy",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:01") / IPv6(src="fe80::2", dst="ff02::1", hlim=255) / ICMPv6ND_RA()), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "multicast",
+    ),
+    Case(
+        "VLAN prefix on its VLAN",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=30) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=6, dport=80, flags="S")), "portB")],
+        "drop", "segment_default", "default:lab", "lab", "pacs",
+    ),
+    Case(
+        "VLAN prefix on another VLAN is unassigned",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=31) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=7, dport=80, flags="S")), "portB")],
+        "pass", "segment_default", "default:unassigned", "unassigned", "pacs",
+    ),
+    Case(
+        "QinQ: the outer tag is the VLAN",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1AD(vlan=30) / Dot1Q(vlan=99) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=8, dport=80, flags="S")), "portB")],
+        "drop", "segment_default", "default:lab", "lab", "pacs",
+    ),
+    Case(
+        "untagged frame takes the port's PVID",
+        [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=9, dport=80, flags="S")), "portC")],
+        "drop", "segment_default", "default:lab", "lab", "pacs",
+    ),
+    Case(
+        "IPv6 through extension headers",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / TCP(sport=10, dport=104, flags="S")), "portA")],
+        "pass", "rule", "dicom", "modalities", "pacs",
+    ),
+    Case(
+        "more extension headers than the walk allows",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / TCP(sport=11, dport=104, flags="S")), "portA")],
+        "drop", "malformed",
+    ),
+    Case(
+        "later fragment follows the first",
+        [
+            (b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=77, flags="MF", proto=17) / Raw(bytes(UDP(sport=12, dport=5000, len=48)) + bytes(32))), "portA"),
+            (b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=77, frag=5, proto=17) / Raw(bytes(8))), "portA"),
+        ],
+        "pass", "fragment", "udp-any", "modalities", "pacs",
+    ),
+    Case(
+        "orphan fragment is dropped where a segment enforces",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=78, frag=5, proto=17) / Raw(bytes(8))), "portA")],
+        "drop", "fragment_orphan", "-", "modalities", "pacs",
+    ),
+    Case(
+        "tiny first fragment",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=79, flags="MF", proto=6) / Raw(bytes(8))), "portA")],
+        "drop", "malformed",
+    ),
+    Case(
+        "ICMP error about an allowed flow is related",
+        [
+            (b(dicom_syn(40010)), "portA"),
+            (b(to_modality() / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40010, dport=104, flags="S")), "portB"),
+        ],
+        "pass", "related_icmp", "dicom",
+    ),
+    Case(
+        "mid-stream TCP is judged from both sides",
+        [(b(to_modality() / TCP(sport=104, dport=40011, flags="A")), "portB")],
+        "pass", "rule", "dicom", "modalities", "pacs", ("new_flow", "midstream"),
+    ),
+    Case(
+        "broadcast destination is a pseudo-segment",
+        [(b(Ether(src=MODALITY, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.1.5", dst="10.0.1.255") / UDP(sport=13, dport=9999)), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "broadcast",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tracer() -> Iterator[Tracer]:
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        yield t
+
+
+def _stats(tracer: Tracer) -> dict:
+    assert tracer.dataplane is not None
+    return tracer.dataplane.stats()
+
+
+def _hits(tracer: Tracer) -> dict:
+    assert tracer.dataplane is not None
+    return tracer.dataplane.rule_hits(list(tracer.rule_names))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fixture(tracer: Tracer, case: Case) -> None:
+    for frame, ingress in case.frames[:-1]:
+        tracer.trace(frame, ingress)
+    frame, ingress = case.frames[-1]
+    stats_before, hits_before = _stats(tracer), _hits(tracer)
+    result = tracer.trace(frame, ingress)
+
+    assert (result.verdict, result.reason, result.rule) == (case.verdict, case.reason, case.rule)
+    assert result.xdp_action == ("drop" if case.verdict == "drop" else "pass")
+    if case.src is not None:
+        assert (result.src_segment, result.dst_segment) == (case.src, case.dst)
+    if case.flags is not None:
+        assert result.flags == case.flags
+    if case.sample is not None:
+        assert result.sample == case.sample
+
+    key = (abi.Verdict[case.verdict], abi.Reason[case.reason])
+    stats_after = _stats(tracer)
+    moved = {k for k in stats_after if stats_after[k] != stats_before.get(k)}
+    assert moved == {key}
+    before = stats_before.get(key)
+    assert stats_after[key].packets == (before.packets if before else 0) + 1
+    assert stats_after[key].bytes == (before.bytes if before else 0) + len(frame)
+
+    hits_after = _hits(tracer)
+    moved_rules = {tracer.rule_names[r] for r in hits_after if hits_after[r] != hits_before.get(r)}
+    assert moved_rules == ({case.rule} if case.rule != "-" else set())
+
+
+def test_denied_flow_gets_no_entry(tracer: Tracer) -> None:
+    assert tracer.dataplane is not None
+    flows_before = sum(1 for _ in tracer.dataplane.flows())
+    for port in range(2000, 2050):
+        assert tracer.trace(b(modality() / TCP(sport=port, dport=23, flags="S")), "portA").verdict == "drop"
+    assert sum(1 for _ in tracer.dataplane.flows()) == flows_before
+
+
+def test_new_generation_rejudges_established_flows() -> None:
+    """A policy flip applies to flows already in the table, at their next packet."""
+    cfg = config.load(FIXTURE_CONFIG)
+    with Tracer(cfg) as t:
+        assert t.trace(b(dicom_syn(41000)), "portA").verdict == "pass"
+        assert t.trace(b(modality() / TCP(sport=41000, dport=104, flags="A")), "portA").reason == "established"
+        stricter = config.parse(FIXTURE_CONFIG.read_text().replace('action = "allow"  # dicom', 'action = "drop"  # dicom'), "stricter")
+        t.load_config(stricter)
+        result = t.trace(b(modality() / TCP(sport=41000, dport=104, flags="A")), "portA")
+        assert (result.verdict, result.reason, result.flags) == ("drop", "rule", ("revalidated",))
+        assert t.dataplane is not None
+        assert not [key for key, _ in t.dataplane.flows() if 41000 in (_port(key.port_lo), _port(key.port_hi))]
+
+
+def _port(stored: int) -> int:
+    """A flow key's port as a number (stored in network byte order)."""
+    return int.from_bytes(stored.to_bytes(2, "little"), "big")
