@@ -82,7 +82,7 @@ class Tracer:
                     ipr.link("set", index=index, state="up")
                     self.ifindex[port] = index
             self.loader.compile()
-            self.dataplane = Dataplane(self.loader.pin_dir, sleep=lambda _: None)
+            self.dataplane = Dataplane(self.loader.pin_dir)
             self.load_config(self.config)
         except BaseException:
             self.__exit__(None, None, None)
@@ -97,7 +97,7 @@ class Tracer:
         shutil.rmtree(self.pin_root, ignore_errors=True)
         self.namespace.__exit__(exc_type, exc, tb)
 
-    def load_config(self, config: Config) -> int:
+    def load_config(self, config: Config, grace_s: float = 0.01) -> int:
         """Apply config as the next policy generation (the live flip)."""
         assert self.dataplane is not None
         self.config = config
@@ -108,7 +108,7 @@ class Tracer:
             compiled["names"] = policy.rule_names
             return policy.contents
 
-        gen = self.dataplane.apply(compile_for, grace_s=0)
+        gen = self.dataplane.apply(compile_for, grace_s=grace_s)
         self.rule_names = compiled["names"]
         return gen
 

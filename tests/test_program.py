@@ -8,6 +8,8 @@ last one's verdict, reason, rule and segments, and that exactly its
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,3 +280,64 @@ def test_new_generation_rejudges_established_flows() -> None:
 def _port(stored: int) -> int:
     """A flow key's port as a number (stored in network byte order)."""
     return int.from_bytes(stored.to_bytes(2, "little"), "big")
+
+
+FLIP_POLICY = """
+[bridge]
+ports = ["portA", "portB"]
+[segments.left]
+macs = ["02:00:00:00:00:01"]
+mode = "enforce"
+default = "drop"
+[segments.right]
+macs = ["02:00:00:00:00:02"]
+mode = "enforce"
+default = "drop"
+[[rules]]
+from = "left"
+to = "right"
+proto = "udp"
+action = "allow"
+"""
+
+
+_SENDER = r"""
+import sys
+from pyroute2 import netns
+from medseg_xdp import bpfsys
+prog_fd = bpfsys.obj_get(sys.argv[1])
+netns.setns(sys.argv[5])  # not `ip netns exec`: its fresh /sys has no bpffs
+template, ifindex, count = bytearray.fromhex(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(count):
+    template[34:36] = (1024 + i).to_bytes(2, "big")  # UDP source port: a new flow each time
+    bpfsys.prog_test_run(prog_fd, bytes(template), ifindex)
+"""
+
+
+def test_generation_flip_never_mixes_policies() -> None:
+    """New flows judged while policies flip: identity and rules always from one generation.
+
+    Policy B gives both segments other ids. A packet that took its identity
+    from one generation and its rules from the other would find no rule and
+    be dropped by the segment default, so any drop is a mixed judgement.
+    The sender is another process, so it runs truly beside the flips.
+    """
+    from medseg_xdp import bpfsys
+
+    policy_a = config.parse(FLIP_POLICY, "a")
+    policy_b = config.parse(FLIP_POLICY.replace("[segments.left]", "[segments.left]\nid = 11").replace("[segments.right]", "[segments.right]\nid = 12"), "b")
+    template = b(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.1.0.1", dst="10.2.0.1") / UDP(sport=1024, dport=53))
+    count = 30000
+    with Tracer(policy_a) as t:
+        prog_pin = t.pin_root / "prog"
+        bpfsys.obj_pin(t.loader.prog_fd, str(prog_pin))
+        argv = [sys.executable, "-c", _SENDER, str(prog_pin), template.hex(), str(t.ifindex["portA"]), str(count), t.namespace.name]
+        sender = subprocess.Popen(argv)
+        flips = 0
+        while sender.poll() is None:
+            t.load_config(policy_b if flips % 2 == 0 else policy_a)
+            flips += 1
+        assert sender.returncode == 0
+        stats = _stats(t)
+    assert flips >= 20
+    assert {k: v.packets for k, v in stats.items()} == {(abi.Verdict["pass"], abi.Reason.rule): count}
