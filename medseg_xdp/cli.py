@@ -65,6 +65,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     if not ports:
         raise CliError("no ports: list them in bridge.ports or give --ports")
     loader = Loader(cfg.bridge)
+    loader.preflight(ports, netns_name=args.netns, replace=args.replace)
     loader.compile()
     ifindex = _ifindexes(ports, args.netns)
     with Dataplane(loader.pin_dir) as dataplane:

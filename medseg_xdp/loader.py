@@ -155,17 +155,15 @@ class Loader:
                 done.append(self._attach_one(ifname, replace, force_generic))
         return done
 
+    def preflight(self, ifnames: Sequence[str], netns_name: str | None = None, replace: bool = False) -> None:
+        """Raise LoaderError now if attach would refuse an interface."""
+        with in_netns(netns_name):
+            for ifname in ifnames:
+                _attachable(ifname, replace)
+
     def _attach_one(self, ifname: str, replace: bool, force_generic: bool) -> Attachment:
-        ifindex, mtu = _link(ifname)
-        current = bpfsys.xdp_attached_id(ifindex)
-        old_fd = -1
-        if current:
-            name = bpfsys.prog_name_by_id(current)
-            if name != PROGRAM_NAME:
-                raise LoaderError(f"{ifname} already carries another XDP program ({name or '?'}, id {current}); not touching it")
-            if not replace:
-                raise LoaderError(f"{ifname} already carries {PROGRAM_NAME} (id {current}); use --replace to swap it or unload first")
-            old_fd = bpfsys.prog_fd_by_id(current)
+        ifindex, mtu, current = _attachable(ifname, replace)
+        old_fd = bpfsys.prog_fd_by_id(current) if current else -1
         _disable_rx_vlan_offload(ifname)
         modes = [("generic", bpfsys.XDP_FLAGS_SKB_MODE)]
         if not force_generic:
@@ -224,6 +222,19 @@ def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:
     if missing:
         log.warning("no %s was attached to %s", PROGRAM_NAME, ", ".join(missing))
     return detached
+
+
+def _attachable(ifname: str, replace: bool) -> tuple[int, int, int]:
+    """(ifindex, MTU, id of our attached program or 0), or LoaderError."""
+    ifindex, mtu = _link(ifname)
+    current = bpfsys.xdp_attached_id(ifindex)
+    if current:
+        name = bpfsys.prog_name_by_id(current)
+        if name != PROGRAM_NAME:
+            raise LoaderError(f"{ifname} already carries another XDP program ({name or '?'}, id {current}); not touching it")
+        if not replace:
+            raise LoaderError(f"{ifname} already carries {PROGRAM_NAME} (id {current}); use --replace to swap it or unload first")
+    return ifindex, mtu, current
 
 
 def _link(ifname: str) -> tuple[int, int]:

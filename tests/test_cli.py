@@ -1,0 +1,139 @@
+"""The command line as a user runs it: trace, load/unload twice, restart on pinned state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from medseg_xdp.topology import DEFAULT_CLIENT, DEFAULT_SERVER, InlineBridge
+from medseg_xdp.traffic import exchange, start_echo_server
+
+FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
+
+
+def medseg(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"medseg-xdp {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.mark.root
+def test_trace_json_answers_each_packet() -> None:
+    allowed = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe") / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=1000, dport=104, flags="S")
+    denied = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe") / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=1001, dport=23, flags="S")
+    result = medseg("trace", "-c", str(FIXTURE_CONFIG), "--ingress", "portA", "--json", "--hex", bytes(allowed).hex(), bytes(denied).hex(), check=True)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["verdict"], x["reason"], x["rule"], x["src_segment"], x["dst_segment"]) for x in lines] == [
+        ("pass", "rule", "dicom", "modalities", "pacs"),
+        ("drop", "segment_default", "default:modalities", "modalities", "pacs"),
+    ]
+
+
+@pytest.mark.root
+def test_trace_reads_a_real_capture() -> None:
+    capture = Path(__file__).resolve().parents[2] / "shared" / "captures" / "ndpi" / "badpackets.pcap"
+    if not capture.exists():
+        pytest.skip(f"{capture} not present")
+    result = medseg("trace", "-c", str(FIXTURE_CONFIG), "--pcap", str(capture), "--json", check=True)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines and all("verdict" in x or "error" in x for x in lines)
+    assert any(x.get("reason") == "malformed" for x in lines)
+
+
+def test_trace_refuses_a_broken_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\nfrom = "a"\nto = "b"\naction = "allow"\n')
+    result = medseg("trace", "-c", str(bad), "--hex", "00")
+    assert result.returncode == 1
+    assert "rules[0].from: unknown segment 'a'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def bridge_config(tmp_path: Path) -> Iterator[tuple[InlineBridge, Path]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    policy = f"""
+[bridge]
+name = "clitest-{os.getpid()}"
+ports = ["{DEFAULT_CLIENT.port_name}", "{DEFAULT_SERVER.port_name}"]
+[segments.modality]
+macs = ["{DEFAULT_CLIENT.mac}"]
+mode = "enforce"
+default = "drop"
+[[rules]]
+from = "modality"
+to = "unassigned"
+proto = "tcp"
+ports = [104]
+action = "allow"
+"""
+    path = tmp_path / "policy.toml"
+    path.write_text(policy)
+    with InlineBridge() as ward:
+        try:
+            yield ward, path
+        finally:
+            medseg("unload", "-c", str(path), "--netns", ward.bridge_ns.name, "--remove-state")
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_load_twice_unload_twice_and_restart_on_pinned_state(bridge_config: tuple[InlineBridge, Path]) -> None:
+    ward, path = bridge_config
+    netns = ["--netns", ward.bridge_ns.name]
+    first = medseg("load", "-c", str(path), *netns, check=True)
+    assert "portA: native XDP" in first.stdout
+
+    again = medseg("load", "-c", str(path), *netns)
+    assert again.returncode == 1 and "already carries xdp_medseg" in again.stderr and "Traceback" not in again.stderr
+
+    server = DEFAULT_SERVER.ipv4.split("/")[0]  # type: ignore[union-attr]
+    start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
+    assert exchange(ward.client_ns, "tcp", server, 104)
+    assert not exchange(ward.client_ns, "tcp", server, 22, timeout=1.0)
+
+    # A new manager swaps the program atomically and keeps the pinned maps.
+    replaced = medseg("load", "-c", str(path), *netns, "--replace", check=True)
+    assert "policy generation 2" in replaced.stdout
+    assert exchange(ward.client_ns, "tcp", server, 104)
+    assert not exchange(ward.client_ns, "tcp", server, 22, timeout=1.0)
+
+    assert "portA: detached" in medseg("unload", "-c", str(path), *netns, check=True).stdout
+    twice = medseg("unload", "-c", str(path), *netns)
+    assert twice.returncode == 1 and "nothing to unload" in twice.stderr and "Traceback" not in twice.stderr
+    assert exchange(ward.client_ns, "tcp", server, 22)  # detached: the bridge forwards everything (fail-open)
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_never_touches_a_foreign_program(bridge_config: tuple[InlineBridge, Path]) -> None:
+    from bcc import BPF
+
+    from medseg_xdp import bpfsys
+    from medseg_xdp.loader import in_netns
+
+    ward, path = bridge_config
+    other = BPF(text="int xdp_other(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        fd = other.load_func(b"xdp_other", BPF.XDP).fd
+        with in_netns(ward.bridge_ns.name):
+            bpfsys.xdp_attach(ward.port_a_ifindex, fd, bpfsys.XDP_FLAGS_SKB_MODE)
+        result = medseg("load", "-c", str(path), "--netns", ward.bridge_ns.name)
+        assert result.returncode == 1
+        assert "portA already carries another XDP program (xdp_other" in result.stderr
+        unload = medseg("unload", "-c", str(path), "--ports", "portA", "--netns", ward.bridge_ns.name)
+        assert unload.returncode == 1 and "nothing to unload" in unload.stderr
+        with in_netns(ward.bridge_ns.name):
+            assert bpfsys.prog_name_by_id(bpfsys.xdp_attached_id(ward.port_a_ifindex)) == "xdp_other"
+    finally:
+        other.cleanup()
