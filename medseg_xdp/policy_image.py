@@ -82,34 +82,78 @@ def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], conte
                 _put(contents, "prefixes_v6", key6, info)
 
 
+def _specificity(low: int, high: int) -> int:
+    """0: exact port, 1: port range, 2: any port (the order of precedence)."""
+    return 0 if low == high else 2 if (low, high) == (0, 65535) else 1
+
+
+@dataclass(frozen=True)
+class _Claim:
+    index: int
+    rule: Rule
+    specificity: int
+
+
 def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str]) -> None:
-    owner: dict[bytes, tuple[int, Rule]] = {}
+    _check_overlapping_ranges(config)
+    port_rules: list[tuple[int, int, Rule, int, int]] = []  # (specificity, index, rule, low, high)
+    claims: dict[bytes, _Claim] = {}
     for index, rule in enumerate(config.rules):
-        rule_id = index + 1
-        rule_names[rule_id] = rule.name
-        verdict = abi.RuleVerdict(rule_id=rule_id, action=rule.action)
-        src, dst = config.segment_id(rule.src), config.segment_id(rule.dst)
+        rule_names[index + 1] = rule.name
         if rule.is_pair_default:
-            keys: list[tuple[str, ctypes.Structure]] = [("pair_defaults", abi.PairKey(gen=gen, src_segment=src, dst_segment=dst))]
-        else:
-            ranges = rule.ports or ((0, 65535),)
-            keys = [
-                ("rules", abi.RuleKey(prefixlen=RULE_KEY_FIXED_BITS + bits, gen=gen, src_segment=src, dst_segment=dst, proto=rule.proto, port_be=_be16(value)))
-                for low, high in ranges
-                for value, bits in port_prefixes(low, high)
-            ]
-        for map_name, key in keys:
-            raw = map_name.encode() + abi.to_bytes(key)
-            if raw in owner:
-                first_index, first = owner[raw]
-                if first.action != rule.action:
-                    raise ConfigError(
-                        f"rules[{index}] ({rule.name}) and rules[{first_index}] ({first.name}) match the same traffic "
-                        f"with equal specificity but different actions"
-                    )
-                continue  # shadowed by an earlier rule with the same action
-            owner[raw] = (index, rule)
-            _put(contents, map_name, key, verdict)
+            pair = abi.PairKey(gen=gen, src_segment=config.segment_id(rule.src), dst_segment=config.segment_id(rule.dst))
+            _claim(contents, claims, "pair_defaults", pair, _Claim(index, rule, 0))
+            continue
+        for low, high in rule.ports or ((0, 65535),):
+            port_rules.append((_specificity(low, high), index, rule, low, high))
+    # Exact ports first: a range's single-port piece never displaces an exact rule.
+    for specificity, index, rule, low, high in sorted(port_rules, key=lambda r: r[:2]):
+        for value, bits in port_prefixes(low, high):
+            key = abi.RuleKey(
+                prefixlen=RULE_KEY_FIXED_BITS + bits,
+                gen=gen,
+                src_segment=config.segment_id(rule.src),
+                dst_segment=config.segment_id(rule.dst),
+                proto=rule.proto,
+                port_be=_be16(value),
+            )
+            _claim(contents, claims, "rules", key, _Claim(index, rule, specificity))
+
+
+def _claim(contents: MapContents, claims: dict[bytes, _Claim], map_name: str, key: ctypes.Structure, claim: _Claim) -> None:
+    """Put a rule's key unless an earlier rule holds it; equal specificity must agree."""
+    raw = map_name.encode() + abi.to_bytes(key)
+    held = claims.get(raw)
+    if held is None:
+        claims[raw] = claim
+        _put(contents, map_name, key, abi.RuleVerdict(rule_id=claim.index + 1, action=claim.rule.action))
+    elif held.specificity == claim.specificity and held.rule.action != claim.rule.action:
+        raise _conflict(claim.index, claim.rule, held.index, held.rule)
+    # else: held by a more specific rule, or by an equal one with the same action
+
+
+def _conflict(index: int, rule: Rule, first_index: int, first: Rule) -> ConfigError:
+    return ConfigError(
+        f"rules[{index}] ({rule.name}) and rules[{first_index}] ({first.name}) match the same traffic "
+        f"with equal specificity but different actions"
+    )
+
+
+def _check_overlapping_ranges(config: Config) -> None:
+    """Overlapping port ranges with different actions have no natural winner."""
+    ranges: dict[tuple[str, str, int], list[tuple[int, int, int, Rule]]] = {}
+    for index, rule in enumerate(config.rules):
+        for low, high in rule.ports:
+            if rule.proto is not None and _specificity(low, high) == 1:
+                ranges.setdefault((rule.src, rule.dst, rule.proto), []).append((low, high, index, rule))
+    for entries in ranges.values():
+        entries.sort(key=lambda e: e[0])
+        for i, (low, high, index, rule) in enumerate(entries):
+            for other_low, _, other_index, other in entries[i + 1 :]:
+                if other_low > high:
+                    break
+                if other.action != rule.action:
+                    raise _conflict(max(index, other_index), config.rules[max(index, other_index)], min(index, other_index), config.rules[min(index, other_index)])
 
 
 def _be16(port: int) -> int:

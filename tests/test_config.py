@@ -1,0 +1,128 @@
+"""Config parsing and the policy compiler, without root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medseg_xdp import abi, config
+from medseg_xdp.config import ConfigError
+from medseg_xdp.policy_image import compile_policy, port_prefixes
+
+FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
+
+
+@given(st.integers(0, 65535), st.integers(0, 65535))
+def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
+    low, high = min(a, b), max(a, b)
+    prefixes = port_prefixes(low, high)
+    covered = []
+    for value, bits in prefixes:
+        size = 1 << (16 - bits)
+        assert value % size == 0  # a real prefix
+        covered.append((value, value + size - 1))
+    covered.sort()
+    assert covered[0][0] == low and covered[-1][1] == high
+    assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(covered, covered[1:]))
+    assert len(prefixes) <= 30  # at most 2 * 15 prefixes for 16 bits
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[rules]]\nfrom = "a"\nto = "b"\naction = "allow"', "rules[0].from: unknown segment 'a'"),
+        ('[segments.x]\nmode = "strict"', "segments.x.mode: 'strict' is not one of monitor, enforce"),
+        ('[segments.x]\nmacs = ["00:11"]', "segments.x.macs[0]: '00:11' is not a MAC address"),
+        ('[segments.x]\nprefixes = ["10.0.0.1/8"]', "segments.x.prefixes[0]: 10.0.0.1/8 has host bits set"),
+        ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nproto = "tcp"\nports = [70000]\naction = "allow"', "rules[0].ports[0]: 70000 is out of range"),
+        ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nports = [80]\naction = "allow"', "rules[0].ports: ports need a proto"),
+        ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nproto = "tcp"\naction = "permit"', "rules[0].action: 'permit' is not one of allow, drop, audit"),
+        ('[segments.x]\nport = "eth9"', "segments.x.port: 'eth9' is not in bridge.ports"),
+        ('[segments.x]\nmacs = ["00:11:22:33:44:55"]\n[segments.y]\nmacs = ["00:11:22:33:44:55"]', "segments.y.macs[0]: 00:11:22:33:44:55 is already in segment 'x'"),
+        ('[settings]\nsnaplen = 4096', "settings.snaplen: 4096 is out of range 1..512"),
+        ("[bridge]\nport = []", "bridge.port: unknown key"),
+        ("[segments.unassigned]\nmacs = []", "segments.unassigned.macs: the pseudo-segment 'unassigned' takes only"),
+        ("not toml = = 1", "(at line 1, column 5)"),
+    ],
+)
+def test_errors_name_the_file_and_the_path(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.parse(text, "policy.toml")
+    assert str(raised.value).startswith("policy.toml: ")
+    assert message in str(raised.value)
+
+
+def test_equal_specificity_with_different_actions_is_an_error() -> None:
+    text = """
+[segments.a]
+[segments.b]
+[[rules]]
+id = "web"
+from = "a"
+to = "b"
+proto = "tcp"
+ports = ["80-90"]
+action = "allow"
+[[rules]]
+id = "block"
+from = "a"
+to = "b"
+proto = "tcp"
+ports = ["88-95"]
+action = "drop"
+"""
+    with pytest.raises(ConfigError, match=r"rules\[1\] \(block\) and rules\[0\] \(web\)"):
+        compile_policy(config.parse(text), 1, lambda port: 1)
+
+
+def test_an_exact_port_inside_a_range_is_more_specific_not_a_conflict() -> None:
+    cfg = config.load(FIXTURE_CONFIG)
+    compiled = compile_policy(cfg, 1, {"portA": 2, "portB": 3, "portC": 4}.__getitem__)
+    assert "dicom-alt" in compiled.rule_names.values()
+    assert "dicom-query" in compiled.rule_names.values()
+
+
+def test_every_key_carries_the_generation() -> None:
+    cfg = config.load(FIXTURE_CONFIG)
+    compiled = compile_policy(cfg, 7, {"portA": 2, "portB": 3, "portC": 4}.__getitem__)
+    from medseg_xdp.dataplane import MAP_LAYOUTS
+    from medseg_xdp.policy_image import GENERATIONAL_MAPS
+
+    for name in GENERATIONAL_MAPS:
+        key_type = MAP_LAYOUTS[name][0]
+        for raw in compiled.contents[name]:
+            assert key_type.from_buffer_copy(raw).gen == 7, name
+    assert compiled.rule_names[len(cfg.rules) + 1].startswith("default:")
+    assert abi.const("MAX_RULE_IDS") > max(compiled.rule_names)
+
+
+def test_exact_port_wins_over_a_range_piece_of_the_same_port() -> None:
+    text = """
+[segments.a]
+[segments.b]
+[[rules]]
+id = "range"
+from = "a"
+to = "b"
+proto = "tcp"
+ports = ["80-90"]
+action = "allow"
+[[rules]]
+id = "exact"
+from = "a"
+to = "b"
+proto = "tcp"
+ports = [90]
+action = "drop"
+"""
+    compiled = compile_policy(config.parse(text), 1, lambda port: 1)
+    by_port = {}
+    for raw, value in compiled.contents["rules"].items():
+        key, verdict = abi.RuleKey.from_buffer_copy(raw), abi.RuleVerdict.from_buffer_copy(value)
+        port = int.from_bytes(key.port_be.to_bytes(2, "little"), "big")
+        by_port[(port, key.prefixlen - 80)] = compiled.rule_names[verdict.rule_id]
+    assert by_port[(90, 16)] == "exact"
+    assert by_port[(80, 13)] == "range" and by_port[(88, 15)] == "range"
