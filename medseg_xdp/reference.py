@@ -1,0 +1,1046 @@
+"""The executable specification of bpf/medseg_xdp.c, in pure Python.
+
+Given the same map contents and the same frame, ReferenceDataplane.run()
+gives what the XDP program gives: the action, the decision record, the
+counter changes and the flow and fragment tables (timestamps aside). It is a
+port of the C, function by function under the same names (the parsing
+functions of bpf/parse.h first, then those of medseg_xdp.c in file order), so
+the two read side by side; change both together. Layouts and the header's
+constants come from medseg_xdp.abi, never restated here.
+
+How the maps are modelled:
+
+- hash maps are dicts keyed by the bytes of the ctypes key struct, with
+  ctypes structs as values; the LPM tries are LpmTrie;
+- the LRU maps (flows, frags) are plain dicts that never evict: tests size
+  the kernel's tables so that nothing is evicted there either;
+- the per-CPU maps are one CPU's: sum the kernel's counters over CPUs, and
+  read its last_decision and event_budget on the CPU that ran the program;
+- outcomes that only the kernel can have are left out: the ring buffer always
+  has room (PRESSURE_RING_FULL), and a flow insert after a missed lookup
+  always succeeds (PRESSURE_FLOW_INSERT_RACE, PRESSURE_FLOW_INSERT_FAILED,
+  DECISION_NO_FLOW_ENTRY);
+- the host is little-endian, like the BPF target BCC compiles for on x86-64
+  and arm64: a __be16 field holds the network-order bytes, read as a native
+  u16 (see raw16).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import struct
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Generic, TypeVar
+
+from medseg_xdp import abi
+
+# medseg_abi.h's #defines and enum members under their C names.
+C = SimpleNamespace(
+    **abi.DEFINES,
+    **{name: value for members in abi.ENUMS.values() for name, value in members.items()},
+)
+
+# linux/bpf.h
+XDP_DROP = 1
+XDP_PASS = 2
+
+# linux/if_ether.h and parse.h
+ETH_HLEN = 14
+ETH_ALEN = 6
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+ETH_P_ARP = 0x0806
+ETH_P_LLDP = 0x88CC
+ETH_P_SLOW = 0x8809
+ETH_P_PAE = 0x888E
+ETH_P_802_3_MIN = 0x0600
+VLAN_HLEN = 4
+VLAN_VID_MASK = 0x0FFF
+STP_MAC = bytes.fromhex("0180c2000000")
+
+IPV4_HLEN = 20
+IPV4_MF = 0x2000
+IPV4_OFFSET_MASK = 0x1FFF
+IPV6_HLEN = 40
+IPV6_OPT_HLEN = 2  # struct ipv6_opt_hdr_
+IPV6_FRAG_HLEN = 8  # struct ipv6_frag_hdr_
+IPV6_FRAG_OFFSET_MASK = 0xFFF8
+IPV6_FRAG_MF = 0x0001
+TCP_HLEN = 20
+UDP_HLEN = 8
+ICMP_HLEN = 8  # type, code, checksum, and for echo the identifier
+
+# linux/in.h, linux/in6.h
+IPPROTO_HOPOPTS = 0
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_ICMPV6 = 58
+IPPROTO_NONE = 59
+IPPROTO_DSTOPTS = 60
+
+# linux/icmp.h, linux/icmpv6.h
+ICMP_ECHOREPLY = 0
+ICMP_DEST_UNREACH = 3
+ICMP_ECHO = 8
+ICMP_TIME_EXCEEDED = 11
+ICMP_PARAMETERPROB = 12
+ICMPV6_DEST_UNREACH = 1
+ICMPV6_PARAMPROB = 4
+ICMPV6_ECHO_REQUEST = 128
+ICMPV6_ECHO_REPLY = 129
+
+# medseg_xdp.c
+NSEC_PER_SEC = 1_000_000_000
+TCP_FLAG_SYN = 0x02
+DHCP_SERVER_PORT = 67
+DHCP_CLIENT_PORT = 68
+DHCP6_CLIENT_PORT = 546
+DHCP6_SERVER_PORT = 547
+ND_HOP_LIMIT = 255
+ND_ROUTER_SOLICIT = 133
+ND_ROUTER_ADVERT = 134
+ND_NEIGHBOR_SOLICIT = 135
+ND_NEIGHBOR_ADVERT = 136
+MLD_QUERY = 130
+MLD_REPORT = 131
+MLD_DONE = 132
+MLD2_REPORT = 143
+
+U64_MASK = (1 << 64) - 1
+U32_MASK = (1 << 32) - 1
+ZERO_KEY = bytes(4)  # u32 0: the one slot of an array map
+ZERO_ADDR = bytes(16)
+
+MapContents = dict[str, dict[bytes, bytes]]
+"""Map name -> {key bytes: value bytes}, for the configuration maps."""
+
+# The configuration maps of maps.h: name -> (key type, value type).
+CONFIG_MAPS: dict[str, tuple[Any, Any]] = {
+    "active_gen": (ctypes.c_uint32, ctypes.c_uint32),
+    "settings": (ctypes.c_uint32, abi.Settings),
+    "ports": (abi.PortKey, abi.PortInfo),
+    "devices": (abi.DeviceKey, abi.EndpointInfo),
+    "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo),
+    "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo),
+    "rail_hosts": (abi.RailHostKey, ctypes.c_uint32),
+    "segments": (abi.SegmentKey, abi.SegmentInfo),
+    "rules": (abi.RuleKey, abi.RuleVerdict),
+    "pair_defaults": (abi.PairKey, abi.RuleVerdict),
+}
+ARRAY_MAPS = ("active_gen", "settings")
+
+V = TypeVar("V")
+
+
+# ---- byte helpers ----
+
+
+def be16(frame: bytes, offset: int) -> int:
+    """bpf_ntohs() of the __be16 at offset."""
+    return int.from_bytes(frame[offset : offset + 2], "big")
+
+
+def be32(frame: bytes, offset: int) -> int:
+    """bpf_ntohl() of the __be32 at offset."""
+    return int.from_bytes(frame[offset : offset + 4], "big")
+
+
+def raw16(frame: bytes, offset: int) -> int:
+    """The __be16 at offset as the C holds it: network-order bytes in a native u16."""
+    return int.from_bytes(frame[offset : offset + 2], "little")
+
+
+def bswap16(value: int) -> int:
+    """bpf_ntohs() / bpf_htons() of a u16 value."""
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+def _mask_prefix(data: bytes, prefixlen: int) -> bytes:
+    """The first prefixlen bits of data (most significant bit first), the rest zero."""
+    width = 8 * len(data)
+    kept = int.from_bytes(data, "big") >> (width - prefixlen) << (width - prefixlen)
+    return kept.to_bytes(len(data), "big")
+
+
+class LpmTrie(Generic[V]):
+    """BPF_MAP_TYPE_LPM_TRIE: a key is a u32 prefixlen then the data. A lookup
+    finds the longest stored prefix, no longer than the lookup key's prefixlen,
+    whose first prefixlen bits equal the key's; stored keys with the same
+    prefix are one entry (the last one given wins), as in the kernel."""
+
+    def __init__(self, entries: dict[bytes, V]) -> None:
+        self._by_prefixlen: dict[int, dict[bytes, V]] = {}
+        for key, value in entries.items():
+            prefixlen, data = int.from_bytes(key[:4], "little"), key[4:]
+            if prefixlen > 8 * len(data):
+                raise ValueError(f"LPM key prefixlen {prefixlen} exceeds {8 * len(data)} bits")
+            self._by_prefixlen.setdefault(prefixlen, {})[_mask_prefix(data, prefixlen)] = value
+        self._prefixlens = sorted(self._by_prefixlen, reverse=True)
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._by_prefixlen.values())
+
+    def lookup(self, key: bytes) -> V | None:
+        """bpf_map_lookup_elem() on the trie."""
+        prefixlen, data = int.from_bytes(key[:4], "little"), key[4:]
+        for length in self._prefixlens:
+            if length <= prefixlen:
+                found = self._by_prefixlen[length].get(_mask_prefix(data, length))
+                if found is not None:
+                    return found
+        return None
+
+
+def decode_map(name: str, entries: dict[bytes, bytes]) -> dict[bytes, Any]:
+    """One configuration map's raw entries as {key bytes: ctypes value}, sizes checked."""
+    key_type, value_type = CONFIG_MAPS[name]
+    key_size, value_size = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
+    decoded = {}
+    for key, value in entries.items():
+        if len(key) != key_size or len(value) != value_size:
+            raise ValueError(
+                f"map {name}: entry of {len(key)}/{len(value)} bytes, "
+                f"the map takes {key_size}/{value_size}"
+            )
+        decoded[bytes(key)] = value_type.from_buffer_copy(value)
+    return decoded
+
+
+# ---- parse.h ----
+
+
+class ParseResult(enum.IntEnum):
+    """enum parse_result."""
+
+    IP = 0
+    ARP = 1
+    L2_CONTROL = 2
+    OTHER_ETHERTYPE = 3
+    MALFORMED = 4
+
+
+@dataclass(slots=True)
+class XdpContext:
+    """struct xdp_md: the frame (data .. data_end) and the port it came in on."""
+
+    data: bytes
+    ingress_ifindex: int
+
+
+@dataclass(slots=True)
+class Packet:
+    """struct packet. Pointers are offsets into the frame; addresses are the 16
+    bytes of src[4]/dst[4]; sport/dport hold network-order bytes (raw16)."""
+
+    eth_src: bytes = b""
+    eth_dst: bytes = b""
+    len: int = 0
+    vlan: int = 0
+    family: int = 0
+    proto: int = 0
+    src: bytes = ZERO_ADDR
+    dst: bytes = ZERO_ADDR
+    sport: int = 0
+    dport: int = 0
+    policy_port: int = 0
+    tcp_flags: int = 0
+    hop_limit: int = 0
+    icmp_type: int = 0
+    has_l4: bool = False
+    is_fragment: bool = False
+    is_later_fragment: bool = False
+    frag_id: int = 0
+    l4: int = 0
+    l4_end: int = 0
+
+
+def beyond(p: int, end: int, limit: int) -> bool:
+    """BEYOND(): p is past the frame's end or past the datagram's end."""
+    return p > end or p > limit
+
+
+def is_icmp_proto(proto: int) -> bool:
+    """IS_ICMP_PROTO()."""
+    return proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
+
+
+def is_icmp_echo(proto: int, icmp_type: int) -> bool:
+    """is_icmp_echo()."""
+    if proto == IPPROTO_ICMP:
+        return icmp_type in (ICMP_ECHO, ICMP_ECHOREPLY)
+    return icmp_type in (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
+
+
+def parse_l4(pkt: Packet, frame: bytes, l4: int, dgram_end: int) -> ParseResult:
+    """parse_l4(): ports, TCP flags, ICMP type; a cut L4 header is malformed."""
+    end = len(frame)
+    pkt.l4 = l4
+    pkt.l4_end = dgram_end
+    if pkt.proto == IPPROTO_TCP:
+        if beyond(l4 + TCP_HLEN, end, dgram_end) or (frame[l4 + 12] >> 4) < 5:
+            return ParseResult.MALFORMED
+        pkt.sport = raw16(frame, l4)
+        pkt.dport = raw16(frame, l4 + 2)
+        pkt.tcp_flags = frame[l4 + 13]
+    elif pkt.proto == IPPROTO_UDP:
+        if beyond(l4 + UDP_HLEN, end, dgram_end):
+            return ParseResult.MALFORMED
+        pkt.sport = raw16(frame, l4)
+        pkt.dport = raw16(frame, l4 + 2)
+    elif is_icmp_proto(pkt.proto):
+        if beyond(l4 + ICMP_HLEN, end, dgram_end):
+            return ParseResult.MALFORMED
+        pkt.icmp_type = frame[l4]
+        if is_icmp_echo(pkt.proto, pkt.icmp_type):
+            pkt.sport = raw16(frame, l4 + 4)
+            pkt.dport = pkt.sport
+        pkt.policy_port = pkt.icmp_type
+        pkt.has_l4 = True
+        return ParseResult.IP
+    else:
+        pkt.has_l4 = True
+        return ParseResult.IP
+    pkt.policy_port = bswap16(pkt.dport)
+    pkt.has_l4 = True
+    return ParseResult.IP
+
+
+def parse_ipv4(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
+    """parse_ipv4(): the datagram ends at tot_len (Ethernet pads short frames)."""
+    end = len(frame)
+    if l3 + IPV4_HLEN > end:
+        return ParseResult.MALFORMED
+    version, ihl = frame[l3] >> 4, frame[l3] & 0x0F
+    hdr_len = ihl * 4
+    tot_len = be16(frame, l3 + 2)
+    if version != 4 or hdr_len < IPV4_HLEN or tot_len < hdr_len or l3 + tot_len > end:
+        return ParseResult.MALFORMED
+
+    pkt.family = C.FAMILY_IPV4
+    pkt.proto = frame[l3 + 9]
+    pkt.hop_limit = frame[l3 + 8]
+    pkt.src = frame[l3 + 12 : l3 + 16] + bytes(12)
+    pkt.dst = frame[l3 + 16 : l3 + 20] + bytes(12)
+
+    frag = be16(frame, l3 + 6)
+    if frag & (IPV4_MF | IPV4_OFFSET_MASK):
+        pkt.is_fragment = True
+        pkt.frag_id = be16(frame, l3 + 4)
+        if frag & IPV4_OFFSET_MASK:
+            pkt.is_later_fragment = True
+            return ParseResult.IP
+    return parse_l4(pkt, frame, l3 + hdr_len, l3 + tot_len)
+
+
+def parse_ipv6(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
+    """parse_ipv6(): at most MAX_IPV6_EXT_HEADERS headers walked, the last the L4 one."""
+    end = len(frame)
+    if l3 + IPV6_HLEN > end:
+        return ParseResult.MALFORMED
+    payload = be16(frame, l3 + 4)
+    dgram_end = l3 + IPV6_HLEN + payload
+    if frame[l3] >> 4 != 6 or payload == 0 or dgram_end > end:
+        return ParseResult.MALFORMED
+
+    pkt.family = C.FAMILY_IPV6
+    pkt.hop_limit = frame[l3 + 7]
+    pkt.src = frame[l3 + 8 : l3 + 24]
+    pkt.dst = frame[l3 + 24 : l3 + 40]
+
+    next_header = frame[l3 + 6]
+    cursor = l3 + IPV6_HLEN
+    for _ in range(C.MAX_IPV6_EXT_HEADERS):
+        if next_header in (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS):
+            if beyond(cursor + IPV6_OPT_HLEN, end, dgram_end):
+                return ParseResult.MALFORMED
+            next_header = frame[cursor]
+            cursor += (frame[cursor + 1] + 1) * 8
+        elif next_header == IPPROTO_AH:
+            if beyond(cursor + IPV6_OPT_HLEN, end, dgram_end):
+                return ParseResult.MALFORMED
+            next_header = frame[cursor]
+            cursor += (frame[cursor + 1] + 2) * 4
+        elif next_header == IPPROTO_FRAGMENT:
+            if beyond(cursor + IPV6_FRAG_HLEN, end, dgram_end):
+                return ParseResult.MALFORMED
+            offset = be16(frame, cursor + 2)
+            identification = be32(frame, cursor + 4)
+            next_header = frame[cursor]
+            cursor += IPV6_FRAG_HLEN
+            # an atomic fragment (offset 0, no MF) is a whole datagram
+            if offset & (IPV6_FRAG_OFFSET_MASK | IPV6_FRAG_MF):
+                pkt.is_fragment = True
+                pkt.frag_id = identification
+                if offset & IPV6_FRAG_OFFSET_MASK:
+                    pkt.proto = next_header
+                    pkt.is_later_fragment = True
+                    return ParseResult.IP
+        else:
+            pkt.proto = next_header
+            if next_header in (IPPROTO_NONE, IPPROTO_ESP):
+                pkt.has_l4 = True  # nothing readable follows
+                return ParseResult.IP
+            return parse_l4(pkt, frame, cursor, dgram_end)
+    return ParseResult.MALFORMED  # more extension headers than we walk
+
+
+def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
+    """parse_packet(): Ethernet, up to two VLAN tags (the outer gives the VID), L3."""
+    frame = ctx.data
+    end = len(frame)
+    pkt.len = end
+    if ETH_HLEN > end:
+        return ParseResult.MALFORMED
+    pkt.eth_dst = frame[0:ETH_ALEN]
+    pkt.eth_src = frame[ETH_ALEN : 2 * ETH_ALEN]
+
+    proto = be16(frame, 12)
+    cursor = ETH_HLEN
+    for i in range(2):
+        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        if cursor + VLAN_HLEN > end:
+            return ParseResult.MALFORMED
+        if i == 0:
+            pkt.vlan = be16(frame, cursor) & VLAN_VID_MASK
+        proto = be16(frame, cursor + 2)
+        cursor += VLAN_HLEN
+
+    if proto == ETH_P_IP:
+        return parse_ipv4(pkt, frame, cursor)
+    if proto == ETH_P_IPV6:
+        return parse_ipv6(pkt, frame, cursor)
+    if proto == ETH_P_ARP:
+        return ParseResult.ARP
+    if proto in (ETH_P_LLDP, ETH_P_SLOW, ETH_P_PAE):
+        return ParseResult.L2_CONTROL
+    # 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00
+    if proto < ETH_P_802_3_MIN and pkt.eth_dst == STP_MAC:
+        return ParseResult.L2_CONTROL
+    return ParseResult.OTHER_ETHERTYPE
+
+
+# ---- medseg_xdp.c ----
+
+
+@dataclass(slots=True)
+class JudgeArgs:
+    """struct judge_args."""
+
+    src_mac: bytes
+    dst_mac: bytes
+    src_addr: bytes
+    dst_addr: bytes
+    vlan: int
+    policy_port: int
+    family: int
+    proto: int
+    check_spoof: bool
+
+
+@dataclass
+class Outcome:
+    """What one run of the program gives."""
+
+    action: int  # XDP_PASS / XDP_DROP
+    decision: abi.Decision  # the record finish() writes, seq included
+    sample: bytes | None  # the bytes captured into the sample ring, None when no sample
+
+
+class ReferenceDataplane:
+    """The XDP program with its maps: configuration from load(), state kept."""
+
+    def __init__(self, maps: MapContents) -> None:
+        self.flows: dict[bytes, abi.FlowEntry] = {}
+        self.frags: dict[bytes, abi.FragVerdict] = {}
+        self.stats: dict[int, abi.Counter] = {}
+        self.rule_hits: dict[int, abi.Counter] = {}
+        self.pressure: dict[int, int] = {}
+        self.last_decision = abi.Decision()
+        self.event_budget = abi.EventBudget()
+        self.load(maps)
+
+    def load(self, maps: MapContents) -> None:
+        """Replaces the configuration maps (a policy update); state maps are kept."""
+        unknown = maps.keys() - CONFIG_MAPS.keys()
+        if unknown:
+            raise ValueError(f"not configuration maps: {sorted(unknown)}")
+        tables = {name: decode_map(name, maps.get(name, {})) for name in CONFIG_MAPS}
+        for name in ARRAY_MAPS:  # an array's slot is always there, zero until written
+            if set(tables[name]) - {ZERO_KEY}:
+                raise ValueError(f"map {name} has the one slot 0")
+            tables[name].setdefault(ZERO_KEY, CONFIG_MAPS[name][1]())
+        self.active_gen: dict[bytes, ctypes.c_uint32] = tables["active_gen"]
+        self.settings: dict[bytes, abi.Settings] = tables["settings"]
+        self.ports: dict[bytes, abi.PortInfo] = tables["ports"]
+        self.devices: dict[bytes, abi.EndpointInfo] = tables["devices"]
+        self.prefixes_v4: LpmTrie[abi.EndpointInfo] = LpmTrie(tables["prefixes_v4"])
+        self.prefixes_v6: LpmTrie[abi.EndpointInfo] = LpmTrie(tables["prefixes_v6"])
+        self.rail_hosts: dict[bytes, ctypes.c_uint32] = tables["rail_hosts"]
+        self.segments: dict[bytes, abi.SegmentInfo] = tables["segments"]
+        self.rules: LpmTrie[abi.RuleVerdict] = LpmTrie(tables["rules"])
+        self.pair_defaults: dict[bytes, abi.RuleVerdict] = tables["pair_defaults"]
+
+    def count_pressure(self, what: int) -> None:
+        """count_pressure()."""
+        self.pressure[what] = self.pressure.get(what, 0) + 1
+
+    @staticmethod
+    def set_decision(d: abi.Decision, verdict: int, reason: int, rule_id: int) -> None:
+        """set_decision()."""
+        d.verdict = verdict
+        d.reason = reason
+        d.rule_id = rule_id
+
+    @staticmethod
+    def want_sample(d: abi.Decision, kind: int) -> None:
+        """want_sample(): a DHCP sample, decided first, outranks the flow's sampling."""
+        if d.sample_kind == C.SAMPLE_NONE:
+            d.sample_kind = kind
+
+    # ---- identity ----
+
+    def identify(
+        self, gen: int, vlan: int, mac: bytes, addr: bytes, family: int
+    ) -> abi.EndpointInfo:
+        """identify(): group MAC pseudo-segments, then the device, then the prefix."""
+        if mac[0] & 1:
+            broadcast = mac == b"\xff" * ETH_ALEN
+            segment = C.SEGMENT_BROADCAST if broadcast else C.SEGMENT_MULTICAST
+            return abi.EndpointInfo(segment=segment, flags=0, ifindex=0)
+
+        device_key = abi.DeviceKey(gen=gen)
+        device_key.mac[:] = mac
+        found = self.devices.get(bytes(device_key))
+        if found is not None:
+            return found
+
+        # A VLAN-specific prefix first, then the prefixes valid on any VLAN.
+        if family == C.FAMILY_IPV4:
+            key4 = abi.Prefix4Key(prefixlen=32 + 16 + 32, gen=gen, vlan=vlan)
+            key4.addr[:] = addr[:4]
+            found = self.prefixes_v4.lookup(bytes(key4))
+            if found is None and vlan:
+                key4.vlan = 0
+                found = self.prefixes_v4.lookup(bytes(key4))
+        else:
+            key6 = abi.Prefix6Key(prefixlen=32 + 16 + 128, gen=gen, vlan=vlan)
+            key6.addr[:] = addr
+            found = self.prefixes_v6.lookup(bytes(key6))
+            if found is None and vlan:
+                key6.vlan = 0
+                found = self.prefixes_v6.lookup(bytes(key6))
+        if found is not None:
+            return found
+        return abi.EndpointInfo(segment=C.SEGMENT_UNASSIGNED, flags=0, ifindex=0)
+
+    def lookup_segment(self, gen: int, segment: int) -> abi.SegmentInfo:
+        """lookup_segment(): a segment without an entry monitors and allows."""
+        info = self.segments.get(bytes(abi.SegmentKey(gen=gen, segment=segment)))
+        if info is not None:
+            return info
+        return abi.SegmentInfo(
+            default_rule_id=0, mode=C.MODE_MONITOR, default_action=C.ACTION_ALLOW, flags=0
+        )
+
+    @staticmethod
+    def verdict_of(action: int, enforce: bool) -> int:
+        """verdict_of()."""
+        if action == C.ACTION_ALLOW:
+            return C.VERDICT_PASS
+        if action == C.ACTION_DROP and enforce:
+            return C.VERDICT_DROP
+        return C.VERDICT_AUDIT
+
+    def vlan_for_identity(self, ctx: XdpContext, pkt: Packet) -> int:
+        """vlan_for_identity(): the outer tag's VID, else the ingress port's PVID."""
+        if pkt.vlan:
+            return pkt.vlan
+        port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
+        return port.pvid if port is not None else 0
+
+    # ---- policy ----
+
+    def resolve_endpoints(
+        self, gen: int, a: JudgeArgs, d: abi.Decision
+    ) -> tuple[bool, abi.EndpointInfo, int, abi.SegmentInfo]:
+        """resolve_endpoints(): both segments into d; (enforce, src, combined flags, src_info)."""
+        src = self.identify(gen, a.vlan, a.src_mac, a.src_addr, a.family)
+        dst = self.identify(gen, a.vlan, a.dst_mac, a.dst_addr, a.family)
+        d.src_segment = src.segment
+        d.dst_segment = dst.segment
+        src_info = self.lookup_segment(gen, src.segment)
+        dst_info = self.lookup_segment(gen, dst.segment)
+        combined_flags = src_info.flags | dst_info.flags
+        enforce = src_info.mode == C.MODE_ENFORCE or dst_info.mode == C.MODE_ENFORCE
+        return enforce, src, combined_flags, src_info
+
+    def judge(self, ctx: XdpContext, gen: int, a: JudgeArgs, d: abi.Decision) -> None:
+        """judge(): spoofing, mgmt rail, the most specific rule, pair default, segment default."""
+        enforce, src, flags, src_info = self.resolve_endpoints(gen, a, d)
+
+        if a.check_spoof and src.ifindex and src.ifindex != ctx.ingress_ifindex:
+            verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
+            self.set_decision(d, verdict, C.REASON_SPOOFED, 0)
+            return
+        if flags & C.SEGMENT_MGMT:
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_MGMT, 0)
+            return
+
+        rule_key = abi.RuleKey(
+            prefixlen=96,
+            gen=gen,
+            src_segment=d.src_segment,
+            dst_segment=d.dst_segment,
+            proto=a.proto,
+            port_be=bswap16(a.policy_port),
+        )
+        rule = self.rules.lookup(bytes(rule_key))
+        if rule is not None:
+            self.set_decision(d, self.verdict_of(rule.action, enforce), C.REASON_RULE, rule.rule_id)
+            return
+        pair_key = abi.PairKey(gen=gen, src_segment=d.src_segment, dst_segment=d.dst_segment)
+        rule = self.pair_defaults.get(bytes(pair_key))
+        if rule is not None:
+            self.set_decision(
+                d, self.verdict_of(rule.action, enforce), C.REASON_PAIR_DEFAULT, rule.rule_id
+            )
+            return
+        self.set_decision(
+            d,
+            self.verdict_of(src_info.default_action, enforce),
+            C.REASON_SEGMENT_DEFAULT,
+            src_info.default_rule_id,
+        )
+
+    # ---- flows ----
+
+    @staticmethod
+    def make_flow_key(pkt: Packet) -> tuple[abi.FlowKey, bool]:
+        """make_flow_key(): the normalised key, and whether the sender is its lo endpoint."""
+        src_words, dst_words = struct.unpack("<4I", pkt.src), struct.unpack("<4I", pkt.dst)
+        for src_word, dst_word in zip(src_words, dst_words, strict=True):
+            if src_word != dst_word:
+                src_is_lo = src_word < dst_word
+                break
+        else:
+            src_is_lo = pkt.sport <= pkt.dport
+        key = abi.FlowKey(proto=pkt.proto, family=pkt.family, vlan=pkt.vlan)
+        if src_is_lo:
+            key.addr_lo[:] = pkt.src
+            key.addr_hi[:] = pkt.dst
+            key.port_lo = pkt.sport
+            key.port_hi = pkt.dport
+        else:
+            key.addr_lo[:] = pkt.dst
+            key.addr_hi[:] = pkt.src
+            key.port_lo = pkt.dport
+            key.port_hi = pkt.sport
+        return key, src_is_lo
+
+    @staticmethod
+    def account(e: abi.FlowEntry, direction: int, pkt: Packet, now: int) -> None:
+        """account(): per-direction packets and bytes, last seen, OR of TCP flags."""
+        e.packets[direction] += 1
+        e.bytes[direction] += pkt.len
+        e.last_seen_ns = now
+        e.tcp_flags[direction] |= pkt.tcp_flags
+
+    @staticmethod
+    def flow_sample_kind(e: abi.FlowEntry, s: abi.Settings) -> int:
+        """flow_sample_kind(): the first K packets, then every N-th, by the flow's count."""
+        total = e.packets[0] + e.packets[1]
+        if total <= s.sample_first_packets:
+            return C.SAMPLE_FIRST_PACKETS
+        if s.sample_one_in_n and total % s.sample_one_in_n == 0:
+            return C.SAMPLE_ONE_IN_N
+        return C.SAMPLE_NONE
+
+    @staticmethod
+    def fill_judge_args(pkt: Packet, vlan: int, reverse: bool, policy_port: int) -> JudgeArgs:
+        """fill_judge_args(): the packet's direction, or reversed (no spoofing check then)."""
+        if reverse:
+            return JudgeArgs(
+                src_mac=pkt.eth_dst,
+                dst_mac=pkt.eth_src,
+                src_addr=pkt.dst,
+                dst_addr=pkt.src,
+                vlan=vlan,
+                policy_port=policy_port,
+                family=pkt.family,
+                proto=pkt.proto,
+                check_spoof=False,
+            )
+        return JudgeArgs(
+            src_mac=pkt.eth_src,
+            dst_mac=pkt.eth_dst,
+            src_addr=pkt.src,
+            dst_addr=pkt.dst,
+            vlan=vlan,
+            policy_port=policy_port,
+            family=pkt.family,
+            proto=pkt.proto,
+            check_spoof=True,
+        )
+
+    def handle_flow(
+        self,
+        ctx: XdpContext,
+        gen: int,
+        pkt: Packet,
+        s: abi.Settings,
+        now: int,
+        d: abi.Decision,
+    ) -> None:
+        """handle_flow(): a hit, a stale hit (re-judged), or a new flow."""
+        key, src_is_lo = self.make_flow_key(pkt)
+        key_bytes = bytes(key)
+        vlan = self.vlan_for_identity(ctx, pkt)
+        e = self.flows.get(key_bytes)
+
+        if e is not None:
+            direction = 0 if src_is_lo == e.initiator_is_lo else 1
+            if e.gen == gen:
+                reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
+                self.set_decision(d, e.verdict, reason, e.rule_id)
+                d.src_segment = e.src_segment
+                d.dst_segment = e.dst_segment
+            else:
+                # Re-judge the initiator's direction under the active policy.
+                args = self.fill_judge_args(pkt, vlan, bool(direction), e.policy_port)
+                args.check_spoof = False
+                self.judge(ctx, gen, args, d)
+                d.flags |= C.DECISION_REVALIDATED
+                if d.verdict == C.VERDICT_DROP:
+                    del self.flows[key_bytes]
+                    return
+                e.verdict = d.verdict
+                e.reason = d.reason
+                e.rule_id = d.rule_id
+                e.src_segment = d.src_segment
+                e.dst_segment = d.dst_segment
+                e.gen = gen
+            self.account(e, direction, pkt, now)
+            self.want_sample(d, self.flow_sample_kind(e, s))
+            return
+
+        args = self.fill_judge_args(pkt, vlan, False, pkt.policy_port)
+        self.judge(ctx, gen, args, d)
+        initiator_is_lo = src_is_lo
+        initiator_port = pkt.policy_port
+
+        # Mid-stream pickup: TCP without SYN is judged from the other side too,
+        # and the more permissive answer is kept (pass > audit > drop).
+        if (
+            pkt.proto == IPPROTO_TCP
+            and not pkt.tcp_flags & TCP_FLAG_SYN
+            and d.verdict != C.VERDICT_PASS
+        ):
+            other = abi.Decision()
+            reply_port = bswap16(pkt.sport)
+            args = self.fill_judge_args(pkt, vlan, True, reply_port)
+            self.judge(ctx, gen, args, other)
+            if other.verdict == C.VERDICT_PASS or (
+                other.verdict == C.VERDICT_AUDIT and d.verdict == C.VERDICT_DROP
+            ):
+                self.set_decision(d, other.verdict, other.reason, other.rule_id)
+                d.src_segment = other.src_segment
+                d.dst_segment = other.dst_segment
+                initiator_is_lo = not src_is_lo
+                initiator_port = reply_port
+            d.flags |= C.DECISION_MIDSTREAM
+        if d.verdict == C.VERDICT_DROP:
+            return  # denied flows get no entry: a scan cannot evict
+
+        fresh = abi.FlowEntry(
+            first_seen_ns=now,
+            last_seen_ns=now,
+            gen=gen,
+            rule_id=d.rule_id,
+            src_segment=d.src_segment,
+            dst_segment=d.dst_segment,
+            verdict=d.verdict,
+            reason=d.reason,
+            initiator_is_lo=initiator_is_lo,
+            flags=d.flags & C.DECISION_MIDSTREAM,
+            policy_port=initiator_port,
+        )
+        direction = 0 if src_is_lo == initiator_is_lo else 1
+        fresh.packets[direction] = 1
+        fresh.bytes[direction] = pkt.len
+        fresh.tcp_flags[direction] = pkt.tcp_flags
+        # The key was just missing, so the insert succeeds (the race and
+        # failure branches of the C are kernel-only).
+        self.flows[key_bytes] = fresh
+        d.flags |= C.DECISION_NEW_FLOW
+        self.want_sample(d, self.flow_sample_kind(fresh, s))
+
+    # ---- rails, fragments, ICMP errors ----
+
+    def is_rail_host(self, gen: int, pkt: Packet, flag: int) -> bool:
+        """is_rail_host(): the sender is a configured host with this RAIL_HOST_* flag."""
+        key = abi.RailHostKey(gen=gen, family=pkt.family)
+        key.addr[:] = pkt.src
+        flags = self.rail_hosts.get(bytes(key))
+        return flags is not None and bool(flags.value & flag)
+
+    def rails(self, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> bool:
+        """rails(): DHCP and ND/MLD/RA pass under any policy; True when one decided."""
+        if not pkt.has_l4:
+            return False
+        if pkt.proto == IPPROTO_UDP:
+            sport, dport = bswap16(pkt.sport), bswap16(pkt.dport)
+            if (sport == DHCP_CLIENT_PORT and dport == DHCP_SERVER_PORT) or (
+                sport == DHCP6_CLIENT_PORT and dport == DHCP6_SERVER_PORT
+            ):
+                d.sample_kind = C.SAMPLE_DHCP
+                self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
+                return True
+            if (sport == DHCP_SERVER_PORT and dport == DHCP_CLIENT_PORT) or (
+                sport == DHCP6_SERVER_PORT and dport == DHCP6_CLIENT_PORT
+            ):
+                d.sample_kind = C.SAMPLE_DHCP
+                if not s.flags & C.SETTING_DHCP_SERVERS_LISTED or self.is_rail_host(
+                    gen, pkt, C.RAIL_HOST_DHCP_SERVER
+                ):
+                    self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
+                    return True
+            return False
+        if pkt.proto != IPPROTO_ICMPV6:
+            return False
+
+        icmp_type = pkt.icmp_type
+        if (
+            icmp_type in (ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_ROUTER_SOLICIT)
+            and pkt.hop_limit == ND_HOP_LIMIT
+        ):
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
+        elif icmp_type in (MLD_QUERY, MLD_REPORT, MLD_DONE, MLD2_REPORT):
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
+        elif (
+            icmp_type == ND_ROUTER_ADVERT
+            and pkt.hop_limit == ND_HOP_LIMIT
+            and (
+                not s.flags & C.SETTING_ROUTERS_LISTED
+                or self.is_rail_host(gen, pkt, C.RAIL_HOST_ROUTER)
+            )
+        ):
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_RA, 0)
+        else:
+            return False
+        d.sample_kind = C.SAMPLE_FLOWLESS
+        return True
+
+    @staticmethod
+    def make_frag_key(pkt: Packet) -> abi.FragKey:
+        """make_frag_key()."""
+        key = abi.FragKey(id=pkt.frag_id, proto=pkt.proto, family=pkt.family)
+        key.src[:] = pkt.src
+        key.dst[:] = pkt.dst
+        return key
+
+    def later_fragment(self, ctx: XdpContext, gen: int, pkt: Packet, d: abi.Decision) -> None:
+        """later_fragment(): the first fragment's verdict, else an orphan (drop where enforced)."""
+        first = self.frags.get(bytes(self.make_frag_key(pkt)))
+        if first is not None:
+            self.set_decision(d, first.verdict, C.REASON_FRAGMENT, first.rule_id)
+            d.src_segment = first.src_segment
+            d.dst_segment = first.dst_segment
+            return
+
+        args = self.fill_judge_args(pkt, self.vlan_for_identity(ctx, pkt), False, 0)
+        enforce, _, _, _ = self.resolve_endpoints(gen, args, d)
+        verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
+        self.set_decision(d, verdict, C.REASON_FRAGMENT_ORPHAN, 0)
+
+    def record_first_fragment(self, pkt: Packet, d: abi.Decision) -> None:
+        """record_first_fragment(): the decision, for the fragments that follow."""
+        self.frags[bytes(self.make_frag_key(pkt))] = abi.FragVerdict(
+            gen=d.gen,
+            rule_id=d.rule_id,
+            src_segment=d.src_segment,
+            dst_segment=d.dst_segment,
+            verdict=d.verdict,
+            reason=d.reason,
+        )
+
+    @staticmethod
+    def is_icmp_error(proto: int, icmp_type: int) -> bool:
+        """is_icmp_error()."""
+        if proto == IPPROTO_ICMP:
+            return icmp_type in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB)
+        return ICMPV6_DEST_UNREACH <= icmp_type <= ICMPV6_PARAMPROB
+
+    def related_icmp(self, ctx: XdpContext, pkt: Packet, d: abi.Decision) -> bool:
+        """related_icmp(): an ICMP error quoting a flow in the table takes its verdict."""
+        frame = ctx.data
+        end = len(frame)
+        quoted = pkt.l4 + 8
+        inner = Packet()
+
+        if pkt.family == C.FAMILY_IPV4:
+            if beyond(quoted + IPV4_HLEN, end, pkt.l4_end):
+                return False
+            l4 = quoted + (frame[quoted] & 0x0F) * 4
+            inner.proto = frame[quoted + 9]
+            inner.src = frame[quoted + 12 : quoted + 16] + bytes(12)
+            inner.dst = frame[quoted + 16 : quoted + 20] + bytes(12)
+        else:
+            if beyond(quoted + IPV6_HLEN, end, pkt.l4_end):
+                return False
+            l4 = quoted + IPV6_HLEN
+            inner.proto = frame[quoted + 6]
+            inner.src = frame[quoted + 8 : quoted + 24]
+            inner.dst = frame[quoted + 24 : quoted + 40]
+        # RFC 792 guarantees 8 bytes of the quoted L4 header
+        if beyond(l4 + 8, end, pkt.l4_end):
+            return False
+        if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
+            inner.sport = raw16(frame, l4)
+            inner.dport = raw16(frame, l4 + 2)
+        elif is_icmp_proto(inner.proto) and is_icmp_echo(inner.proto, frame[l4]):
+            inner.sport = raw16(frame, l4 + 4)
+            inner.dport = inner.sport
+        elif not is_icmp_proto(inner.proto):
+            return False
+        inner.family = pkt.family
+        inner.vlan = pkt.vlan
+
+        key, _ = self.make_flow_key(inner)
+        e = self.flows.get(bytes(key))
+        if e is None:
+            return False
+        self.set_decision(d, e.verdict, C.REASON_RELATED_ICMP, e.rule_id)
+        d.src_segment = e.src_segment
+        d.dst_segment = e.dst_segment
+        return True
+
+    def handle_ip(
+        self,
+        ctx: XdpContext,
+        gen: int,
+        pkt: Packet,
+        s: abi.Settings,
+        now: int,
+        d: abi.Decision,
+    ) -> None:
+        """handle_ip(): rails, later fragments, related ICMP errors, then flows."""
+        if self.rails(gen, pkt, s, d):
+            return
+        if pkt.is_later_fragment:
+            self.later_fragment(ctx, gen, pkt, d)
+            return
+        if (
+            is_icmp_proto(pkt.proto)
+            and self.is_icmp_error(pkt.proto, pkt.icmp_type)
+            and self.related_icmp(ctx, pkt, d)
+        ):
+            return
+        self.handle_flow(ctx, gen, pkt, s, now, d)
+
+    # ---- the single exit ----
+
+    def take_event_token(self, s: abi.Settings, now: int) -> bool:
+        """take_event_token(): the token bucket of samples that have no flow to pace them."""
+        if s.events_per_sec == C.EVENTS_UNLIMITED:
+            return True
+        b = self.event_budget
+        if not s.events_per_sec:
+            return False
+        elapsed = (now - b.last_refill_ns) & U64_MASK
+        if elapsed >= NSEC_PER_SEC:
+            b.tokens = s.events_burst
+            b.last_refill_ns = now
+        else:
+            add = (elapsed * s.events_per_sec & U64_MASK) // NSEC_PER_SEC
+            if add:
+                b.tokens = (b.tokens + add) & U64_MASK
+                if b.tokens > s.events_burst:
+                    b.tokens = s.events_burst
+                b.last_refill_ns = now
+        if not b.tokens:
+            return False
+        b.tokens -= 1
+        return True
+
+    @staticmethod
+    def emit_sample(ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bytes:
+        """emit_sample(): the captured bytes (the ring buffer always has room here)."""
+        snaplen = C.SAMPLE_SNAPLEN
+        cap = s.snaplen if s.snaplen and s.snaplen < snaplen else snaplen
+        if cap > pkt.len:
+            cap = pkt.len
+        cap = (((cap - 1) & U32_MASK) & (snaplen - 1)) + 1
+        # bpf_xdp_load_bytes() fails past the frame's end: captured_len 0
+        return ctx.data[:cap] if cap <= len(ctx.data) else b""
+
+    def finish(
+        self,
+        ctx: XdpContext,
+        pkt: Packet,
+        d: abi.Decision,
+        s: abi.Settings,
+        now: int,
+    ) -> Outcome:
+        """finish(): counters, first fragments, samples, the decision record."""
+        counter = self.stats.setdefault(d.verdict * C.REASON_MAX + d.reason, abi.Counter())
+        counter.packets += 1
+        counter.bytes += pkt.len
+        rule = d.rule_id
+        if rule and rule < C.MAX_RULE_IDS:
+            counter = self.rule_hits.setdefault(rule, abi.Counter())
+            counter.packets += 1
+            counter.bytes += pkt.len
+        if pkt.is_fragment and not pkt.is_later_fragment:
+            self.record_first_fragment(pkt, d)
+
+        if d.sample_kind == C.SAMPLE_NONE and d.verdict == C.VERDICT_DROP:
+            d.sample_kind = C.SAMPLE_DROP_EVENT
+        if d.sample_kind in (C.SAMPLE_DROP_EVENT, C.SAMPLE_FLOWLESS) and not self.take_event_token(
+            s, now
+        ):
+            if s.events_per_sec:
+                self.count_pressure(C.PRESSURE_EVENT_RATE_LIMITED)
+            d.sample_kind = C.SAMPLE_NONE
+        sample = None
+        if d.sample_kind != C.SAMPLE_NONE:
+            sample = self.emit_sample(ctx, pkt, s)
+
+        d.seq = self.last_decision.seq + 1
+        self.last_decision = abi.Decision.from_buffer_copy(d)
+        action = XDP_DROP if d.verdict == C.VERDICT_DROP else XDP_PASS
+        return Outcome(action=action, decision=d, sample=sample)
+
+    def run(self, frame: bytes, ingress_ifindex: int, now_ns: int = 0) -> Outcome:
+        """xdp_medseg(): judge one frame that came in on ingress_ifindex at now_ns."""
+        ctx = XdpContext(data=bytes(frame), ingress_ifindex=ingress_ifindex)
+        pkt = Packet()
+        d = abi.Decision(gen=self.active_gen[ZERO_KEY].value)
+        s = self.settings[ZERO_KEY]
+        now = now_ns
+
+        result = parse_packet(ctx, pkt)
+        if result == ParseResult.IP:
+            self.handle_ip(ctx, d.gen, pkt, s, now, d)
+        elif result == ParseResult.ARP:
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ARP, 0)
+            d.sample_kind = C.SAMPLE_FLOWLESS
+        elif result == ParseResult.L2_CONTROL:
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_L2_CONTROL, 0)
+        elif result == ParseResult.OTHER_ETHERTYPE:
+            drop = s.flags & C.SETTING_DROP_UNKNOWN_ETHERTYPE
+            verdict = C.VERDICT_DROP if drop else C.VERDICT_PASS
+            self.set_decision(d, verdict, C.REASON_UNSUPPORTED_ETHERTYPE, 0)
+            d.sample_kind = C.SAMPLE_FLOWLESS
+        else:
+            self.set_decision(d, C.VERDICT_DROP, C.REASON_MALFORMED, 0)
+        return self.finish(ctx, pkt, d, s, now)
