@@ -19,6 +19,7 @@
 #define DHCP6_CLIENT_PORT 546
 #define DHCP6_SERVER_PORT 547
 #define ND_HOP_LIMIT 255
+#define MLD_HOP_LIMIT 1
 
 static __always_inline void count_pressure(u32 what)
 {
@@ -215,7 +216,9 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 /* ---- flows ---- */
 
 /* Returns 1 when the packet's sender is the key's lo endpoint. */
-static __always_inline int make_flow_key(struct packet *pkt,
+/* vlan: the identity VLAN (frame tag, else the port's PVID), so an access
+ * port and a trunk carrying the same VLAN see one flow. */
+static __always_inline int make_flow_key(struct packet *pkt, u16 vlan,
 					 struct flow_key *key)
 {
 	int src_is_lo = 1;
@@ -231,7 +234,7 @@ static __always_inline int make_flow_key(struct packet *pkt,
 decided:
 	key->proto = pkt->proto;
 	key->family = pkt->family;
-	key->vlan = pkt->vlan;
+	key->vlan = vlan;
 	if (src_is_lo) {
 		__builtin_memcpy(key->addr_lo, pkt->src, 16);
 		__builtin_memcpy(key->addr_hi, pkt->dst, 16);
@@ -302,8 +305,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 {
 	struct flow_key key = {};
 	struct judge_args args;
-	int src_is_lo = make_flow_key(pkt, &key);
 	u16 vlan = vlan_for_identity(ctx, pkt);
+	int src_is_lo = make_flow_key(pkt, vlan, &key);
 	struct flow_entry *e = flows.lookup(&key);
 
 	if (e) {
@@ -347,7 +350,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	 * began before we saw it; judge it from the other side too, and keep
 	 * the more permissive answer (pass > audit > drop). */
 	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_FLAG_SYN) &&
-	    d->verdict != VERDICT_PASS) {
+	    d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
 		struct decision other = {};
 		u16 reply_port = bpf_ntohs(pkt->sport);
 
@@ -405,6 +408,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);
 		set_decision(d, e->verdict,
 			     dir ? REASON_REPLY : REASON_ESTABLISHED, e->rule_id);
+		d->src_segment = e->src_segment;
+		d->dst_segment = e->dst_segment;
 		account(e, dir, pkt, now);
 		want_sample(d, flow_sample_kind(e, s));
 		return;
@@ -461,15 +466,15 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 		}
 		return 0;
 	}
-	if (pkt->proto != IPPROTO_ICMPV6)
+	if (pkt->family != FAMILY_IPV6 || pkt->proto != IPPROTO_ICMPV6)
 		return 0;
 
 	u8 type = pkt->icmp_type;
 	if ((type == ND_NEIGHBOR_SOLICIT || type == ND_NEIGHBOR_ADVERT ||
 	     type == ND_ROUTER_SOLICIT) && pkt->hop_limit == ND_HOP_LIMIT) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
-	} else if (type == MLD_QUERY || type == MLD_REPORT || type == MLD_DONE ||
-		   type == MLD2_REPORT) {
+	} else if ((type == MLD_QUERY || type == MLD_REPORT || type == MLD_DONE ||
+		    type == MLD2_REPORT) && pkt->hop_limit == MLD_HOP_LIMIT) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
 	} else if (type == ND_ROUTER_ADVERT && pkt->hop_limit == ND_HOP_LIMIT &&
 		   (!(s->flags & SETTING_ROUTERS_LISTED) ||
@@ -488,7 +493,7 @@ static __always_inline void make_frag_key(struct packet *pkt,
 	__builtin_memcpy(key->src, pkt->src, 16);
 	__builtin_memcpy(key->dst, pkt->dst, 16);
 	key->id = pkt->frag_id;
-	key->proto = pkt->proto;
+	key->proto = pkt->frag_proto;
 	key->family = pkt->family;
 }
 
@@ -551,7 +556,7 @@ static __always_inline int is_icmp_error(u8 proto, u8 type)
  * packet's flow is in the table, the error passes with the flow (path-MTU
  * discovery must work). Returns 1 when it found the flow. */
 static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
-					struct decision *d)
+					u16 vlan, struct decision *d)
 {
 	void *end = (void *)(long)ctx->data_end;
 	u8 *quoted = pkt->l4 + 8;
@@ -560,7 +565,7 @@ static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
 
 	if (pkt->family == FAMILY_IPV4) {
 		struct iphdr *ip = (void *)quoted;
-		if (BEYOND(ip + 1, end, pkt->l4_end))
+		if (BEYOND(ip + 1, end, pkt->l4_end) || ip->ihl < 5)
 			return 0;
 		l4 = quoted + ip->ihl * 4;
 		inner.proto = ip->protocol;
@@ -587,11 +592,14 @@ static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
 	} else if (!IS_ICMP_PROTO(inner.proto)) {
 		return 0;
 	}
+	/* an error goes back to the sender of the packet it quotes */
+	if (inner.src[0] != pkt->dst[0] || inner.src[1] != pkt->dst[1] ||
+	    inner.src[2] != pkt->dst[2] || inner.src[3] != pkt->dst[3])
+		return 0;
 	inner.family = pkt->family;
-	inner.vlan = pkt->vlan;
 
 	struct flow_key key = {};
-	make_flow_key(&inner, &key);
+	make_flow_key(&inner, vlan, &key);
 	struct flow_entry *e = flows.lookup(&key);
 	if (!e)
 		return 0;
@@ -612,7 +620,7 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 		return;
 	}
 	if (IS_ICMP_PROTO(pkt->proto) && is_icmp_error(pkt->proto, pkt->icmp_type) &&
-	    related_icmp(ctx, pkt, d))
+	    related_icmp(ctx, pkt, vlan_for_identity(ctx, pkt), d))
 		return;
 	handle_flow(ctx, gen, pkt, s, now, d);
 }

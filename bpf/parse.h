@@ -76,6 +76,7 @@ struct packet {
 	u8 has_l4;          /* the L4 header is in this packet */
 	u8 is_fragment;     /* part of a fragmented datagram */
 	u8 is_later_fragment; /* offset > 0: no L4 header */
+	u8 frag_proto;      /* the protocol every fragment names (IPv6: after the fragment header) */
 	u32 frag_id;
 	u8 *l4;             /* start of the L4 header (ICMP errors quote from it) */
 	u8 *l4_end;         /* end of the datagram (or of this fragment) */
@@ -157,6 +158,7 @@ static __always_inline int parse_ipv4(struct packet *pkt, void *l3, void *end)
 	u16 frag = bpf_ntohs(ip->frag_off);
 	if (frag & (IPV4_MF | IPV4_OFFSET_MASK)) {
 		pkt->is_fragment = 1;
+		pkt->frag_proto = ip->protocol;
 		pkt->frag_id = bpf_ntohs(ip->id);
 		if (frag & IPV4_OFFSET_MASK) {
 			pkt->is_later_fragment = 1;
@@ -213,6 +215,7 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *l3, void *end)
 			/* an atomic fragment (offset 0, no MF) is a whole datagram */
 			if (off & (IPV6_FRAG_OFFSET_MASK | IPV6_FRAG_MF)) {
 				pkt->is_fragment = 1;
+				pkt->frag_proto = next;
 				pkt->frag_id = bpf_ntohl(fh->identification);
 				if (off & IPV6_FRAG_OFFSET_MASK) {
 					pkt->proto = next;
@@ -261,6 +264,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		proto = bpf_ntohs(tag->encapsulated_proto);
 		cursor = tag + 1;
 	}
+	/* a third tag: nothing we parse, and nothing to wave through */
+	if (proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_)
+		return PARSE_MALFORMED;
 
 	if (proto == ETH_P_IP)
 		return parse_ipv4(pkt, cursor, end);

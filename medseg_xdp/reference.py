@@ -106,6 +106,7 @@ DHCP_CLIENT_PORT = 68
 DHCP6_CLIENT_PORT = 546
 DHCP6_SERVER_PORT = 547
 ND_HOP_LIMIT = 255
+MLD_HOP_LIMIT = 1
 ND_ROUTER_SOLICIT = 133
 ND_ROUTER_ADVERT = 134
 ND_NEIGHBOR_SOLICIT = 135
@@ -258,6 +259,7 @@ class Packet:
     has_l4: bool = False
     is_fragment: bool = False
     is_later_fragment: bool = False
+    frag_proto: int = 0
     frag_id: int = 0
     l4: int = 0
     l4_end: int = 0
@@ -334,6 +336,7 @@ def parse_ipv4(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
     frag = be16(frame, l3 + 6)
     if frag & (IPV4_MF | IPV4_OFFSET_MASK):
         pkt.is_fragment = True
+        pkt.frag_proto = pkt.proto
         pkt.frag_id = be16(frame, l3 + 4)
         if frag & IPV4_OFFSET_MASK:
             pkt.is_later_fragment = True
@@ -379,6 +382,7 @@ def parse_ipv6(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
             # an atomic fragment (offset 0, no MF) is a whole datagram
             if offset & (IPV6_FRAG_OFFSET_MASK | IPV6_FRAG_MF):
                 pkt.is_fragment = True
+                pkt.frag_proto = next_header
                 pkt.frag_id = identification
                 if offset & IPV6_FRAG_OFFSET_MASK:
                     pkt.proto = next_header
@@ -414,6 +418,8 @@ def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
             pkt.vlan = be16(frame, cursor) & VLAN_VID_MASK
         proto = be16(frame, cursor + 2)
         cursor += VLAN_HLEN
+    if proto in (ETH_P_8021Q, ETH_P_8021AD):
+        return ParseResult.MALFORMED  # a third tag
 
     if proto == ETH_P_IP:
         return parse_ipv4(pkt, frame, cursor)
@@ -625,8 +631,8 @@ class ReferenceDataplane:
     # ---- flows ----
 
     @staticmethod
-    def make_flow_key(pkt: Packet) -> tuple[abi.FlowKey, bool]:
-        """make_flow_key(): the normalised key, and whether the sender is its lo endpoint."""
+    def make_flow_key(pkt: Packet, vlan: int) -> tuple[abi.FlowKey, bool]:
+        """make_flow_key(): the normalised key (identity VLAN), and whether the sender is its lo endpoint."""
         src_words, dst_words = struct.unpack("<4I", pkt.src), struct.unpack("<4I", pkt.dst)
         for src_word, dst_word in zip(src_words, dst_words, strict=True):
             if src_word != dst_word:
@@ -634,7 +640,7 @@ class ReferenceDataplane:
                 break
         else:
             src_is_lo = pkt.sport <= pkt.dport
-        key = abi.FlowKey(proto=pkt.proto, family=pkt.family, vlan=pkt.vlan)
+        key = abi.FlowKey(proto=pkt.proto, family=pkt.family, vlan=vlan)
         if src_is_lo:
             key.addr_lo[:] = pkt.src
             key.addr_hi[:] = pkt.dst
@@ -702,9 +708,9 @@ class ReferenceDataplane:
         d: abi.Decision,
     ) -> None:
         """handle_flow(): a hit, a stale hit (re-judged), or a new flow."""
-        key, src_is_lo = self.make_flow_key(pkt)
-        key_bytes = bytes(key)
         vlan = self.vlan_for_identity(ctx, pkt)
+        key, src_is_lo = self.make_flow_key(pkt, vlan)
+        key_bytes = bytes(key)
         e = self.flows.get(key_bytes)
 
         if e is not None:
@@ -744,6 +750,7 @@ class ReferenceDataplane:
             pkt.proto == IPPROTO_TCP
             and not pkt.tcp_flags & TCP_FLAG_SYN
             and d.verdict != C.VERDICT_PASS
+            and d.reason != C.REASON_SPOOFED
         ):
             other = abi.Decision()
             reply_port = bswap16(pkt.sport)
@@ -815,7 +822,7 @@ class ReferenceDataplane:
                     self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
                     return True
             return False
-        if pkt.proto != IPPROTO_ICMPV6:
+        if pkt.family != C.FAMILY_IPV6 or pkt.proto != IPPROTO_ICMPV6:
             return False
 
         icmp_type = pkt.icmp_type
@@ -824,7 +831,7 @@ class ReferenceDataplane:
             and pkt.hop_limit == ND_HOP_LIMIT
         ):
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
-        elif icmp_type in (MLD_QUERY, MLD_REPORT, MLD_DONE, MLD2_REPORT):
+        elif icmp_type in (MLD_QUERY, MLD_REPORT, MLD_DONE, MLD2_REPORT) and pkt.hop_limit == MLD_HOP_LIMIT:
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
         elif (
             icmp_type == ND_ROUTER_ADVERT
@@ -843,7 +850,7 @@ class ReferenceDataplane:
     @staticmethod
     def make_frag_key(pkt: Packet) -> abi.FragKey:
         """make_frag_key()."""
-        key = abi.FragKey(id=pkt.frag_id, proto=pkt.proto, family=pkt.family)
+        key = abi.FragKey(id=pkt.frag_id, proto=pkt.frag_proto, family=pkt.family)
         key.src[:] = pkt.src
         key.dst[:] = pkt.dst
         return key
@@ -880,7 +887,7 @@ class ReferenceDataplane:
             return icmp_type in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB)
         return ICMPV6_DEST_UNREACH <= icmp_type <= ICMPV6_PARAMPROB
 
-    def related_icmp(self, ctx: XdpContext, pkt: Packet, d: abi.Decision) -> bool:
+    def related_icmp(self, ctx: XdpContext, pkt: Packet, vlan: int, d: abi.Decision) -> bool:
         """related_icmp(): an ICMP error quoting a flow in the table takes its verdict."""
         frame = ctx.data
         end = len(frame)
@@ -888,7 +895,7 @@ class ReferenceDataplane:
         inner = Packet()
 
         if pkt.family == C.FAMILY_IPV4:
-            if beyond(quoted + IPV4_HLEN, end, pkt.l4_end):
+            if beyond(quoted + IPV4_HLEN, end, pkt.l4_end) or frame[quoted] & 0x0F < 5:
                 return False
             l4 = quoted + (frame[quoted] & 0x0F) * 4
             inner.proto = frame[quoted + 9]
@@ -912,10 +919,11 @@ class ReferenceDataplane:
             inner.dport = inner.sport
         elif not is_icmp_proto(inner.proto):
             return False
+        if inner.src != pkt.dst:
+            return False  # an error goes back to the sender of the packet it quotes
         inner.family = pkt.family
-        inner.vlan = pkt.vlan
 
-        key, _ = self.make_flow_key(inner)
+        key, _ = self.make_flow_key(inner, vlan)
         e = self.flows.get(bytes(key))
         if e is None:
             return False
@@ -942,7 +950,7 @@ class ReferenceDataplane:
         if (
             is_icmp_proto(pkt.proto)
             and self.is_icmp_error(pkt.proto, pkt.icmp_type)
-            and self.related_icmp(ctx, pkt, d)
+            and self.related_icmp(ctx, pkt, self.vlan_for_identity(ctx, pkt), d)
         ):
             return
         self.handle_flow(ctx, gen, pkt, s, now, d)

@@ -21,6 +21,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_RA,
     IPv6,
     IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
@@ -200,6 +201,46 @@ CASES = [
         "mid-stream TCP is judged from both sides",
         [(b(to_modality() / TCP(sport=104, dport=40011, flags="A")), "portB")],
         "pass", "rule", "dicom", "modalities", "pacs", ("new_flow", "midstream"),
+    ),
+    Case(
+        "access port (PVID) and trunk (tag) share one flow",
+        [
+            (b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.9.1.1", dst="10.0.99.5") / TCP(sport=14, dport=22, flags="S")), "portC"),
+            (b(Ether(src=ROUTER, dst=OTHER) / Dot1Q(vlan=30) / IP(src="10.0.99.5", dst="10.9.1.1") / TCP(sport=22, dport=14, flags="SA")), "portB"),
+        ],
+        "pass", "reply", "-", "lab", "mgmt",
+    ),
+    Case(
+        "a spoofed mid-stream segment stays spoofed",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=15, dport=22, flags="A")), "portB")],
+        "drop", "spoofed",
+    ),
+    Case("a third VLAN tag is not parsed, and not waved through", [(b(Ether(src=MODALITY, dst=ROUTER) / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / IP(src="10.0.1.5", dst="10.0.2.5") / UDP()), "portA")], "drop", "malformed"),
+    Case(
+        "IPv4 carrying protocol 58 is no ND rail",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", proto=58, ttl=255) / Raw(bytes([135]) + bytes(23))), "portA")],
+        "drop", "segment_default", "default:modalities",
+    ),
+    Case(
+        "MLD with hop limit 64 is no rail",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=64, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "drop", "segment_default", "default:modalities",
+    ),
+    Case(
+        "IPv6 later fragment with options after the fragment header",
+        [
+            (b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / IPv6ExtHdrFragment(id=5, m=1, offset=0) / IPv6ExtHdrDestOpt() / UDP(sport=16, dport=5000) / Raw(bytes(16))), "portA"),
+            (b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / IPv6ExtHdrFragment(id=5, m=0, offset=4, nh=60) / Raw(bytes(16))), "portA"),
+        ],
+        "pass", "fragment", "udp-any",
+    ),
+    Case(
+        "an ICMP error sent to a third party is not related",
+        [
+            (b(dicom_syn(40012)), "portA"),
+            (b(Ether(src=ROUTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.77") / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40012, dport=104, flags="S")), "portB"),
+        ],
+        "drop", "segment_default", "default:pacs",
     ),
     Case(
         "broadcast destination is a pseudo-segment",

@@ -396,7 +396,7 @@ def test_flow_key_compares_little_endian_words_then_native_ports() -> None:
             family=4,
             proto=6,
         )
-        return ReferenceDataplane.make_flow_key(pkt)
+        return ReferenceDataplane.make_flow_key(pkt, 0)
 
     # 1.0.0.2 is the smaller address in network order, not as a native word
     key, src_is_lo = key_of("1.0.0.2", "2.0.0.1", 10, 20)
@@ -449,14 +449,14 @@ def test_vlan_specific_prefix_then_any_vlan() -> None:
     v6 = eth(ROUTER, SERVER) / Dot1Q(vlan=20) / IPv6(src="fd01::1", dst=SERVER.ip6) / UDP()
     assert source_segment(v6, 3) == BEYOND_ANY
 
-    # flows are keyed by the frame's outer tag, not by the PVID
+    # flows are keyed by the identity VLAN: the outer tag, else the port's PVID
     def flow_vlan(source: str) -> int:
         packed = ipaddress.ip_address(source).packed
         keys = [abi.FlowKey.from_buffer_copy(key) for key in dp.flows]
         (vlan,) = {k.vlan for k in keys if packed in (bytes(k.addr_lo[:4]), bytes(k.addr_hi[:4]))}
         return vlan
 
-    assert flow_vlan("10.1.6.2") == 0
+    assert flow_vlan("10.1.6.2") == 10
     assert flow_vlan("10.1.6.4") == 10
 
 
