@@ -56,7 +56,7 @@ proto = "udp"
 action = "allow"
 """
 
-EMPTY_PROGRAM = "int xdp_empty(struct xdp_md *ctx) { return XDP_PASS; }"
+EMPTY_PROGRAM = b"int xdp_empty(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
 def frame(sport: int, dport: int = 104, proto: str = "tcp") -> bytes:

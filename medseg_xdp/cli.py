@@ -82,8 +82,13 @@ def cmd_unload(args: argparse.Namespace) -> int:
     _need_root("unload")
     cfg = config_mod.load(args.config)
     ports = args.ports or list(cfg.ports)
-    for ifname in detach(ports, netns_name=args.netns):
-        print(f"{ifname}: detached")
+    try:
+        for ifname in detach(ports, netns_name=args.netns):
+            print(f"{ifname}: detached")
+    except LoaderError as exc:
+        if not args.remove_state:
+            raise
+        print(f"medseg-xdp: {exc}", file=sys.stderr)
     if args.remove_state:
         Loader(cfg.bridge).remove_pinned_state()
         print("pinned state removed")

@@ -132,7 +132,7 @@ class Loader:
         return self._bpf
 
     def ring_buffer_fd(self) -> int:
-        return self.bpf["samples"].map_fd  # type: ignore[index]
+        return self.bpf[b"samples"].map_fd  # type: ignore[index]
 
     def attach(
         self,
@@ -194,8 +194,13 @@ class Loader:
             self.prog_fd = -1
 
     def remove_pinned_state(self) -> None:
-        """Delete this bridge's pinned maps (all layouts)."""
-        shutil.rmtree(self.pin_dir.parent, ignore_errors=True)
+        """Delete this bridge's pinned maps (all layouts), and the root if now empty."""
+        bridge_dir = self.pin_dir.parent
+        shutil.rmtree(bridge_dir, ignore_errors=True)
+        try:
+            bridge_dir.parent.rmdir()
+        except OSError:
+            pass  # other bridges' state, or already gone
 
 
 def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:

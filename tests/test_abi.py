@@ -17,9 +17,9 @@ def _clang_layouts() -> dict[str, type]:
 
     arrays = "\n".join(f"BPF_ARRAY(layout_{name}, struct {name}, 1);" for name in abi.STRUCTS)
     program = f'#include "medseg_abi.h"\n{arrays}\nint noop(struct xdp_md *ctx) {{ return XDP_PASS; }}\n'
-    bpf = BPF(text=program, cflags=[f"-I{abi.BPF_DIR}"])
+    bpf = BPF(text=program.encode(), cflags=[f"-I{abi.BPF_DIR}"])
     try:
-        return {name: bpf[f"layout_{name}"].Leaf for name in abi.STRUCTS}
+        return {name: bpf[f"layout_{name}".encode()].Leaf for name in abi.STRUCTS}
     finally:
         bpf.cleanup()
 
@@ -48,7 +48,7 @@ def test_map_layouts_match_the_program() -> None:
     try:
         loader.compile()
         for name, (key_type, value_type, percpu) in MAP_LAYOUTS.items():
-            table = loader.bpf[name]  # type: ignore[index]
+            table = loader.bpf[name.encode()]  # type: ignore[index]
             leaf = table.sLeaf if percpu else table.Leaf  # BCC's per-CPU Leaf is an array
             assert ctypes.sizeof(table.Key) == ctypes.sizeof(key_type), name
             assert ctypes.sizeof(leaf) == ctypes.sizeof(value_type), name

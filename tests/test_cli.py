@@ -123,7 +123,7 @@ def test_never_touches_a_foreign_program(bridge_config: tuple[InlineBridge, Path
     from medseg_xdp.loader import in_netns
 
     ward, path = bridge_config
-    other = BPF(text="int xdp_other(struct xdp_md *ctx) { return XDP_PASS; }")
+    other = BPF(text=b"int xdp_other(struct xdp_md *ctx) { return XDP_PASS; }")
     try:
         fd = other.load_func(b"xdp_other", BPF.XDP).fd
         with in_netns(ward.bridge_ns.name):
