@@ -27,10 +27,11 @@ def _need_root(what: str) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from medseg_xdp.trace import Tracer, parse_hex, read_frames
+    from medseg_xdp.capture import read_capture
+    from medseg_xdp.trace import Tracer, parse_hex
 
     cfg = config_mod.load(args.config)
-    frames = read_frames(args.pcap) if args.pcap else [parse_hex(h) for h in args.hex]
+    frames = [frame for _, frame in read_capture(args.pcap)] if args.pcap else [parse_hex(h) for h in args.hex]
     if args.ingress and args.ingress not in cfg.ports:
         raise CliError(f"--ingress {args.ingress}: not a port in the config's bridge.ports ({', '.join(cfg.ports) or 'none'})")
     _need_root("trace")
@@ -110,6 +111,53 @@ def _ifindexes(ports: Sequence[str], netns_name: str | None) -> dict[str, int]:
         return result
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/medseg-xdp")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from medseg_xdp.xray import Xray, xray_capture
+
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    xray = Xray.default()
+    packets = xray_capture(args.pcap, cfg, xray)
+    if args.json:
+        print(xray.inventory.to_json())
+    else:
+        print(f"{packets} packets, {xray.samples} sampled, {len(xray.inventory.devices)} devices")
+        _print_devices(xray.inventory.summaries())
+    failures = sum(xray.registry.failures.values())
+    if failures:
+        print(f"medseg-xdp: {failures} parser failures (counted, samples dropped): {dict(xray.registry.failures)}", file=sys.stderr)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from medseg_xdp.classify import Classifier, load_catalog
+    from medseg_xdp.inventory import Inventory, InventoryStore
+
+    inventory = Inventory(Classifier(load_catalog()))
+    problem = InventoryStore(args.state_dir).load(inventory)
+    if problem:
+        print(f"medseg-xdp: {problem}", file=sys.stderr)
+    if args.json:
+        print(inventory.to_json())
+    elif args.csv:
+        print(inventory.to_csv(), end="")
+    else:
+        _print_devices(inventory.summaries())
+    return 0
+
+
+def _print_devices(devices: list[dict[str, object]]) -> None:
+    print(f"{'MAC':<17}  {'IP':<15}  {'vendor':<24}  {'class':<20} {'conf':>4}  key evidence")
+    for device in devices:
+        ips = device["ips"] or ["-"]  # type: ignore[operator]
+        evidence = device["evidence"][:2]  # type: ignore[index]
+        why = "; ".join(f"{e['signal']}={e['value']}" for e in evidence) or "-"
+        vendor = str(device["vendor"] or "-")[:24]
+        print(f"{device['mac']:<17}  {ips[0]:<15}  {vendor:<24}  {device['class']:<20} {device['confidence']:>4.2f}  {why}")  # type: ignore[index]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg_xdp.demo import run_smoke
 
@@ -143,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--remove-state", action="store_true", help="also delete the pinned maps")
 
+    classify = sub.add_parser("classify", help="the X-ray offline: devices and classes from a capture (no root)")
+    classify.add_argument("--pcap", type=Path, required=True, help="a capture from a SPAN port or tcpdump (Ethernet)")
+    classify.add_argument("-c", "--config", type=Path, help="sampling settings and segments (default: built-in)")
+    classify.add_argument("--json", action="store_true", help='one JSON document: {"devices": [...]}')
+    classify.set_defaults(func=cmd_classify)
+
+    devices = sub.add_parser("devices", help="the device inventory of a state directory")
+    devices.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    output = devices.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    devices.set_defaults(func=cmd_devices)
+
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true")
     demo.set_defaults(func=cmd_demo)
@@ -154,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="medseg-xdp: %(levelname)s: %(message)s")
     try:
         return int(args.func(args))
-    except (CliError, ConfigError, LoaderError, ValueError) as exc:
+    except (CliError, ConfigError, LoaderError, ValueError, OSError) as exc:
         print(f"medseg-xdp: error: {exc}", file=sys.stderr)
         return 1
 

@@ -155,22 +155,6 @@ _RAIL_REASONS = {
 }
 
 
-def read_frames(pcap: Path) -> list[bytes]:
-    """Ethernet frames of a pcap or pcapng file."""
-    from scapy.utils import PcapNgReader, PcapReader
-
-    magic = pcap.read_bytes()[:4]
-    reader_type = PcapNgReader if magic == b"\x0a\x0d\x0d\x0a" else PcapReader
-    frames = []
-    with reader_type(str(pcap)) as reader:  # type: ignore[operator]
-        linktype = getattr(reader, "linktype", 1)
-        if linktype != 1:
-            raise ValueError(f"{pcap}: link type {linktype} is not Ethernet (capture on the bridge port, not 'any')")
-        for packet in reader:
-            frames.append(bytes(packet))
-    return frames
-
-
 def parse_hex(text: str) -> bytes:
     cleaned = "".join(text.split()).replace(":", "")
     try:

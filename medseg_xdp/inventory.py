@@ -1,0 +1,263 @@
+"""The device inventory: what each device is, what it speaks, and to whom.
+
+Devices are keyed by MAC address. Observations from the fingerprint parsers
+are folded in (bounded per signal), the classifier runs whenever a device
+shows something new, and every class change is kept with its evidence.
+The store writes msgpack atomically (temp file, fsync, rename, mode 0600);
+a file it cannot read is moved aside and reported, never discarded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from medseg_xdp.classify import UNKNOWN, Classifier, Decision, Evidence
+from medseg_xdp.fingerprint.frame import Frame, Observation, Side
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+MAX_VALUES_PER_SIGNAL = 16  # a device that shows endless values (random ports, scans) stays bounded
+MAX_PEERS = 256
+MAX_CHANGES = 1000
+# Signals that name a protocol the device speaks, and in which role.
+_ROLE_SIGNALS = {
+    "dicom.role": {"scu": ("client", "dicom"), "scp": ("server", "dicom")},
+    "hl7.role": {"sender": ("client", "hl7"), "receiver": ("server", "hl7")},
+    "http.role": {"client": ("client", "http"), "server": ("server", "http")},
+    "tls.role": {"server": ("server", "tls")},
+    "dhcp.role": {"server": ("server", "dhcp")},
+}
+_HOSTNAME_SIGNALS = ("dhcp.hostname", "dhcpv6.fqdn", "mdns.hostname", "lldp.system_name")
+
+
+@dataclass
+class Device:
+    mac: str
+    first_seen: float
+    last_seen: float
+    ips: dict[str, list[float]] = field(default_factory=dict)  # address -> [first seen, last seen]
+    vendor: str | None = None
+    hostname: str | None = None
+    device_class: str = UNKNOWN
+    confidence: float = 0.0
+    evidence: list[dict[str, object]] = field(default_factory=list)
+    observations: dict[str, dict[str, int]] = field(default_factory=dict)
+    protocols_client: list[str] = field(default_factory=list)
+    protocols_server: list[str] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)
+    pinned_class: bool = False
+    segment: str | None = None
+    pinned_segment: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """The exported view (JSON, CSV, `devices`)."""
+        return {
+            "mac": self.mac,
+            "ips": sorted(self.ips),
+            "vendor": self.vendor,
+            "hostname": self.hostname,
+            "class": self.device_class,
+            "confidence": self.confidence,
+            "evidence": self.evidence,
+            "protocols_client": self.protocols_client,
+            "protocols_server": self.protocols_server,
+            "peers": self.peers,
+            "pinned": self.pinned_class or self.pinned_segment,
+            "segment": self.segment,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(frozen=True)
+class ClassChange:
+    time: float
+    mac: str
+    old: str
+    new: str
+    confidence: float
+    evidence: tuple[Evidence, ...]
+
+
+def _unicast(mac: str) -> bool:
+    return bool(mac) and not int(mac[:2], 16) & 1
+
+
+def _usable_ip(address: str | None) -> bool:
+    if not address:
+        return False
+    ip = ipaddress.ip_address(address)
+    return not (ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def _add_bounded(items: list[str], value: str, limit: int) -> None:
+    if value not in items and len(items) < limit:
+        items.append(value)
+
+
+class Inventory:
+    def __init__(self, classifier: Classifier, clock: Callable[[], float] = time.time) -> None:
+        self.classifier = classifier
+        self.clock = clock
+        self.devices: dict[str, Device] = {}
+        self.changes: list[ClassChange] = []
+
+    def device(self, mac: str, now: float) -> Device:
+        found = self.devices.get(mac)
+        if found is None:
+            found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
+        found.last_seen = max(found.last_seen, now)
+        return found
+
+    def observe(self, frame: Frame, observations: Iterable[Observation], now: float | None = None) -> list[ClassChange]:
+        """Fold one sampled frame and its observations in; returns the class changes it caused."""
+        now = self.clock() if now is None else now
+        touched: dict[str, bool] = {}  # mac -> saw something new
+        if _unicast(frame.src_mac):
+            src = self.device(frame.src_mac, now)
+            touched[src.mac] = False
+            if _usable_ip(frame.src_ip):
+                seen = src.ips.setdefault(frame.src_ip, [now, now])  # type: ignore[arg-type]
+                seen[1] = now
+            if _unicast(frame.dst_mac):
+                _add_bounded(src.peers, frame.dst_mac, MAX_PEERS)
+        for observation in observations:
+            mac = frame.src_mac if observation.side is Side.SRC else frame.dst_mac
+            if not _unicast(mac):
+                continue
+            device = self.device(mac, now)
+            touched[mac] = self._record(device, observation.signal, observation.value) or touched.get(mac, False)
+        changes = []
+        for mac, new_facts in touched.items():
+            if new_facts:
+                change = self._classify(self.devices[mac], now)
+                if change:
+                    changes.append(change)
+        return changes
+
+    def _record(self, device: Device, signal: str, value: str) -> bool:
+        values = device.observations.setdefault(signal, {})
+        if value in values:
+            values[value] += 1
+            return False
+        if len(values) >= MAX_VALUES_PER_SIGNAL:
+            return False
+        values[value] = 1
+        if signal == "oui.vendor" and device.vendor is None:
+            device.vendor = value
+        elif signal in _HOSTNAME_SIGNALS and device.hostname is None:
+            device.hostname = value
+        elif signal in _ROLE_SIGNALS and value in _ROLE_SIGNALS[signal]:
+            role, protocol = _ROLE_SIGNALS[signal][value]
+            _add_bounded(device.protocols_client if role == "client" else device.protocols_server, protocol, 64)
+        elif signal in ("service.uses", "service.serves"):
+            _add_bounded(device.protocols_client if signal == "service.uses" else device.protocols_server, value, 64)
+        return True
+
+    def _classify(self, device: Device, now: float) -> ClassChange | None:
+        decision: Decision = self.classifier.decide(device.device_class, device.pinned_class, device.observations)
+        old = device.device_class
+        device.device_class = decision.device_class
+        device.confidence = decision.confidence
+        device.evidence = [e.as_dict() for e in decision.evidence]
+        if not decision.changed:
+            return None
+        change = ClassChange(now, device.mac, old, decision.device_class, decision.confidence, decision.evidence)
+        self.changes = [*self.changes[-(MAX_CHANGES - 1) :], change]
+        log.info("device %s: class %s -> %s (confidence %.2f; %s)", device.mac, old, decision.device_class, decision.confidence, "; ".join(f"{e.signal}={e.value}" for e in decision.evidence))
+        return change
+
+    def pin(self, mac: str, device_class: str | None = None, segment: str | None = None) -> Device:
+        """A person's word: a pinned class or segment never changes automatically."""
+        if device_class is not None and device_class not in self.classifier.catalog.classes:
+            raise ValueError(f"unknown device class {device_class!r}")
+        device = self.device(mac, self.clock())
+        if device_class is not None:
+            old = device.device_class
+            device.device_class, device.pinned_class, device.confidence = device_class, True, 1.0
+            if old != device_class:
+                self.changes.append(ClassChange(self.clock(), mac, old, device_class, 1.0, ()))
+        if segment is not None:
+            device.segment, device.pinned_segment = segment, True
+        return device
+
+    # ---- export ----
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return [self.devices[mac].summary() for mac in sorted(self.devices)]
+
+    def to_json(self) -> str:
+        return json.dumps({"devices": self.summaries()}, indent=2)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        columns = ["mac", "ips", "vendor", "hostname", "class", "confidence", "segment", "pinned", "protocols_client", "protocols_server", "evidence"]
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in self.summaries():
+            row = dict(row)
+            row["ips"] = " ".join(row["ips"])
+            row["protocols_client"] = " ".join(row["protocols_client"])
+            row["protocols_server"] = " ".join(row["protocols_server"])
+            row["evidence"] = "; ".join(f"{e['signal']}={e['value']} (+{e['weight']:g})" for e in row["evidence"])
+            writer.writerow(row)
+        return out.getvalue()
+
+
+class InventoryStore:
+    """inventory.msgpack in a state directory, written atomically."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "inventory.msgpack"
+
+    def save(self, inventory: Inventory) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        document = {"version": STATE_VERSION, "devices": [asdict(d) for d in inventory.devices.values()]}
+        temp = self.path.with_suffix(f".tmp-{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(msgpack.packb(document, use_bin_type=True))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def load(self, inventory: Inventory) -> str | None:
+        """Fill inventory from disk. Returns a problem report when the file was moved aside."""
+        if not self.path.exists():
+            return None
+        try:
+            document = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
+            version = document.get("version") if isinstance(document, dict) else None
+            if version != STATE_VERSION:
+                raise ValueError(f"state version {version!r}, this medseg-xdp reads version {STATE_VERSION}")
+            devices = {record["mac"]: Device(**record) for record in document["devices"]}
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            self.path.rename(aside)
+            problem = f"{self.path}: cannot read ({exc}); kept aside as {aside.name}, starting with an empty inventory"
+            log.error("%s", problem)
+            return problem
+        inventory.devices.update(devices)
+        return None

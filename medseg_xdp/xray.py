@@ -1,0 +1,59 @@
+"""The X-ray: sampled frames -> fingerprint parsers -> classified inventory.
+
+One path for live samples (from the ring buffer) and for captures
+(`medseg-xdp classify --pcap`), which go through the reference model of the
+XDP program first, so that offline the same packets are sampled, cut to the
+same snaplen, as on a running bridge.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg_xdp.capture import read_capture
+from medseg_xdp.classify import Classifier, load_catalog
+from medseg_xdp.config import Config
+from medseg_xdp.fingerprint.registry import ParserRegistry, default_registry
+from medseg_xdp.inventory import ClassChange, Inventory
+from medseg_xdp.policy_image import compile_policy
+from medseg_xdp.reference import ReferenceDataplane
+
+
+@dataclass
+class Xray:
+    registry: ParserRegistry
+    inventory: Inventory
+    samples: int = 0
+    changes: list[ClassChange] = field(default_factory=list)
+
+    @classmethod
+    def default(cls) -> Xray:
+        return cls(default_registry(), Inventory(Classifier(load_catalog())))
+
+    def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
+        """One sample (the first bytes of a frame) into the inventory."""
+        self.samples += 1
+        frame, observations = self.registry.observe(sample)
+        changes = self.inventory.observe(frame, observations, now)
+        self.changes.extend(changes)
+        return changes
+
+
+def sampling_model(config: Config) -> ReferenceDataplane:
+    """The reference program with config's policy and sampling settings (no bridge ports offline)."""
+    contents = compile_policy(config, 1, lambda port: 0).contents
+    contents["active_gen"] = {bytes(ctypes.c_uint32(0)): bytes(ctypes.c_uint32(1))}
+    return ReferenceDataplane(contents)
+
+
+def xray_capture(path: Path, config: Config, xray: Xray) -> int:
+    """Run a capture through the sampling rules and the X-ray; returns the packets read."""
+    model = sampling_model(config)
+    packets = read_capture(path)
+    for timestamp, frame in packets:
+        outcome = model.run(frame, 0, now_ns=int(timestamp * 1e9))
+        if outcome.sample is not None:
+            xray.ingest(outcome.sample, timestamp)
+    return len(packets)

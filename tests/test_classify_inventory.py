@@ -1,0 +1,130 @@
+"""Classifier and inventory, without root: evidence, hysteresis, pinning, persistence."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from medseg_xdp.classify import Classifier, load_catalog
+from medseg_xdp.fingerprint.frame import Frame, Observation, Side
+from medseg_xdp.inventory import MAX_VALUES_PER_SIGNAL, Inventory, InventoryStore
+
+CT = "00:1b:2c:00:00:01"
+PACS = "00:1b:2c:00:00:02"
+
+
+@pytest.fixture
+def classifier() -> Classifier:
+    return Classifier(load_catalog())
+
+
+def frame(src: str = CT, dst: str = PACS, src_ip: str = "10.70.0.10") -> Frame:
+    return Frame(data=b"", src_mac=src, dst_mac=dst, src_ip=src_ip, dst_ip="10.70.0.20")
+
+
+def obs(side: Side, signal: str, value: str) -> Observation:
+    return Observation(side, signal, value)
+
+
+DICOM_STORE = [
+    obs(Side.SRC, "dicom.role", "scu"),
+    obs(Side.SRC, "dicom.service", "storage"),
+    obs(Side.SRC, "dicom.sop_class", "CT Image Storage"),
+    obs(Side.DST, "dicom.role", "scp"),
+]
+
+
+def test_every_class_the_issue_names_exists(classifier: Classifier) -> None:
+    names = {
+        "imaging_modality", "pacs", "hl7_interface_engine", "patient_monitor", "infusion_pump", "ventilator",
+        "lab_analyzer", "printer", "workstation", "ip_camera", "dhcp_server", "dns_server", "web_server",
+        "network_infrastructure", "unknown",
+    }
+    assert names <= set(classifier.catalog.classes)
+    for life_critical in ("patient_monitor", "infusion_pump", "ventilator"):
+        assert classifier.catalog.criticality(life_critical) == "life_critical"
+
+
+def test_a_dicom_store_classifies_both_ends_with_evidence(classifier: Classifier) -> None:
+    inventory = Inventory(classifier, clock=lambda: 100.0)
+    changes = inventory.observe(frame(), DICOM_STORE)
+    assert {(c.mac, c.new) for c in changes} == {(CT, "imaging_modality"), (PACS, "pacs")}
+    ct = inventory.devices[CT]
+    assert ct.confidence > 0.5
+    assert {(e["signal"], e["value"]) for e in ct.evidence} == {("dicom.role", "scu"), ("dicom.service", "storage")}
+    assert ct.protocols_client == ["dicom"] and inventory.devices[PACS].protocols_server == ["dicom"]
+    assert ct.ips == {"10.70.0.10": [100.0, 100.0]} and ct.peers == [PACS]
+
+
+def test_weak_evidence_claims_nothing(classifier: Classifier) -> None:
+    decision = classifier.decide("unknown", False, {"oui.vendor": {"Dell Inc.": 1}})
+    assert (decision.device_class, decision.confidence) == ("unknown", 0.0)
+
+
+def test_hysteresis_keeps_a_class_against_weaker_contrary_evidence(classifier: Classifier) -> None:
+    monitor = {"hl7.role": {"sender": 3}, "hl7.message_type": {"ORU^R01": 3}}
+    assert classifier.decide("unknown", False, monitor).device_class == "patient_monitor"
+    # a browser on the same MAC (workstation +3) does not outweigh the monitor's 6
+    mixed = {**monitor, "http.user_agent": {"Mozilla/5.0 (Windows NT 10.0)": 1}}
+    assert classifier.decide("patient_monitor", False, mixed).device_class == "patient_monitor"
+    # only a clear lead moves it: 1.5 * score + 2
+    overwhelming = {"dicom.role": {"scu": 1}, "dicom.service": {"storage": 1}, "oui.vendor": {"Siemens Healthineers": 1}}
+    assert classifier.decide("web_server", False, overwhelming).device_class == "imaging_modality"
+
+
+def test_a_pinned_class_never_moves(classifier: Classifier) -> None:
+    inventory = Inventory(classifier, clock=lambda: 1.0)
+    inventory.pin(CT, device_class="infusion_pump")
+    inventory.observe(frame(), DICOM_STORE)
+    assert inventory.devices[CT].device_class == "infusion_pump"
+    with pytest.raises(ValueError, match="unknown device class"):
+        inventory.pin(CT, device_class="toaster")
+
+
+def test_values_per_signal_are_bounded(classifier: Classifier) -> None:
+    inventory = Inventory(classifier, clock=lambda: 1.0)
+    for port in range(1000):
+        inventory.observe(frame(), [obs(Side.SRC, "service.uses", f"tcp/{port}")])
+    assert len(inventory.devices[CT].observations["service.uses"]) == MAX_VALUES_PER_SIGNAL
+
+
+def test_store_round_trip_is_atomic_and_private(tmp_path: Path, classifier: Classifier) -> None:
+    inventory = Inventory(classifier, clock=lambda: 5.0)
+    inventory.observe(frame(), DICOM_STORE)
+    inventory.pin(PACS, segment="pacs")
+    store = InventoryStore(tmp_path / "state")
+    store.save(inventory)
+    assert os.stat(store.path).st_mode & 0o777 == 0o600
+    assert [p.name for p in store.path.parent.iterdir()] == ["inventory.msgpack"]  # no temp file left
+    loaded = Inventory(classifier)
+    assert store.load(loaded) is None
+    assert loaded.summaries() == inventory.summaries()
+    assert loaded.devices[PACS].pinned_segment
+
+
+@pytest.mark.parametrize("content", [b"\xc1garbage", msgpack.packb({"version": 99, "devices": []}), msgpack.packb([1, 2])])
+def test_an_unreadable_store_is_kept_aside_and_reported(tmp_path: Path, classifier: Classifier, content: bytes) -> None:
+    store = InventoryStore(tmp_path)
+    store.path.write_bytes(content)
+    inventory = Inventory(classifier)
+    problem = store.load(inventory)
+    assert problem is not None and "kept aside" in problem
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("inventory.msgpack.unreadable-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == content
+    assert inventory.devices == {}
+
+
+def test_exports(classifier: Classifier) -> None:
+    inventory = Inventory(classifier, clock=lambda: 1.0)
+    inventory.observe(frame(), DICOM_STORE)
+    document = json.loads(inventory.to_json())
+    assert {d["mac"]: d["class"] for d in document["devices"]} == {CT: "imaging_modality", PACS: "pacs"}
+    assert {"mac", "ips", "vendor", "hostname", "class", "confidence", "evidence"} <= set(document["devices"][0])
+    rows = list(csv.DictReader(io.StringIO(inventory.to_csv())))
+    assert rows[0]["mac"] == CT and "dicom.role=scu" in rows[0]["evidence"]
