@@ -2,8 +2,12 @@
 
 This is the format `medseg-xdp trace` reads; the policy issue extends it
 (device classes, VLAN segments, stable rule ids from the inventory) without
-replacing it. Every error names the file and the path of the bad value,
-e.g. ``policy.toml: rules[3].to: unknown segment 'pacs'``.
+replacing it. Every error names the file, the line where it can, and the path of the bad
+value, e.g. ``policy.toml:41: rules[3].to: unknown segment 'pacs'``.
+
+Membership precedence, most specific first: a pin, a segment's `macs`, its
+`classes` (through the inventory), its `prefixes` (VLAN-specific before
+any-VLAN), its `vlans`, then `unassigned`.
 
     [bridge]
     name = "br0"
@@ -31,8 +35,26 @@ e.g. ``policy.toml: rules[3].to: unknown segment 'pacs'``.
     vlan = 20                         # the prefixes hold on this VLAN only
     port = "portA"                    # anti-spoofing: seen only behind this port
 
+    [segments.pumps-by-class]
+    classes = ["infusion_pump"]       # devices the classifier (or a pin) puts in these classes
+    vlans = [20]                      # everything on VLAN 20 that nothing more specific claims
+    allow_enforce_life_critical = false  # enforce mode on life-critical classes must be explicit
+
+    [[pins]]                          # a person's word: never changed automatically
+    mac = "00:1a:2b:00:00:09"
+    segment = "pumps"
+    class = "infusion_pump"           # optional
+
+    [tables]                          # map capacities (a change means new pinned maps)
+    flows = 65536
+
+    [daemon]
+    state_dir = "/var/lib/medseg-xdp"
+    on_stop = "detach"                # or "keep": leave enforcement running on SIGTERM
+    learning_days = 14
+
     [[rules]]
-    id = "pumps-to-server"            # optional name, shown by trace and metrics
+    id = "pumps-to-server"            # stable name: counters and metrics follow it across edits
     from = "pumps"
     to = "pump-server"
     proto = "tcp"                     # omit proto (and ports): the pair's default
@@ -50,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_xdp import abi
+from medseg_xdp.classify import LIFE_CRITICAL, load_catalog
 
 PSEUDO_SEGMENTS = {
     "unassigned": abi.const("SEGMENT_UNASSIGNED"),
@@ -80,6 +103,36 @@ class Segment:
     prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     vlan: int = 0
     port: str | None = None
+    classes: tuple[str, ...] = ()
+    vlans: tuple[int, ...] = ()
+    allow_enforce_life_critical: bool = False
+
+
+@dataclass(frozen=True)
+class Pin:
+    mac: str
+    segment: str | None = None
+    device_class: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSizes:
+    """Map capacities, compiled into the program; part of the pinned layout."""
+
+    flows: int = 65536
+    devices: int = 16384
+    prefixes: int = 4096
+    rules: int = 16384
+    segments: int = 1024
+    frags: int = 4096
+    ring_pages: int = 256
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    state_dir: Path = Path("/var/lib/medseg-xdp")
+    on_stop: str = "detach"  # or "keep"
+    learning_days: int = 14
 
 
 @dataclass(frozen=True)
@@ -116,6 +169,9 @@ class Config:
     routers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     segments: dict[str, Segment] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    pins: tuple[Pin, ...] = ()
+    tables: TableSizes = TableSizes()
+    daemon: DaemonSettings = DaemonSettings()
 
     def segment_id(self, name: str) -> int:
         return PSEUDO_SEGMENTS[name] if name in PSEUDO_SEGMENTS else self.segments[name].id
@@ -131,13 +187,42 @@ class Config:
 
 
 class _Reader:
-    """Typed access to one TOML document, with paths in every error."""
+    """Typed access to one TOML document, with the line and path in every error."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, text: str = "") -> None:
         self.source = source
+        self.lines = text.splitlines()
 
     def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {path}: {message}")
+        line = self.line_of(path)
+        return ConfigError(f"{self.source}{f':{line}' if line else ''}: {path}: {message}")
+
+    def line_of(self, path: str) -> int | None:
+        """The line a path was written on, found in the text (tomllib keeps no positions)."""
+        parts = path.split(".")
+        indexed = re.fullmatch(r"(\w+)\[(\d+)\]", parts[0])
+        if indexed:
+            header = re.compile(rf"^\s*\[\[\s*{indexed.group(1)}\s*\]\]")
+            wanted, rest = int(indexed.group(2)), parts[1:]
+        elif parts[0] == "segments" and len(parts) > 1:
+            header = re.compile(rf"^\s*\[\s*segments\.{re.escape(parts[1])}\s*\]")
+            wanted, rest = 0, parts[2:]
+        else:
+            header = re.compile(rf"^\s*\[\s*{re.escape(parts[0])}\s*\]")
+            wanted, rest = 0, parts[1:]
+        starts = [number for number, text in enumerate(self.lines) if header.match(text)]
+        if len(starts) <= wanted:
+            return None
+        start = starts[wanted]
+        if rest:
+            name = re.sub(r"\[\d+\]$", "", rest[0])
+            key = re.compile(rf"^\s*{re.escape(name)}\s*=")
+            for number in range(start + 1, len(self.lines)):
+                if self.lines[number].lstrip().startswith("["):
+                    break
+                if key.match(self.lines[number]):
+                    return number + 1
+        return start + 1
 
     def table(self, data: dict[str, Any], key: str, path: str) -> dict[str, Any]:
         value = data.get(key, {})
@@ -189,8 +274,8 @@ def parse(text: str, source: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    r = _Reader(source)
-    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules"}, "")
+    r = _Reader(source, text)
+    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon"}, "")
 
     bridge = r.table(data, "bridge", "bridge")
     r.unknown_keys(bridge, {"name", "ports", "pvid"}, "bridge")
@@ -218,6 +303,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     for index, name in enumerate(names):
         if names.index(name) != index:
             raise r.fail(f"rules[{index}].id", f"duplicate rule id {name!r}")
+    pins = _pins(r, data.get("pins", []), segments)
     return Config(
         bridge=r.get(bridge, "name", "bridge.name", str, "br0"),
         ports=ports,
@@ -227,7 +313,62 @@ def parse(text: str, source: str = "<config>") -> Config:
         routers=routers,
         segments=segments,
         rules=rules,
+        pins=pins,
+        tables=_tables(r, r.table(data, "tables", "tables")),
+        daemon=_daemon(r, r.table(data, "daemon", "daemon")),
     )
+
+
+def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...]:
+    if not isinstance(data, list):
+        raise r.fail("pins", "must be an array of tables ([[pins]])")
+    classes = load_catalog().classes
+    pins = []
+    seen: set[str] = set()
+    for index, body in enumerate(data):
+        path = f"pins[{index}]"
+        if not isinstance(body, dict):
+            raise r.fail(path, "must be a table")
+        r.unknown_keys(body, {"mac", "segment", "class"}, path)
+        mac = _mac(r, body.get("mac"), f"{path}.mac")
+        if mac in seen:
+            raise r.fail(f"{path}.mac", f"{mac} is pinned twice")
+        seen.add(mac)
+        segment = r.get(body, "segment", f"{path}.segment", str, None)
+        if segment is not None and segment not in segments and segment not in PSEUDO_SEGMENTS:
+            raise r.fail(f"{path}.segment", f"unknown segment {segment!r}")
+        device_class = r.get(body, "class", f"{path}.class", str, None)
+        if device_class is not None and device_class not in classes:
+            raise r.fail(f"{path}.class", f"unknown device class {device_class!r} (one of {', '.join(classes)})")
+        if segment is None and device_class is None:
+            raise r.fail(path, "a pin names a segment, a class, or both")
+        pins.append(Pin(mac, segment, device_class))
+    return tuple(pins)
+
+
+def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
+    defaults = TableSizes()
+    r.unknown_keys(data, set(defaults.__dataclass_fields__), "tables")
+    values = {name: r.integer(data, name, f"tables.{name}", getattr(defaults, name), 1, 1 << 24) for name in defaults.__dataclass_fields__}
+    if values["ring_pages"] & (values["ring_pages"] - 1):
+        raise r.fail("tables.ring_pages", f"{values['ring_pages']} is not a power of two")
+    return TableSizes(**values)
+
+
+def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
+    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days"}, "daemon")
+    defaults = DaemonSettings()
+    return DaemonSettings(
+        state_dir=Path(r.get(data, "state_dir", "daemon.state_dir", str, str(defaults.state_dir))),
+        on_stop=r.choice(data, "on_stop", "daemon.on_stop", {"detach": "detach", "keep": "keep"}, defaults.on_stop),
+        learning_days=r.integer(data, "learning_days", "daemon.learning_days", defaults.learning_days, 1, 365),
+    )
+
+
+def _mac(r: _Reader, value: Any, path: str) -> str:
+    if not isinstance(value, str) or not _MAC.match(value.lower().replace("-", ":")):
+        raise r.fail(path, f"{value!r} is not a MAC address")
+    return value.lower().replace("-", ":")
 
 
 def _strings(r: _Reader, data: dict[str, Any], key: str, path: str) -> list[str]:
@@ -263,6 +404,9 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
     segments: dict[str, Segment] = {}
     used_ids: dict[int, str] = {}
     owner_of_mac: dict[str, str] = {}
+    owner_of_class: dict[str, str] = {}
+    owner_of_vlan: dict[int, str] = {}
+    catalog = load_catalog()
     next_id = 1
     for name, body in data.items():
         path = f"segments.{name}"
@@ -270,10 +414,10 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             raise r.fail(path, "must be a table")
         if not _SEGMENT_NAME.match(name):
             raise r.fail(path, "a segment name is letters, digits, '_', '.', '-' (at most 63)")
-        r.unknown_keys(body, {"id", "mode", "default", "life_critical", "management", "macs", "prefixes", "vlan", "port"}, path)
+        r.unknown_keys(body, {"id", "mode", "default", "life_critical", "management", "macs", "prefixes", "vlan", "port", "classes", "vlans", "allow_enforce_life_critical"}, path)
         if name in PSEUDO_SEGMENTS:
             number = PSEUDO_SEGMENTS[name]
-            for key in ("id", "macs", "prefixes", "vlan", "port"):
+            for key in ("id", "macs", "prefixes", "vlan", "port", "classes", "vlans"):
                 if key in body:
                     raise r.fail(f"{path}.{key}", f"the pseudo-segment {name!r} takes only mode, default and flags")
         else:
@@ -284,10 +428,8 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             raise r.fail(f"{path}.id", f"id {number} is already segment {used_ids[number]!r}")
         used_ids[number] = name
         macs = []
-        for index, mac in enumerate(_strings(r, body, "macs", f"{path}.macs")):
-            mac = mac.lower().replace("-", ":")
-            if not _MAC.match(mac):
-                raise r.fail(f"{path}.macs[{index}]", f"{mac!r} is not a MAC address")
+        for index, text in enumerate(_strings(r, body, "macs", f"{path}.macs")):
+            mac = _mac(r, text, f"{path}.macs[{index}]")
             if mac in owner_of_mac:
                 raise r.fail(f"{path}.macs[{index}]", f"{mac} is already in segment {owner_of_mac[mac]!r}")
             owner_of_mac[mac] = name
@@ -301,17 +443,39 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
         port = r.get(body, "port", f"{path}.port", str, None)
         if port is not None and port not in ports:
             raise r.fail(f"{path}.port", f"{port!r} is not in bridge.ports")
+        classes = _strings(r, body, "classes", f"{path}.classes")
+        for index, device_class in enumerate(classes):
+            if device_class not in catalog.classes:
+                raise r.fail(f"{path}.classes[{index}]", f"unknown device class {device_class!r} (one of {', '.join(catalog.classes)})")
+            if device_class in owner_of_class:
+                raise r.fail(f"{path}.classes[{index}]", f"{device_class} is already in segment {owner_of_class[device_class]!r}")
+            owner_of_class[device_class] = name
+        vlans = r.get(body, "vlans", f"{path}.vlans", list, [])
+        for index, vlan in enumerate(vlans):
+            if not isinstance(vlan, int) or isinstance(vlan, bool) or not 1 <= vlan <= 4094:
+                raise r.fail(f"{path}.vlans[{index}]", f"{vlan!r} is not a VLAN id 1..4094")
+            if vlan in owner_of_vlan:
+                raise r.fail(f"{path}.vlans[{index}]", f"VLAN {vlan} is already segment {owner_of_vlan[vlan]!r}")
+            owner_of_vlan[vlan] = name
+        mode = r.choice(body, "mode", f"{path}.mode", MODES, abi.Mode.monitor)
+        holds_life_critical = any(catalog.criticality(c) == LIFE_CRITICAL for c in classes)
+        allow_enforce = r.get(body, "allow_enforce_life_critical", f"{path}.allow_enforce_life_critical", bool, False)
+        if holds_life_critical and mode == abi.Mode.enforce and not allow_enforce:
+            raise r.fail(f"{path}.mode", "enforcing a segment of life-critical devices must be explicit: set allow_enforce_life_critical = true")
         segments[name] = Segment(
             name=name,
             id=number,
-            mode=r.choice(body, "mode", f"{path}.mode", MODES, abi.Mode.monitor),
+            mode=mode,
             default=r.choice(body, "default", f"{path}.default", ACTIONS, abi.Action.allow),
-            life_critical=r.get(body, "life_critical", f"{path}.life_critical", bool, False),
+            life_critical=holds_life_critical or r.get(body, "life_critical", f"{path}.life_critical", bool, False),
             management=r.get(body, "management", f"{path}.management", bool, False),
             macs=tuple(macs),
             prefixes=tuple(prefixes),
             vlan=r.integer(body, "vlan", f"{path}.vlan", 0, 0, 4094),
             port=port,
+            classes=tuple(classes),
+            vlans=tuple(vlans),
+            allow_enforce_life_critical=allow_enforce,
         )
     return segments
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 
 from medseg_xdp import abi, bpfsys
+from medseg_xdp.config import TableSizes
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +39,17 @@ class LoaderError(RuntimeError):
     """A load, attach or detach that cannot go ahead; the message says why."""
 
 
-@dataclass(frozen=True)
-class TableSizes:
-    """Map capacities, compiled in; part of the pinned layout."""
-
-    flows: int = 65536
-    devices: int = 16384
-    prefixes: int = 4096
-    rules: int = 16384
-    segments: int = 1024
-    frags: int = 4096
-    ring_pages: int = 256
-
-    def cflags(self) -> list[str]:
-        names = {
-            "flows": "FLOW_TABLE_SIZE",
-            "devices": "DEVICE_TABLE_SIZE",
-            "prefixes": "PREFIX_TABLE_SIZE",
-            "rules": "RULE_TABLE_SIZE",
-            "segments": "SEGMENT_TABLE_SIZE",
-            "frags": "FRAG_TABLE_SIZE",
-            "ring_pages": "RING_PAGES",
-        }
-        return [f"-D{names[field]}={value}" for field, value in asdict(self).items()]
+def table_cflags(sizes: TableSizes) -> list[str]:
+    names = {
+        "flows": "FLOW_TABLE_SIZE",
+        "devices": "DEVICE_TABLE_SIZE",
+        "prefixes": "PREFIX_TABLE_SIZE",
+        "rules": "RULE_TABLE_SIZE",
+        "segments": "SEGMENT_TABLE_SIZE",
+        "frags": "FRAG_TABLE_SIZE",
+        "ring_pages": "RING_PAGES",
+    }
+    return [f"-D{names[field]}={value}" for field, value in asdict(sizes).items()]
 
 
 @dataclass(frozen=True)
@@ -117,7 +106,7 @@ class Loader:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         from bcc import BPF  # imported late: tools that only read maps skip BCC's start-up
 
-        cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *self.sizes.cflags()]
+        cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *table_cflags(self.sizes)]
         try:
             self._bpf = BPF(src_file=str(PROGRAM_SOURCE).encode(), cflags=cflags)
             self.prog_fd = self._bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP).fd

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from medseg_xdp import abi
@@ -29,6 +29,7 @@ RULE_KEY_FIXED_BITS = 80  # gen + segments + proto + pad, before the port
 class CompiledPolicy:
     contents: MapContents
     rule_names: dict[int, str]  # rule id -> rule name ("default:<segment>" for defaults)
+    warnings: list[str]  # e.g. rules that can never match
 
 
 def port_prefixes(low: int, high: int) -> list[tuple[int, int]]:
@@ -51,26 +52,90 @@ def _mac_bytes(mac: str) -> bytes:
     return bytes(int(part, 16) for part in mac.split(":"))
 
 
-def compile_policy(config: Config, generation: int, ifindex_of: Callable[[str], int]) -> CompiledPolicy:
-    """Map contents of config at a generation; ifindex_of names bridge ports."""
+class RuleIds:
+    """Stable numbers for rule names: the per-rule counters follow a rule across edits.
+
+    The daemon keeps the mapping in its state directory; a name seen for the
+    first time gets the next free number, and numbers are never reused.
+    """
+
+    def __init__(self, known: Mapping[str, int] | None = None) -> None:
+        self.ids: dict[str, int] = dict(known or {})
+
+    def __call__(self, name: str) -> int:
+        number = self.ids.get(name)
+        if number is None:
+            number = max(self.ids.values(), default=0) + 1
+            if number >= abi.const("MAX_RULE_IDS"):
+                raise ConfigError(f"rule {name!r}: all {abi.const('MAX_RULE_IDS') - 1} rule ids are used (counters are indexed by them)")
+            self.ids[name] = number
+        return number
+
+
+def compile_policy(
+    config: Config,
+    generation: int,
+    ifindex_of: Callable[[str], int],
+    class_of: Mapping[str, str] | None = None,
+    rule_ids: RuleIds | None = None,
+) -> CompiledPolicy:
+    """Map contents of config at a generation.
+
+    ifindex_of names bridge ports; class_of gives the inventory's class of
+    each known MAC (for segments defined by class); rule_ids numbers rules.
+    """
     contents: MapContents = {name: {} for name in (*GENERATIONAL_MAPS, *IN_PLACE_MAPS)}
     rule_names: dict[int, str] = {}
-    _endpoints(config, generation, ifindex_of, contents)
-    _rules(config, generation, contents, rule_names)
-    _segment_infos(config, generation, contents, rule_names)
+    ids = rule_ids if rule_ids is not None else RuleIds()
+    _endpoints(config, generation, ifindex_of, class_of or {}, contents)
+    warnings = _rules(config, generation, contents, rule_names, ids)
+    _segment_infos(config, generation, contents, rule_names, ids)
     _rails(config, generation, contents)
     _in_place(config, ifindex_of, contents)
-    return CompiledPolicy(contents, rule_names)
+    _check_capacity(config, contents)
+    return CompiledPolicy(contents, rule_names, warnings)
 
 
-def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
+def _check_capacity(config: Config, contents: MapContents) -> None:
+    """Each generation must fit in its half of a map (the maps hold two)."""
+    needs = {
+        "devices": ("devices", len(contents["devices"])),
+        "prefixes": ("prefixes", max(len(contents["prefixes_v4"]), len(contents["prefixes_v6"]))),
+        "rules": ("rules", max(len(contents["rules"]), len(contents["pair_defaults"]))),
+        "segments": ("segments", len(contents["segments"])),
+    }
+    for table, (what, count) in needs.items():
+        capacity = getattr(config.tables, table)
+        if count > capacity:
+            raise ConfigError(f"tables.{table}: {count} {what} entries do not fit in {capacity}: raise tables.{table}")
+
+
+def device_segments(config: Config, class_of: Mapping[str, str]) -> dict[str, str]:
+    """MAC -> segment name, by precedence: a pin, a segment's macs, its classes."""
+    by_class = {device_class: segment.name for segment in config.segments.values() for device_class in segment.classes}
+    members = {mac: by_class[device_class] for mac, device_class in class_of.items() if device_class in by_class}
+    members.update({mac: segment.name for segment in config.segments.values() for mac in segment.macs})
+    members.update({pin.mac: pin.segment for pin in config.pins if pin.segment is not None})
+    return members
+
+
+def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], class_of: Mapping[str, str], contents: MapContents) -> None:
+    def info_of(name: str) -> ctypes.Structure:
+        segment = config.segments.get(name)
+        bound = ifindex_of(segment.port) if segment is not None and segment.port else 0
+        return abi.EndpointInfo(segment=config.segment_id(name), flags=0, ifindex=bound)
+
+    for mac, name in device_segments(config, class_of).items():
+        key = abi.DeviceKey(gen=gen)
+        key.mac[:] = _mac_bytes(mac)
+        _put(contents, "devices", key, info_of(name))
     for segment in config.segments.values():
-        bound = ifindex_of(segment.port) if segment.port else 0
-        info = abi.EndpointInfo(segment=segment.id, flags=0, ifindex=bound)
-        for mac in segment.macs:
-            key = abi.DeviceKey(gen=gen)
-            key.mac[:] = _mac_bytes(mac)
-            _put(contents, "devices", key, info)
+        info = info_of(segment.name)
+        for vlan in segment.vlans:
+            whole4 = abi.Prefix4Key(prefixlen=48, gen=gen, vlan=vlan)
+            whole6 = abi.Prefix6Key(prefixlen=48, gen=gen, vlan=vlan)
+            _put(contents, "prefixes_v4", whole4, info)
+            _put(contents, "prefixes_v6", whole6, info)
         for prefix in segment.prefixes:
             if prefix.version == 4:
                 key4 = abi.Prefix4Key(prefixlen=48 + prefix.prefixlen, gen=gen, vlan=segment.vlan)
@@ -90,24 +155,28 @@ def _specificity(low: int, high: int) -> int:
 @dataclass(frozen=True)
 class _Claim:
     index: int
+    rule_id: int
     rule: Rule
     specificity: int
 
 
-def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str]) -> None:
+def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str], ids: RuleIds) -> list[str]:
+    """Rule and pair-default entries; returns warnings for rules that can never match."""
     _check_overlapping_ranges(config)
-    port_rules: list[tuple[int, int, Rule, int, int]] = []  # (specificity, index, rule, low, high)
+    port_rules: list[tuple[int, int, int, Rule, int, int]] = []  # (specificity, index, id, rule, low, high)
     claims: dict[bytes, _Claim] = {}
+    placed: dict[int, int] = {}  # rule index -> keys it holds
     for index, rule in enumerate(config.rules):
-        rule_names[index + 1] = rule.name
+        rule_id = ids(rule.name)
+        rule_names[rule_id] = rule.name
         if rule.is_pair_default:
             pair = abi.PairKey(gen=gen, src_segment=config.segment_id(rule.src), dst_segment=config.segment_id(rule.dst))
-            _claim(contents, claims, "pair_defaults", pair, _Claim(index, rule, 0))
+            placed[index] = _claim(contents, claims, "pair_defaults", pair, _Claim(index, rule_id, rule, 0))
             continue
         for low, high in rule.ports or ((0, 65535),):
-            port_rules.append((_specificity(low, high), index, rule, low, high))
+            port_rules.append((_specificity(low, high), index, rule_id, rule, low, high))
     # Exact ports first: a range's single-port piece never displaces an exact rule.
-    for specificity, index, rule, low, high in sorted(port_rules, key=lambda r: r[:2]):
+    for specificity, index, rule_id, rule, low, high in sorted(port_rules, key=lambda r: r[:2]):
         for value, bits in port_prefixes(low, high):
             key = abi.RuleKey(
                 prefixlen=RULE_KEY_FIXED_BITS + bits,
@@ -117,19 +186,25 @@ def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int
                 proto=rule.proto,
                 port_be=_be16(value),
             )
-            _claim(contents, claims, "rules", key, _Claim(index, rule, specificity))
+            placed[index] = placed.get(index, 0) + _claim(contents, claims, "rules", key, _Claim(index, rule_id, rule, specificity))
+    return [
+        f"rules[{index}] ({config.rules[index].name}) never matches: earlier or more specific rules cover all its traffic"
+        for index, count in sorted(placed.items())
+        if count == 0
+    ]
 
 
-def _claim(contents: MapContents, claims: dict[bytes, _Claim], map_name: str, key: ctypes.Structure, claim: _Claim) -> None:
-    """Put a rule's key unless an earlier rule holds it; equal specificity must agree."""
+def _claim(contents: MapContents, claims: dict[bytes, _Claim], map_name: str, key: ctypes.Structure, claim: _Claim) -> int:
+    """Put a rule's key unless an earlier rule holds it (returns 1 if put); equal specificity must agree."""
     raw = map_name.encode() + abi.to_bytes(key)
     held = claims.get(raw)
     if held is None:
         claims[raw] = claim
-        _put(contents, map_name, key, abi.RuleVerdict(rule_id=claim.index + 1, action=claim.rule.action))
-    elif held.specificity == claim.specificity and held.rule.action != claim.rule.action:
+        _put(contents, map_name, key, abi.RuleVerdict(rule_id=claim.rule_id, action=claim.rule.action))
+        return 1
+    if held.specificity == claim.specificity and held.rule.action != claim.rule.action:
         raise _conflict(claim.index, claim.rule, held.index, held.rule)
-    # else: held by a more specific rule, or by an equal one with the same action
+    return 0  # held by a more specific rule, or by an equal one with the same action
 
 
 def _conflict(index: int, rule: Rule, first_index: int, first: Rule) -> ConfigError:
@@ -161,21 +236,19 @@ def _be16(port: int) -> int:
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
-def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str]) -> None:
+def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str], ids: RuleIds) -> None:
     segments = dict(config.segments)
     if "unassigned" not in segments:
         segments["unassigned"] = Segment(name="unassigned", id=abi.const("SEGMENT_UNASSIGNED"))
-    next_id = len(config.rules) + 1
     for segment in segments.values():
-        rule_names[next_id] = f"default:{segment.name}"
+        name = f"default:{segment.name}"
+        rule_id = ids(name)
+        rule_names[rule_id] = name
         flags = (abi.const("SEGMENT_MGMT") if segment.management else 0) | (
             abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0
         )
-        info = abi.SegmentInfo(default_rule_id=next_id, mode=segment.mode, default_action=segment.default, flags=flags)
+        info = abi.SegmentInfo(default_rule_id=rule_id, mode=segment.mode, default_action=segment.default, flags=flags)
         _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment.id), info)
-        next_id += 1
-    if next_id > abi.const("MAX_RULE_IDS"):
-        raise ConfigError(f"{next_id - 1} rules and defaults: more than the {abi.const('MAX_RULE_IDS') - 1} rule ids the counters hold")
 
 
 def _rails(config: Config, gen: int, contents: MapContents) -> None:

@@ -12,9 +12,9 @@ import shutil
 from types import TracebackType
 from typing import Self
 
-from medseg_xdp.config import Config
+from medseg_xdp.config import Config, TableSizes
 from medseg_xdp.dataplane import Dataplane
-from medseg_xdp.loader import BPFFS, Attachment, Loader, TableSizes, detach
+from medseg_xdp.loader import BPFFS, Attachment, Loader, detach
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.topology import InlineBridge
 

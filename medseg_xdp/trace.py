@@ -18,9 +18,10 @@ from types import TracebackType
 from typing import Self
 
 from medseg_xdp import abi, bpfsys
-from medseg_xdp.config import Config
+
+from medseg_xdp.config import Config, TableSizes
 from medseg_xdp.dataplane import Dataplane
-from medseg_xdp.loader import BPFFS, Loader, TableSizes, in_netns
+from medseg_xdp.loader import BPFFS, Loader, in_netns
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.topology import Namespace
 

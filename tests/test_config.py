@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
 def test_errors_name_the_file_and_the_path(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         config.parse(text, "policy.toml")
-    assert str(raised.value).startswith("policy.toml: ")
+    assert re.match(r"policy.toml(:\d+)?: ", str(raised.value))
     assert message in str(raised.value)
 
 
@@ -126,3 +127,60 @@ action = "drop"
         by_port[(port, key.prefixlen - 80)] = compiled.rule_names[verdict.rule_id]
     assert by_port[(90, 16)] == "exact"
     assert by_port[(80, 13)] == "range" and by_port[(88, 15)] == "range"
+
+
+def test_a_rule_that_can_never_match_is_reported() -> None:
+    text = """
+[segments.a]
+[segments.b]
+[[rules]]
+id = "all-tcp"
+from = "a"
+to = "b"
+proto = "tcp"
+action = "allow"
+[[rules]]
+id = "tcp-again"
+from = "a"
+to = "b"
+proto = "tcp"
+action = "allow"
+"""
+    compiled = compile_policy(config.parse(text), 1, lambda port: 1)
+    assert compiled.warnings == ["rules[1] (tcp-again) never matches: earlier or more specific rules cover all its traffic"]
+
+
+def test_a_table_too_small_is_an_error() -> None:
+    text = "[tables]\nsegments = 2\n[segments.a]\n[segments.b]\n[segments.c]\n"
+    with pytest.raises(ConfigError, match=r"tables.segments: 4 segments entries do not fit in 2"):
+        compile_policy(config.parse(text), 1, lambda port: 1)
+
+
+def test_membership_precedence_pin_then_macs_then_classes() -> None:
+    from medseg_xdp.policy_image import device_segments
+
+    text = """
+[segments.pumps]
+classes = ["infusion_pump"]
+[segments.quarantine]
+macs = ["02:00:00:00:00:02"]
+[segments.lab]
+[[pins]]
+mac = "02:00:00:00:00:03"
+segment = "lab"
+"""
+    cfg = config.parse(text)
+    class_of = {"02:00:00:00:00:01": "infusion_pump", "02:00:00:00:00:02": "infusion_pump", "02:00:00:00:00:03": "infusion_pump", "02:00:00:00:00:04": "printer"}
+    assert device_segments(cfg, class_of) == {
+        "02:00:00:00:00:01": "pumps",
+        "02:00:00:00:00:02": "quarantine",
+        "02:00:00:00:00:03": "lab",
+    }
+    assert cfg.segments["pumps"].life_critical  # holds a life-critical class
+
+
+def test_rule_ids_are_stable_across_edits() -> None:
+    from medseg_xdp.policy_image import RuleIds
+
+    ids = RuleIds({"dicom": 7, "default:pacs": 3})
+    assert (ids("dicom"), ids("default:pacs"), ids("new-rule"), ids("new-rule")) == (7, 3, 8, 8)

@@ -21,7 +21,7 @@ import pytest
 from packetgen import FrameGenerator
 
 from medseg_xdp import abi, config
-from medseg_xdp.loader import TableSizes
+from medseg_xdp.config import TableSizes
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.reference import ReferenceDataplane
 from medseg_xdp.trace import Tracer

@@ -10,7 +10,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from medseg_xdp import abi, config
-from medseg_xdp.loader import TableSizes
+from medseg_xdp.config import TableSizes
 from medseg_xdp.samples import Sample, SampleReader
 from medseg_xdp.session import ProgramOnBridge
 from medseg_xdp.topology import InlineBridge
