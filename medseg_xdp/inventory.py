@@ -3,8 +3,8 @@
 Devices are keyed by MAC address. Observations from the fingerprint parsers
 are folded in (bounded per signal), the classifier runs whenever a device
 shows something new, and every class change is kept with its evidence.
-The store writes msgpack atomically (temp file, fsync, rename, mode 0600);
-a file it cannot read is moved aside and reported, never discarded.
+The store is a statefile.StateFile: atomic, private, and a file it cannot
+read is moved aside and reported, never discarded.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import io
 import ipaddress
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from medseg_xdp.classify import UNKNOWN, Classifier, Decision, Evidence
 from medseg_xdp.fingerprint.frame import Frame, Observation, Side
+from medseg_xdp.statefile import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -218,46 +216,23 @@ class Inventory:
 
 
 class InventoryStore:
-    """inventory.msgpack in a state directory, written atomically."""
+    """inventory.msgpack in a state directory (see statefile)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "inventory.msgpack"
+        self.file = StateFile(state_dir / "inventory.msgpack", STATE_VERSION)
+        self.path = self.file.path
 
     def save(self, inventory: Inventory) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        document = {"version": STATE_VERSION, "devices": [asdict(d) for d in inventory.devices.values()]}
-        temp = self.path.with_suffix(f".tmp-{os.getpid()}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(msgpack.packb(document, use_bin_type=True))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        self.file.write([asdict(d) for d in inventory.devices.values()])
 
     def load(self, inventory: Inventory) -> str | None:
-        """Fill inventory from disk. Returns a problem report when the file was moved aside."""
-        if not self.path.exists():
-            return None
-        try:
-            document = msgpack.unpackb(self.path.read_bytes(), raw=False, strict_map_key=False)
-            version = document.get("version") if isinstance(document, dict) else None
-            if version != STATE_VERSION:
-                raise ValueError(f"state version {version!r}, this medseg-xdp reads version {STATE_VERSION}")
-            devices = {record["mac"]: Device(**record) for record in document["devices"]}
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
-            self.path.rename(aside)
-            problem = f"{self.path}: cannot read ({exc}); kept aside as {aside.name}, starting with an empty inventory"
-            log.error("%s", problem)
+        """Fill inventory from disk. Returns a problem report when the file was kept aside."""
+        records, problem = self.file.read()
+        if records is None:
             return problem
+        try:
+            devices = {record["mac"]: Device(**record) for record in records}
+        except (TypeError, KeyError) as exc:
+            return self.file.keep_aside(f"not an inventory: {exc}")
         inventory.devices.update(devices)
         return None

@@ -108,7 +108,7 @@ def test_store_round_trip_is_atomic_and_private(tmp_path: Path, classifier: Clas
     assert loaded.devices[PACS].pinned_segment
 
 
-@pytest.mark.parametrize("content", [b"\xc1garbage", msgpack.packb({"version": 99, "devices": []}), msgpack.packb([1, 2])])
+@pytest.mark.parametrize("content", [b"\xc1garbage", msgpack.packb({"version": 99, "body": []}), msgpack.packb([1, 2]), msgpack.packb({"version": 1, "body": [{"mac": 1}]})])
 def test_an_unreadable_store_is_kept_aside_and_reported(tmp_path: Path, classifier: Classifier, content: bytes) -> None:
     store = InventoryStore(tmp_path)
     store.path.write_bytes(content)
