@@ -133,18 +133,93 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from medseg_xdp.classify import Classifier, load_catalog
-    from medseg_xdp.inventory import Inventory, InventoryStore
+    from medseg_xdp.control import ControlError, request
+    from medseg_xdp.daemon import control_socket
+    from medseg_xdp.inventory import Inventory, InventoryStore, summaries_csv, summaries_json
 
-    inventory = Inventory(Classifier(load_catalog()))
-    problem = InventoryStore(args.state_dir).load(inventory)
-    if problem:
-        print(f"medseg-xdp: {problem}", file=sys.stderr)
+    try:
+        summaries = request(control_socket(args.state_dir), "devices")
+    except ControlError:
+        inventory = Inventory(Classifier(load_catalog()))  # no daemon: what it saved last
+        problem = InventoryStore(args.state_dir).load(inventory)
+        if problem:
+            print(f"medseg-xdp: {problem}", file=sys.stderr)
+        summaries = inventory.summaries()
     if args.json:
-        print(inventory.to_json())
+        print(summaries_json(summaries))
     elif args.csv:
-        print(inventory.to_csv(), end="")
+        print(summaries_csv(summaries), end="")
     else:
-        _print_devices(inventory.summaries())
+        _print_devices(summaries)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medseg_xdp.daemon import Daemon
+
+    _need_root("run")
+    daemon = Daemon(args.config, netns=args.netns)
+    daemon.start()
+    daemon.install_signal_handlers()
+    daemon.run_forever()
+    return 0
+
+
+def _daemon_request(args: argparse.Namespace, op: str, **arguments: object) -> object:
+    from medseg_xdp.control import ControlError, request
+    from medseg_xdp.daemon import control_socket
+
+    try:
+        return request(control_socket(args.state_dir), op, **arguments)
+    except ControlError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _daemon_request(args, "status")
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    rows = _daemon_request(args, "flows", top=args.top)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'initiator':<24} {'responder':<24} {'proto':>5} {'segments':<28} {'verdict':<7} {'rule':<20} {'packets':>9} {'bytes':>11}")
+    for row in rows:  # type: ignore[attr-defined]
+        segments = f"{row['src_segment']}->{row['dst_segment']}"
+        print(f"{row['initiator']:<24} {row['responder']:<24} {row['proto']:>5} {segments:<28} {row['verdict']:<7} {row['rule']:<20} {row['packets']:>9} {row['bytes']:>11}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    device = _daemon_request(args, "pin", mac=args.mac.lower(), **{"class": args.device_class, "segment": args.segment})
+    print(json.dumps(device, indent=2))
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from medseg_xdp.policy_image import compile_policy
+
+    cfg = config_mod.load(args.file)
+    compiled = compile_policy(cfg, 1, lambda port: 0)
+    for warning in compiled.warnings:
+        print(f"{args.file}: warning: {warning}")
+    print(f"{args.file}: valid: {len(cfg.segments)} segments, {len(cfg.rules)} rules, {len(cfg.pins)} pins")
+    return 0
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    lines = _daemon_request(args, "policy_diff", path=str(args.file.resolve()) if args.file else None)
+    print("\n".join(lines) if lines else "no changes")  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_policy_apply(args: argparse.Namespace) -> int:
+    print(f"applying {args.file or 'the daemon config'} ...", flush=True)
+    record = _daemon_request(args, "policy_apply", path=str(args.file.resolve()) if args.file else None)
+    print(f"policy generation {record['generation']} in force; applied in {record['duration_ms']:.1f} ms for {record['devices']} devices")  # type: ignore[index]
     return 0
 
 
@@ -203,6 +278,37 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true")
     output.add_argument("--csv", action="store_true")
     devices.set_defaults(func=cmd_devices)
+
+    run = sub.add_parser("run", help="the daemon: attach, learn, classify, enforce")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("--netns", help="network namespace the bridge ports live in")
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (("status", cmd_status, "the running daemon's state"), ("flows", cmd_flows, "the largest flows in the kernel's table")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        p.set_defaults(func=func)
+        if name == "flows":
+            p.add_argument("--top", type=int, default=20)
+            p.add_argument("--json", action="store_true")
+
+    pin = sub.add_parser("pin", help="pin a device's class and/or segment (never changed automatically)")
+    pin.add_argument("mac")
+    pin.add_argument("--class", dest="device_class")
+    pin.add_argument("--segment")
+    pin.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    pin.set_defaults(func=cmd_pin)
+
+    policy = sub.add_parser("policy", help="check, diff and apply policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file (exit 0 when valid)")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_policy_check)
+    for name, func, text in (("diff", cmd_policy_diff, "what applying FILE would change"), ("apply", cmd_policy_apply, "apply FILE (default: reload the daemon's config)")):
+        p = policy_sub.add_parser(name, help=text)
+        p.add_argument("file", type=Path, nargs="?")
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+        p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true")

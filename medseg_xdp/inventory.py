@@ -198,21 +198,28 @@ class Inventory:
         return [self.devices[mac].summary() for mac in sorted(self.devices)]
 
     def to_json(self) -> str:
-        return json.dumps({"devices": self.summaries()}, indent=2)
+        return summaries_json(self.summaries())
 
     def to_csv(self) -> str:
-        out = io.StringIO()
-        columns = ["mac", "ips", "vendor", "hostname", "class", "confidence", "segment", "pinned", "protocols_client", "protocols_server", "evidence"]
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in self.summaries():
-            row = dict(row)
-            row["ips"] = " ".join(row["ips"])
-            row["protocols_client"] = " ".join(row["protocols_client"])
-            row["protocols_server"] = " ".join(row["protocols_server"])
-            row["evidence"] = "; ".join(f"{e['signal']}={e['value']} (+{e['weight']:g})" for e in row["evidence"])
-            writer.writerow(row)
-        return out.getvalue()
+        return summaries_csv(self.summaries())
+
+
+def summaries_json(summaries: list[dict[str, Any]]) -> str:
+    return json.dumps({"devices": summaries}, indent=2)
+
+
+def summaries_csv(summaries: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    columns = ["mac", "ips", "vendor", "hostname", "class", "confidence", "segment", "pinned", "protocols_client", "protocols_server", "evidence"]
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for summary in summaries:
+        row = dict(summary)
+        for joined in ("ips", "protocols_client", "protocols_server"):
+            row[joined] = " ".join(row[joined])
+        row["evidence"] = "; ".join(f"{e['signal']}={e['value']} (+{e['weight']:g})" for e in row["evidence"])
+        writer.writerow(row)
+    return out.getvalue()
 
 
 class InventoryStore:

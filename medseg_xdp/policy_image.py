@@ -78,16 +78,18 @@ def compile_policy(
     ifindex_of: Callable[[str], int],
     class_of: Mapping[str, str] | None = None,
     rule_ids: RuleIds | None = None,
+    pinned: Mapping[str, str] | None = None,
 ) -> CompiledPolicy:
     """Map contents of config at a generation.
 
     ifindex_of names bridge ports; class_of gives the inventory's class of
-    each known MAC (for segments defined by class); rule_ids numbers rules.
+    each known MAC (for segments defined by class); pinned, the segments
+    pinned live; rule_ids numbers rules.
     """
     contents: MapContents = {name: {} for name in (*GENERATIONAL_MAPS, *IN_PLACE_MAPS)}
     rule_names: dict[int, str] = {}
     ids = rule_ids if rule_ids is not None else RuleIds()
-    _endpoints(config, generation, ifindex_of, class_of or {}, contents)
+    _endpoints(config, generation, ifindex_of, device_segments(config, class_of or {}, pinned), contents)
     warnings = _rules(config, generation, contents, rule_names, ids)
     _segment_infos(config, generation, contents, rule_names, ids)
     _rails(config, generation, contents)
@@ -110,22 +112,23 @@ def _check_capacity(config: Config, contents: MapContents) -> None:
             raise ConfigError(f"tables.{table}: {count} {what} entries do not fit in {capacity}: raise tables.{table}")
 
 
-def device_segments(config: Config, class_of: Mapping[str, str]) -> dict[str, str]:
-    """MAC -> segment name, by precedence: a pin, a segment's macs, its classes."""
+def device_segments(config: Config, class_of: Mapping[str, str], pinned: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MAC -> segment name, by precedence: a live pin (`medseg-xdp pin`), a config pin, a segment's macs, its classes."""
     by_class = {device_class: segment.name for segment in config.segments.values() for device_class in segment.classes}
     members = {mac: by_class[device_class] for mac, device_class in class_of.items() if device_class in by_class}
     members.update({mac: segment.name for segment in config.segments.values() for mac in segment.macs})
     members.update({pin.mac: pin.segment for pin in config.pins if pin.segment is not None})
+    members.update(pinned or {})
     return members
 
 
-def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], class_of: Mapping[str, str], contents: MapContents) -> None:
+def _endpoints(config: Config, gen: int, ifindex_of: Callable[[str], int], members: Mapping[str, str], contents: MapContents) -> None:
     def info_of(name: str) -> ctypes.Structure:
         segment = config.segments.get(name)
         bound = ifindex_of(segment.port) if segment is not None and segment.port else 0
         return abi.EndpointInfo(segment=config.segment_id(name), flags=0, ifindex=bound)
 
-    for mac, name in device_segments(config, class_of).items():
+    for mac, name in members.items():
         key = abi.DeviceKey(gen=gen)
         key.mac[:] = _mac_bytes(mac)
         _put(contents, "devices", key, info_of(name))

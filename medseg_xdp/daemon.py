@@ -1,0 +1,316 @@
+"""`medseg-xdp run`: the manager of one bridge.
+
+It attaches the program to the bridge ports (or resumes the one already
+there, on the pinned maps: no flush of flows or verdicts), consumes samples
+into the X-ray (inventory, classes) and the baseline, moves devices into
+their segments live as they are classified, and answers the CLI on the
+control socket. SIGHUP reloads the config (an invalid one changes nothing),
+SIGTERM detaches, or leaves enforcement running when daemon.on_stop = "keep".
+A kill -9 leaves the program attached and its maps pinned: the network stays
+enforced, and the next start resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from medseg_xdp import abi, config as config_mod
+from medseg_xdp.config import Config, ConfigError
+from medseg_xdp.control import ControlServer
+from medseg_xdp.dataplane import Dataplane
+from medseg_xdp.inventory import InventoryStore
+from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, detach, in_netns
+from medseg_xdp.policy_diff import describe_changes
+from medseg_xdp.policy_image import RuleIds, compile_policy
+from medseg_xdp.samples import Sample, SampleReader
+from medseg_xdp.statefile import StateFile
+from medseg_xdp.xray import Xray
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY_S = 10.0
+APPLY_DEBOUNCE_S = 0.5  # class changes arrive in bursts: one apply for the burst
+POLL_MS = 100
+RULE_IDS_VERSION = 1
+
+
+@dataclass
+class ApplyRecord:
+    generation: int
+    at: float
+    duration_ms: float
+    reason: str
+    devices: int
+
+
+def control_socket(state_dir: Path) -> Path:
+    return state_dir / "control.sock"
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        netns: str | None = None,
+        pin_root: Path = DEFAULT_PIN_ROOT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config_path = config_path
+        self.netns = netns
+        self.pin_root = pin_root
+        self.clock = clock
+        self.config: Config = config_mod.load(config_path)
+        self.state_dir = self.config.daemon.state_dir
+        self.xray = Xray.default()
+        self.inventory = self.xray.inventory
+        self.inventory_store = InventoryStore(self.state_dir)
+        self.rule_ids_file = StateFile(self.state_dir / "rule-ids.msgpack", RULE_IDS_VERSION)
+        self.rule_ids = RuleIds()
+        self.rule_names: dict[int, str] = {}
+        self.loader = Loader(self.config.bridge, pin_root=pin_root, sizes=self.config.tables)
+        self.dataplane: Dataplane | None = None
+        self.reader: SampleReader | None = None
+        self.control: ControlServer | None = None
+        self.attachments: list[Attachment] = []
+        self.ifindex: dict[str, int] = {}
+        self.last_apply: ApplyRecord | None = None
+        self.started = clock()
+        self._stop = False
+        self._reload = False
+        self._apply_due: float | None = None
+        self._dirty = False
+        self._last_save = clock()
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        for problem in (self.inventory_store.load(self.inventory), self._load_rule_ids()):
+            if problem:
+                log.error("%s", problem)
+        self.ifindex = self._port_indexes(self.config)
+        self.loader.compile()
+        self.dataplane = Dataplane(self.loader.pin_dir)
+        resumed = self.dataplane.active_generation() != 0
+        self.apply("start")
+        # replace=True: a program left by a killed daemon is swapped atomically, maps kept
+        self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
+        self.reader = SampleReader(self.loader.bpf, self._on_sample)
+        self.control = ControlServer(control_socket(self.state_dir), self.handle)
+        for attachment in self.attachments:
+            log.info("%s: %s XDP (program %d)", attachment.ifname, attachment.mode, attachment.prog_id)
+        log.info("%s bridge %s, policy generation %d", "resumed" if resumed else "started", self.config.bridge, self.dataplane.active_generation())
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, number: int, _frame: FrameType | None) -> None:
+        if number == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def run_forever(self) -> None:
+        while not self._stop:
+            self.step()
+        self.stop()
+
+    def step(self) -> None:
+        """One turn of the loop: samples, control requests, reloads, due applies, saves."""
+        assert self.reader is not None and self.control is not None
+        self.reader.poll(POLL_MS)
+        self.control.serve(0)
+        if self._reload:
+            self._reload = False
+            self.reload()
+        now = self.clock()
+        if self._apply_due is not None and now >= self._apply_due:
+            self._apply_due = None
+            self.apply("devices classified")
+        if self._dirty and now - self._last_save >= SAVE_EVERY_S:
+            self.save()
+
+    def stop(self) -> None:
+        self.save()
+        if self.control is not None:
+            self.control.close()
+        if self.config.daemon.on_stop == "detach" and self.attachments:
+            detach([a.ifname for a in self.attachments], netns_name=self.netns)
+            log.info("detached from %s", ", ".join(a.ifname for a in self.attachments))
+        else:
+            log.info("left enforcement running on %s (pinned state in %s)", ", ".join(self.config.ports), self.loader.pin_dir)
+        if self.dataplane is not None:
+            self.dataplane.close()
+        self.loader.close()
+
+    def save(self) -> None:
+        self.inventory_store.save(self.inventory)
+        self.rule_ids_file.write(self.rule_ids.ids)
+        self._dirty = False
+        self._last_save = self.clock()
+
+    def _load_rule_ids(self) -> str | None:
+        known, problem = self.rule_ids_file.read()
+        if isinstance(known, dict):
+            self.rule_ids = RuleIds(known)
+        return problem
+
+    def _port_indexes(self, cfg: Config) -> dict[str, int]:
+        with in_netns(self.netns), IPRoute() as ipr:
+            indexes = {}
+            for port in cfg.ports:
+                found = ipr.link_lookup(ifname=port)
+                if not found:
+                    raise ConfigError(f"bridge.ports: no interface {port}" + (f" in netns {self.netns}" if self.netns else ""))
+                indexes[port] = found[0]
+            return indexes
+
+    # ---- policy ----
+
+    def _class_of(self) -> dict[str, str]:
+        return {mac: d.device_class for mac, d in self.inventory.devices.items()}
+
+    def _live_pins(self, cfg: Config) -> dict[str, str]:
+        pins = {}
+        for mac, device in self.inventory.devices.items():
+            if device.pinned_segment and device.segment is not None:
+                if device.segment in cfg.segments or device.segment in config_mod.PSEUDO_SEGMENTS:
+                    pins[mac] = device.segment
+                else:
+                    log.warning("device %s is pinned to segment %r, which the config no longer has: pin ignored", mac, device.segment)
+        return pins
+
+    def compile_for(self, cfg: Config, ifindex: dict[str, int]) -> Callable[[int], dict[str, dict[bytes, bytes]]]:
+        def compile_generation(gen: int) -> dict[str, dict[bytes, bytes]]:
+            compiled = compile_policy(cfg, gen, ifindex.__getitem__, self._class_of(), self.rule_ids, self._live_pins(cfg))
+            self.rule_names = compiled.rule_names
+            return compiled.contents
+
+        return compile_generation
+
+    def apply(self, reason: str, cfg: Config | None = None, ifindex: dict[str, int] | None = None) -> ApplyRecord:
+        """Compile and flip a new generation; an invalid config raises and changes nothing."""
+        assert self.dataplane is not None
+        cfg = cfg or self.config
+        ifindex = ifindex or self.ifindex
+        started = time.perf_counter()
+        generation = self.dataplane.apply(self.compile_for(cfg, ifindex))
+        self.config, self.ifindex = cfg, ifindex
+        self._update_device_segments()
+        self.last_apply = ApplyRecord(generation, self.clock(), (time.perf_counter() - started) * 1000, reason, len(self.inventory.devices))
+        self._dirty = True
+        log.info("policy generation %d applied (%s) in %.1f ms", generation, reason, self.last_apply.duration_ms)
+        return self.last_apply
+
+    def _update_device_segments(self) -> None:
+        from medseg_xdp.policy_image import device_segments
+
+        members = device_segments(self.config, self._class_of(), self._live_pins(self.config))
+        for mac, device in self.inventory.devices.items():
+            if not device.pinned_segment:
+                device.segment = members.get(mac)
+
+    def reload(self, path: Path | None = None) -> ApplyRecord:
+        """Read the config again and apply it; on any error the running policy stays."""
+        path = path or self.config_path
+        try:
+            candidate = config_mod.load(path)
+            if candidate.bridge != self.config.bridge or candidate.tables != self.config.tables or candidate.ports != self.config.ports:
+                raise ConfigError(f"{path}: bridge name, ports and table sizes change only with a restart")
+            record = self.apply(f"reload of {path}", candidate, self._port_indexes(candidate))
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, the running policy stays: %s", exc)
+            raise
+        self.config_path = path
+        return record
+
+    def _on_sample(self, sample: Sample) -> None:
+        changes = self.xray.ingest(sample.data, self.clock())
+        self._dirty = True
+        if changes and any(segment.classes for segment in self.config.segments.values()):
+            self._apply_due = self._apply_due or self.clock() + APPLY_DEBOUNCE_S
+
+    # ---- control requests ----
+
+    def handle(self, req: dict[str, Any], uid: int) -> Any:
+        op = req["op"]
+        if op == "status":
+            return self.status()
+        if op == "devices":
+            return self.inventory.summaries()
+        if op == "flows":
+            return self.flows(int(req.get("top", 20)))
+        if op == "policy_diff":
+            candidate = config_mod.load(Path(req["path"])) if req.get("path") else config_mod.load(self.config_path)
+            return describe_changes(self.config, candidate, self._class_of(), self._live_pins(self.config))
+        if op == "policy_apply":
+            record = self.reload(Path(req["path"]) if req.get("path") else None)
+            log.info("policy applied by uid %d", uid)
+            return record.__dict__
+        if op == "pin":
+            device = self.inventory.pin(req["mac"], device_class=req.get("class"), segment=req.get("segment"))
+            if device.segment is not None and device.segment not in self.config.segments and device.segment not in config_mod.PSEUDO_SEGMENTS:
+                raise ConfigError(f"unknown segment {device.segment!r}")
+            log.info("uid %d pinned %s (class %s, segment %s)", uid, device.mac, req.get("class"), req.get("segment"))
+            self.apply(f"pin of {device.mac}")
+            return device.summary()
+        raise ValueError(f"unknown request {op!r}")
+
+    def status(self) -> dict[str, Any]:
+        assert self.dataplane is not None
+        totals = {verdict.name: 0 for verdict in abi.Verdict}
+        for (verdict, _), value in self.dataplane.stats().items():
+            totals[verdict.name] += value.packets
+        return {
+            "bridge": self.config.bridge,
+            "config": str(self.config_path),
+            "generation": self.dataplane.active_generation(),
+            "attachments": [a.__dict__ for a in self.attachments],
+            "pin_dir": str(self.loader.pin_dir),
+            "devices": len(self.inventory.devices),
+            "samples": self.xray.samples,
+            "packets": totals,
+            "pressure": {p.name: n for p, n in self.dataplane.pressure().items()},
+            "last_apply": self.last_apply.__dict__ if self.last_apply else None,
+            "uptime_s": round(self.clock() - self.started, 1),
+        }
+
+    def flows(self, top: int) -> list[dict[str, Any]]:
+        assert self.dataplane is not None
+        rows = []
+        for key, entry in self.dataplane.flows():
+            rows.append(_flow_row(key, entry, self.config, self.rule_names))
+        rows.sort(key=lambda row: row["bytes"], reverse=True)
+        return rows[:top]
+
+
+def _flow_row(key: Any, entry: Any, cfg: Config, rule_names: dict[int, str]) -> dict[str, Any]:
+    import ipaddress
+
+    width = 4 if key.family == abi.const("FAMILY_IPV4") else 16
+    lo = ipaddress.ip_address(bytes(key.addr_lo[:width]))
+    hi = ipaddress.ip_address(bytes(key.addr_hi[:width]))
+    port_lo, port_hi = (int.from_bytes(p.to_bytes(2, "little"), "big") for p in (key.port_lo, key.port_hi))
+    initiator, responder = ((lo, port_lo), (hi, port_hi)) if entry.initiator_is_lo else ((hi, port_hi), (lo, port_lo))
+    return {
+        "proto": key.proto,
+        "vlan": key.vlan,
+        "initiator": f"{initiator[0]}:{initiator[1]}" if width == 4 else f"[{initiator[0]}]:{initiator[1]}",
+        "responder": f"{responder[0]}:{responder[1]}" if width == 4 else f"[{responder[0]}]:{responder[1]}",
+        "src_segment": cfg.segment_name(entry.src_segment),
+        "dst_segment": cfg.segment_name(entry.dst_segment),
+        "verdict": abi.Verdict(entry.verdict).name,
+        "rule": rule_names.get(entry.rule_id, "-"),
+        "packets": entry.packets[0] + entry.packets[1],
+        "bytes": entry.bytes[0] + entry.bytes[1],
+    }
