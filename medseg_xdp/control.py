@@ -121,18 +121,21 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
 
-def request(path: Path, op: str, timeout: float = 60.0, **arguments: Any) -> Any:
+def request(socket_path: Path, op: str, /, timeout: float = 60.0, **arguments: Any) -> Any:
     """One request to the daemon; ControlError when it is not there or says no."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(path))
+        sock.connect(str(socket_path))
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
-        raise ControlError(f"no medseg-xdp daemon at {path} ({exc.strerror})") from exc
+        raise ControlError(f"no medseg-xdp daemon at {socket_path} ({exc.strerror})") from exc
     with sock:
-        _send(sock, {"op": op, **arguments})
-        reply = _receive(sock)
+        try:
+            _send(sock, {"op": op, **arguments})
+            reply = _receive(sock)
+        except OSError as exc:
+            raise ControlError(f"the daemon at {socket_path} hung up: {exc}") from exc
     if not reply.get("ok"):
         raise ControlError(str(reply.get("error")))
     return reply.get("result")

@@ -132,11 +132,17 @@ class Daemon:
         self.control.serve(0)
         if self._reload:
             self._reload = False
-            self.reload()
+            try:
+                self.reload()
+            except (ConfigError, OSError):
+                pass  # logged by reload(); the running policy stays
         now = self.clock()
         if self._apply_due is not None and now >= self._apply_due:
             self._apply_due = None
-            self.apply("devices classified")
+            try:
+                self.apply("devices classified")
+            except (ConfigError, OSError) as exc:
+                log.error("devices were classified, but their segments could not be applied (the running policy stays): %s", exc)
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
 

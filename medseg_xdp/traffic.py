@@ -6,6 +6,7 @@ so tests, demo and benchmarks need no extra tools.
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import time
@@ -78,3 +79,38 @@ def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.05) 
             return True
         time.sleep(interval)
     return False
+
+
+def dicom_associate_request(calling: str, called: str, sop_class_uid: str) -> bytes:
+    """The A-ASSOCIATE-RQ PDU a DICOM SCU opens with (PS3.8 9.3.2), one presentation context."""
+
+    def item(item_type: int, data: bytes) -> bytes:
+        return struct.pack("!BBH", item_type, 0, len(data)) + data
+
+    context = bytes([1, 0, 0, 0]) + item(0x30, sop_class_uid.encode()) + item(0x40, b"1.2.840.10008.1.2")
+    user = item(0x51, struct.pack("!I", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9.7433") + item(0x55, b"MEDSEG_TEST")
+    body = (
+        struct.pack("!HH", 1, 0)
+        + called.encode().ljust(16)
+        + calling.encode().ljust(16)
+        + bytes(32)
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + item(0x20, context)
+        + item(0x50, user)
+    )
+    return struct.pack("!BBI", 1, 0, len(body)) + body
+
+
+_SEND = r"""
+import socket, sys
+host, port, payload = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.create_connection((host, port), timeout=float(sys.argv[4]))
+s.sendall(payload)
+s.recv(65536)
+"""
+
+
+def send_payload(ns: Namespace, host: str, port: int, payload: bytes, timeout: float = 2.0) -> bool:
+    """Connect, send payload, read the answer: True when the server answered."""
+    result = ns.run([sys.executable, "-c", _SEND, host, str(port), payload.hex(), str(timeout)], check=False, timeout=timeout + 10)
+    return result.returncode == 0

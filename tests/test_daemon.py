@@ -1,0 +1,214 @@
+"""The daemon on a namespace bridge with real traffic: live classification into segments,
+reloads that keep the old policy on error, kill -9 that keeps enforcing, and resuming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from medseg_xdp.control import ControlError, request
+from medseg_xdp.daemon import control_socket
+from medseg_xdp.loader import DEFAULT_PIN_ROOT
+from medseg_xdp.topology import DEFAULT_CLIENT, DEFAULT_SERVER, InlineBridge
+from medseg_xdp.traffic import dicom_associate_request, exchange, send_payload, start_echo_server, wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+SERVER = DEFAULT_SERVER.ipv4.split("/")[0]  # type: ignore[union-attr]
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+POLICY = """
+[bridge]
+name = "{bridge}"
+ports = ["{port_a}", "{port_b}"]
+
+[settings]
+sample_first_packets = 8
+
+[daemon]
+state_dir = "{state_dir}"
+on_stop = "{on_stop}"
+
+[segments.modalities]
+classes = ["imaging_modality"]
+mode = "enforce"
+default = "drop"
+
+[segments.pacs]
+macs = ["{server_mac}"]
+mode = "enforce"
+default = "drop"
+
+[[rules]]
+id = "dicom-store"
+from = "modalities"
+to = "pacs"
+proto = "tcp"
+ports = [104]
+action = "allow"
+"""
+
+
+@dataclass
+class Running:
+    ward: InlineBridge
+    config: Path
+    state_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def ask(self, op: str, **arguments: object) -> object:
+        return request(control_socket(self.state_dir), op, **arguments)
+
+
+def write_policy(path: Path, state_dir: Path, on_stop: str = "detach", **replace: str) -> None:
+    text = POLICY.format(
+        bridge=f"dtest{os.getpid()}",
+        port_a=DEFAULT_CLIENT.port_name,
+        port_b=DEFAULT_SERVER.port_name,
+        state_dir=state_dir,
+        on_stop=on_stop,
+        server_mac=DEFAULT_SERVER.mac,
+    )
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def start_daemon(ward: InlineBridge, config: Path, state_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "medseg_xdp.cli", "run", "-c", str(config), "--netns", ward.bridge_ns.name],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def answers() -> bool:
+        try:
+            request(control_socket(state_dir), "status", timeout=1)
+            return True
+        except ControlError:
+            return process.poll() is not None
+
+    assert wait_until(answers, timeout=60), log.read_text()
+    assert process.poll() is None, log.read_text()
+    return process
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    write_policy(config, state_dir)
+    log = tmp_path / "daemon.log"
+    with InlineBridge() as ward:
+        start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
+        process = start_daemon(ward, config, state_dir, log)
+        daemon = Running(ward, config, state_dir, process, log)
+        try:
+            yield daemon
+        finally:
+            for proc in (daemon.process,):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+    assert not (DEFAULT_PIN_ROOT / f"dtest{os.getpid()}").exists()
+
+
+def ssh_attempt(daemon: Running, timeout: float = 1.0) -> bool:
+    return exchange(daemon.ward.client_ns, "tcp", SERVER, 22, timeout=timeout)
+
+
+def store_image(daemon: Running) -> bool:
+    return send_payload(daemon.ward.client_ns, SERVER, 104, dicom_associate_request("CT01", "PACS", CT_IMAGE_STORAGE))
+
+
+def test_a_device_is_classified_and_lands_in_its_segment_live(running: Running) -> None:
+    status = running.ask("status")
+    assert status["generation"] >= 1 and {a["mode"] for a in status["attachments"]} == {"native"}  # type: ignore[index]
+    # unknown so far: the client is unassigned (monitor, allow), its ssh passes
+    assert ssh_attempt(running)
+    assert store_image(running)
+
+    def classified() -> bool:
+        devices = {d["mac"]: d for d in running.ask("devices")}  # type: ignore[union-attr]
+        client = devices.get(DEFAULT_CLIENT.mac)
+        return bool(client) and client["class"] == "imaging_modality" and client["segment"] == "modalities"
+
+    assert wait_until(classified, timeout=10), running.log.read_text()
+    # now in "modalities": DICOM to the pacs passes, anything else is dropped, without a restart
+    assert store_image(running)
+    assert not ssh_attempt(running)
+    flows = running.ask("flows", top=50)
+    assert any(f["rule"] == "dicom-store" and f["src_segment"] == "modalities" for f in flows)  # type: ignore[union-attr,index]
+
+
+def test_an_invalid_reload_changes_nothing(running: Running) -> None:
+    generation = running.ask("status")["generation"]  # type: ignore[index]
+    good = running.config.read_text()
+    running.config.write_text(good.replace('to = "pacs"', 'to = "nowhere"'))
+    running.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload refused" in running.log.read_text(), timeout=10)
+    assert running.ask("status")["generation"] == generation  # type: ignore[index]
+    with pytest.raises(ControlError, match="unknown segment 'nowhere'"):
+        running.ask("policy_apply")
+    running.config.write_text(good)
+    running.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: running.ask("status")["generation"] == generation + 1, timeout=10)  # type: ignore[index]
+
+
+def test_policy_diff_and_apply_through_the_cli(running: Running, tmp_path: Path) -> None:
+    stricter = tmp_path / "stricter.toml"
+    write_policy(stricter, running.state_dir, **{'[segments.pacs]\n': '[segments.clients]\nmacs = ["%s"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n' % DEFAULT_CLIENT.mac})
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    diff = subprocess.run([*cli, "policy", "diff", str(stricter), "--state-dir", str(running.state_dir)], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stderr
+    assert "+ segment clients" in diff.stdout and f"~ device {DEFAULT_CLIENT.mac}: unassigned -> clients" in diff.stdout
+    assert ssh_attempt(running)
+    started = time.monotonic()
+    applied = subprocess.run([*cli, "policy", "apply", str(stricter), "--state-dir", str(running.state_dir)], capture_output=True, text=True, check=True)
+    assert "in force" in applied.stdout
+    assert not ssh_attempt(running)  # enforced at once: the next new flow is dropped
+    assert time.monotonic() - started < 10
+
+
+def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    write_policy(config, state_dir, on_stop="keep", **{'[segments.pacs]\n': '[segments.clients]\nmacs = ["%s"]\nmode = "enforce"\ndefault = "drop"\n\n[[rules]]\nid = "clients-dicom"\nfrom = "clients"\nto = "pacs"\nproto = "tcp"\nports = [104]\naction = "allow"\n\n[segments.pacs]\n' % DEFAULT_CLIENT.mac})
+    log = tmp_path / "daemon.log"
+    with InlineBridge() as ward:
+        start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
+        process = start_daemon(ward, config, state_dir, log)
+        try:
+            generation = request(control_socket(state_dir), "status")["generation"]
+            assert exchange(ward.client_ns, "tcp", SERVER, 104) and not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+            process.kill()
+            process.wait()
+            # no manager: the program and its maps stay, drops go on
+            assert "prog/xdp" in ward.bridge_ns.run(["ip", "-d", "link", "show", "portA"]).stdout
+            assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+            assert exchange(ward.client_ns, "tcp", SERVER, 104)
+            process = start_daemon(ward, config, state_dir, log)
+            status = request(control_socket(state_dir), "status")
+            assert status["generation"] > generation  # resumed on the pinned maps, not restarted from 1
+            assert status["packets"]["drop"] >= 2  # counters survived the restart
+            assert "resumed bridge" in log.read_text()
+            assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
