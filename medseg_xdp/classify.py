@@ -64,6 +64,7 @@ class Catalog:
     rules: tuple[ClassRule, ...]
     switch_factor: float
     switch_margin: float
+    settled_confidence: float
     confidence_prior: float
     minimum_score: float
 
@@ -100,6 +101,7 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> Catalog:
         rules=tuple(rules),
         switch_factor=float(settings.get("switch_factor", 1.5)),
         switch_margin=float(settings.get("switch_margin", 2.0)),
+        settled_confidence=float(settings.get("settled_confidence", 0.5)),
         confidence_prior=float(settings.get("confidence_prior", 3.0)),
         minimum_score=float(settings.get("minimum_score", 2.0)),
     )
@@ -152,8 +154,13 @@ class Classifier:
                     return signal, value
         return None
 
+    def confidence(self, device_class: str, scores: Mapping[str, float]) -> float:
+        if device_class == UNKNOWN:
+            return 0.0
+        return scores.get(device_class, 0.0) / (sum(scores.values()) + self.catalog.confidence_prior)
+
     def decide(self, current: str, pinned: bool, observations: Observations) -> Decision:
-        """The class to hold now: a pinned class never moves; otherwise only a clear lead moves it."""
+        """The class to hold now: a pinned class never moves; a settled one only for a clear lead."""
         assessment = self.assess(observations)
         scores = assessment.scores
         chosen = current
@@ -162,11 +169,11 @@ class Classifier:
             lead = scores.get(leader, 0.0)
             if lead < self.catalog.minimum_score:
                 leader = UNKNOWN
-            if current == UNKNOWN or leader == current:
-                chosen = leader
+            settled = self.confidence(current, scores) >= self.catalog.settled_confidence
+            if not settled or leader == current:
+                chosen = leader if leader != UNKNOWN or current == UNKNOWN else current
             elif leader != UNKNOWN and lead >= self.catalog.switch_factor * scores.get(current, 0.0) + self.catalog.switch_margin:
                 chosen = leader
-        total = sum(scores.values())
-        confidence = scores.get(chosen, 0.0) / (total + self.catalog.confidence_prior) if chosen != UNKNOWN else 0.0
+        confidence = self.confidence(chosen, scores)
         kept = tuple(e for e in assessment.evidence if e.device_class == chosen)
         return Decision(chosen, round(confidence, 3), kept, chosen != current)

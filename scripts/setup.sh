@@ -46,7 +46,11 @@ headers_usable() {
 }
 
 install_packages() {
-    local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "$(headers_meta_package)")
+    # The virtual ward (medseg_xdp/ward.py) runs real software: dnsmasq-base is dnsmasq
+    # without its system service, udhcpc is busybox's DHCP client, dcmtk speaks DICOM,
+    # openssl serves and makes the TLS certificates, nmap is the attacker, ieee-data the OUIs.
+    local ward=(ieee-data dnsmasq-base udhcpc dcmtk nmap openssl)
+    local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "${ward[@]}" "$(headers_meta_package)")
     # Headers matching the running kernel exist only for Debian's own kernels,
     # and bpftool is not packaged under that name on every release.
     local optional=(bpftool)
