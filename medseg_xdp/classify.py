@@ -159,8 +159,13 @@ class Classifier:
             return 0.0
         return scores.get(device_class, 0.0) / (sum(scores.values()) + self.catalog.confidence_prior)
 
-    def decide(self, current: str, pinned: bool, observations: Observations) -> Decision:
-        """The class to hold now: a pinned class never moves; a settled one only for a clear lead."""
+    def decide(self, current: str, pinned: bool, observations: Observations, current_confidence: float = 0.0) -> Decision:
+        """The class to hold now: a pinned class never moves; a settled one only for a clear lead.
+
+        current_confidence is the confidence the device's class had before this
+        evidence: new contrary evidence lowers the current class's share, and
+        must not thereby unsettle it.
+        """
         assessment = self.assess(observations)
         scores = assessment.scores
         chosen = current
@@ -169,7 +174,7 @@ class Classifier:
             lead = scores.get(leader, 0.0)
             if lead < self.catalog.minimum_score:
                 leader = UNKNOWN
-            settled = self.confidence(current, scores) >= self.catalog.settled_confidence
+            settled = current != UNKNOWN and current_confidence >= self.catalog.settled_confidence
             if not settled or leader == current:
                 chosen = leader if leader != UNKNOWN or current == UNKNOWN else current
             elif leader != UNKNOWN and lead >= self.catalog.switch_factor * scores.get(current, 0.0) + self.catalog.switch_margin:

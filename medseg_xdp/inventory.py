@@ -166,7 +166,7 @@ class Inventory:
         return True
 
     def _classify(self, device: Device, now: float) -> ClassChange | None:
-        decision: Decision = self.classifier.decide(device.device_class, device.pinned_class, device.observations)
+        decision: Decision = self.classifier.decide(device.device_class, device.pinned_class, device.observations, device.confidence)
         old = device.device_class
         device.device_class = decision.device_class
         device.confidence = decision.confidence

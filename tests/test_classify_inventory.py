@@ -72,10 +72,16 @@ def test_hysteresis_keeps_a_class_against_weaker_contrary_evidence(classifier: C
     assert classifier.decide("unknown", False, monitor).device_class == "patient_monitor"
     # a browser on the same MAC (workstation +3) does not outweigh the monitor's 6
     mixed = {**monitor, "http.user_agent": {"Mozilla/5.0 (Windows NT 10.0)": 1}}
-    assert classifier.decide("patient_monitor", False, mixed).device_class == "patient_monitor"
+    assert classifier.decide("patient_monitor", False, mixed, current_confidence=0.67).device_class == "patient_monitor"
+    # equal contrary evidence (a compromised pump sending ORU^R01) does not flip a settled class
+    pump = {"oui.vendor": {"Carefusion": 1}, "dhcp.vendor_class": {"BD Alaris PCU 8015": 1}}
+    assert classifier.decide("unknown", False, pump).device_class == "infusion_pump"
+    assert classifier.decide("infusion_pump", False, {**pump, **monitor}, current_confidence=0.67).device_class == "infusion_pump"
     # only a clear lead moves it: 1.5 * score + 2
     overwhelming = {"dicom.role": {"scu": 1}, "dicom.service": {"storage": 1}, "oui.vendor": {"Siemens Healthineers": 1}}
-    assert classifier.decide("web_server", False, overwhelming).device_class == "imaging_modality"
+    assert classifier.decide("web_server", False, overwhelming, current_confidence=0.6).device_class == "imaging_modality"
+    # a tentative class yields to any leader
+    assert classifier.decide("workstation", False, overwhelming, current_confidence=0.3).device_class == "imaging_modality"
 
 
 def test_a_pinned_class_never_moves(classifier: Classifier) -> None:
