@@ -23,7 +23,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from medseg_xdp import abi, config as config_mod
+from medseg_xdp import abi
+from medseg_xdp import config as config_mod
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane

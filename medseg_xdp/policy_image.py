@@ -61,14 +61,15 @@ class RuleIds:
 
     def __init__(self, known: Mapping[str, int] | None = None) -> None:
         self.ids: dict[str, int] = dict(known or {})
+        self._next = max(self.ids.values(), default=0) + 1
 
     def __call__(self, name: str) -> int:
         number = self.ids.get(name)
         if number is None:
-            number = max(self.ids.values(), default=0) + 1
-            if number >= abi.const("MAX_RULE_IDS"):
+            if self._next >= abi.const("MAX_RULE_IDS"):
                 raise ConfigError(f"rule {name!r}: all {abi.const('MAX_RULE_IDS') - 1} rule ids are used (counters are indexed by them)")
-            self.ids[name] = number
+            number = self.ids[name] = self._next
+            self._next += 1
         return number
 
 
@@ -226,7 +227,7 @@ def _check_overlapping_ranges(config: Config) -> None:
                 ranges.setdefault((rule.src, rule.dst, rule.proto), []).append((low, high, index, rule))
     for entries in ranges.values():
         entries.sort(key=lambda e: e[0])
-        for i, (low, high, index, rule) in enumerate(entries):
+        for i, (_low, high, index, rule) in enumerate(entries):
             for other_low, _, other_index, other in entries[i + 1 :]:
                 if other_low > high:
                     break

@@ -13,12 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from medseg_xdp import abi, bpfsys
-
 from medseg_xdp.config import Config, TableSizes
 from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.loader import BPFFS, Loader, in_netns

@@ -11,32 +11,43 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from medseg_xdp.capture import read_capture
 from medseg_xdp.classify import Classifier, load_catalog
 from medseg_xdp.config import Config
+from medseg_xdp.fingerprint.frame import Frame
 from medseg_xdp.fingerprint.registry import ParserRegistry, default_registry
 from medseg_xdp.inventory import ClassChange, Inventory
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.reference import ReferenceDataplane
 
 
+class FlowLearner(Protocol):
+    """What the baseline offers the X-ray (baseline.Baseline)."""
+
+    def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool: ...
+
+
 @dataclass
 class Xray:
     registry: ParserRegistry
     inventory: Inventory
+    learner: FlowLearner | None = None
     samples: int = 0
     changes: list[ClassChange] = field(default_factory=list)
 
     @classmethod
-    def default(cls) -> Xray:
-        return cls(default_registry(), Inventory(Classifier(load_catalog())))
+    def default(cls, learner: FlowLearner | None = None) -> Xray:
+        return cls(default_registry(), Inventory(Classifier(load_catalog())), learner)
 
     def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
-        """One sample (the first bytes of a frame) into the inventory."""
+        """One sample (the first bytes of a frame) into the inventory and the baseline."""
         self.samples += 1
         frame, observations = self.registry.observe(sample)
         changes = self.inventory.observe(frame, observations, now)
+        if self.learner is not None:
+            self.learner.observe(frame, self.inventory, now)
         self.changes.extend(changes)
         return changes
 

@@ -27,7 +27,7 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         covered.append((value, value + size - 1))
     covered.sort()
     assert covered[0][0] == low and covered[-1][1] == high
-    assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(covered, covered[1:]))
+    assert all(prev[1] + 1 == nxt[0] for prev, nxt in zip(covered, covered[1:], strict=False))
     assert len(prefixes) <= 30  # at most 2 * 15 prefixes for 16 bits
 
 

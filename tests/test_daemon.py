@@ -171,7 +171,8 @@ def test_an_invalid_reload_changes_nothing(running: Running) -> None:
 
 def test_policy_diff_and_apply_through_the_cli(running: Running, tmp_path: Path) -> None:
     stricter = tmp_path / "stricter.toml"
-    write_policy(stricter, running.state_dir, **{'[segments.pacs]\n': '[segments.clients]\nmacs = ["%s"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n' % DEFAULT_CLIENT.mac})
+    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
+    write_policy(stricter, running.state_dir, **{"[segments.pacs]\n": clients})
     cli = [sys.executable, "-m", "medseg_xdp.cli"]
     diff = subprocess.run([*cli, "policy", "diff", str(stricter), "--state-dir", str(running.state_dir)], capture_output=True, text=True)
     assert diff.returncode == 0, diff.stderr
@@ -187,7 +188,11 @@ def test_policy_diff_and_apply_through_the_cli(running: Running, tmp_path: Path)
 def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     config = tmp_path / "policy.toml"
-    write_policy(config, state_dir, on_stop="keep", **{'[segments.pacs]\n': '[segments.clients]\nmacs = ["%s"]\nmode = "enforce"\ndefault = "drop"\n\n[[rules]]\nid = "clients-dicom"\nfrom = "clients"\nto = "pacs"\nproto = "tcp"\nports = [104]\naction = "allow"\n\n[segments.pacs]\n' % DEFAULT_CLIENT.mac})
+    clients = (
+        f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n'
+        '[[rules]]\nid = "clients-dicom"\nfrom = "clients"\nto = "pacs"\nproto = "tcp"\nports = [104]\naction = "allow"\n\n[segments.pacs]\n'
+    )
+    write_policy(config, state_dir, on_stop="keep", **{"[segments.pacs]\n": clients})
     log = tmp_path / "daemon.log"
     with InlineBridge() as ward:
         start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])

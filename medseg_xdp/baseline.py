@@ -1,0 +1,414 @@
+"""The baseline: which groups of devices start which flows, learned from sampled frames.
+
+Fed with the manager's samples (the first packets of every flow), the
+baseline keeps one record per (source group, destination group, protocol,
+port), where a group is a device class from the inventory ("class:<name>",
+by MAC; a MAC the inventory does not know, e.g. a host beyond a router, is
+"class:unknown") or, for a group destination, "broadcast" / "multicast"
+(the dataplane's pseudo-segments). The port is the responder's: the TCP or
+UDP destination port, or the ICMP type (echo request: 8, ICMPv6: 128), as
+the dataplane's rules read it.
+
+What counts as a flow start:
+
+- TCP: a SYN without ACK; every other TCP sample is ignored (a connection
+  opened before learning began is not seen: see propose's header);
+- UDP: a datagram whose 5-tuple was not seen, in either direction, within
+  FLOW_IDLE_SECONDS; later datagrams of the flow and its replies are not
+  counted again (a small bounded table of recent flows, not persisted);
+- ICMP and ICMPv6: an echo request, with the same idle rule by identifier.
+
+A SYN retransmitted within the idle time is the same flow. Each record keeps
+its flow count, first and last seen, and up to MAX_EXAMPLES example endpoint
+pairs (MACs, IPs, VLAN, one source port), each with its own count: the
+examples are what `policy simulate` replays, and what lets records be
+regrouped when the inventory learns a device's class after its first flows
+(see regrouped()).
+
+Bounds: at most max_records records. When full, a new record replaces the
+oldest record that has seen a single flow (a scan's trace; counted in
+`evicted`); when none has, the flow start is counted in `overflow`. Records
+last seen more than learning_days ago are removed by expire(). The store is
+a statefile.StateFile: state_dir/baseline.msgpack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg_xdp import abi
+from medseg_xdp.classify import UNKNOWN
+from medseg_xdp.config import PSEUDO_SEGMENTS, Config
+from medseg_xdp.fingerprint.frame import ICMP, ICMPV6, TCP, UDP, Frame
+from medseg_xdp.inventory import Inventory
+from medseg_xdp.policy_image import compile_policy, device_segments
+from medseg_xdp.reference import (
+    DHCP6_CLIENT_PORT,
+    DHCP6_SERVER_PORT,
+    DHCP_CLIENT_PORT,
+    DHCP_SERVER_PORT,
+    ICMP_ECHO,
+    ICMPV6_ECHO_REQUEST,
+    ReferenceDataplane,
+)
+from medseg_xdp.statefile import StateFile
+from medseg_xdp.xray import Xray, xray_capture
+
+STATE_VERSION = 1
+MAX_RECORDS = 20_000
+MAX_EXAMPLES = 8
+FLOW_IDLE_SECONDS = 120.0
+MAX_TRACKED_FLOWS = 8192
+SECONDS_PER_DAY = 86_400
+UNKNOWN_GROUP = f"class:{UNKNOWN}"
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+# UDP (source port, destination port) pairs that the dataplane's DHCP rail passes under any policy.
+DHCP_RAIL_PORTS = frozenset(
+    {
+        (DHCP_CLIENT_PORT, DHCP_SERVER_PORT),
+        (DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT),
+        (DHCP_SERVER_PORT, DHCP_CLIENT_PORT),
+        (DHCP6_SERVER_PORT, DHCP6_CLIENT_PORT),
+    }
+)
+ECHO_REQUEST = {ICMP: ICMP_ECHO, ICMPV6: ICMPV6_ECHO_REQUEST}
+
+RecordKey = tuple[str, str, int, int]  # (src group, dst group, proto, port)
+
+
+def group_of(mac: str, inventory: Inventory) -> str:
+    """The group of an endpoint: its class by MAC, or the broadcast/multicast pseudo-segment."""
+    if mac == BROADCAST_MAC:
+        return "broadcast"
+    if mac and int(mac[:2], 16) & 1:
+        return "multicast"
+    device = inventory.devices.get(mac)
+    return f"class:{device.device_class}" if device is not None else UNKNOWN_GROUP
+
+
+def is_rail(proto: int, sport: int, dport: int) -> bool:
+    """True when the dataplane's rails pass this flow under any policy (DHCP and DHCPv6)."""
+    return proto == UDP and (sport, dport) in DHCP_RAIL_PORTS
+
+
+@dataclass
+class Example:
+    """One endpoint pair of a record, with its own flow count."""
+
+    src_mac: str
+    src_ip: str
+    dst_mac: str
+    dst_ip: str
+    sport: int  # the first flow's source port (ICMP: the echo identifier)
+    vlan: int
+    flows: int
+    first_seen: float
+    last_seen: float
+    src_segment: str | None = None  # under the configuration given to the Baseline, if any
+    dst_segment: str | None = None
+
+    @property
+    def endpoints(self) -> tuple[str, str, str, str, int]:
+        return self.src_mac, self.src_ip, self.dst_mac, self.dst_ip, self.vlan
+
+    def to_list(self) -> list[Any]:
+        """Compact: MACs and addresses as their bytes."""
+        src = [_mac_bytes(self.src_mac), ipaddress.ip_address(self.src_ip).packed]
+        dst = [_mac_bytes(self.dst_mac), ipaddress.ip_address(self.dst_ip).packed]
+        return [*src, *dst, self.sport, self.vlan, self.flows, self.first_seen, self.last_seen, self.src_segment, self.dst_segment]
+
+    @classmethod
+    def from_list(cls, items: list[Any]) -> Example:
+        src_mac, src_ip, dst_mac, dst_ip, *rest = items
+        return cls(_mac_text(src_mac), str(ipaddress.ip_address(src_ip)), _mac_text(dst_mac), str(ipaddress.ip_address(dst_ip)), *rest)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _mac_text(raw: bytes) -> str:
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {raw!r}")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+@dataclass
+class FlowRecord:
+    src_group: str
+    dst_group: str
+    proto: int
+    port: int
+    flows: int
+    first_seen: float
+    last_seen: float
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def key(self) -> RecordKey:
+        return self.src_group, self.dst_group, self.proto, self.port
+
+    @property
+    def other_flows(self) -> int:
+        """Flows of endpoint pairs that are not (or no longer) among the examples."""
+        return self.flows - sum(example.flows for example in self.examples)
+
+    @property
+    def is_rail(self) -> bool:
+        """Every example passes on a rail (DHCP): no rule needed."""
+        return bool(self.examples) and all(is_rail(self.proto, e.sport, self.port) for e in self.examples)
+
+    def add(self, example: Example) -> None:
+        """One flow start of this record's key."""
+        self.flows += 1
+        self.first_seen = min(self.first_seen, example.first_seen)
+        self.last_seen = max(self.last_seen, example.last_seen)
+        for known in self.examples:
+            if known.endpoints == example.endpoints:
+                known.flows += 1
+                known.last_seen = max(known.last_seen, example.last_seen)
+                known.src_segment, known.dst_segment = example.src_segment, example.dst_segment
+                return
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(example)
+
+    def to_list(self) -> list[Any]:
+        return [self.src_group, self.dst_group, self.proto, self.port, self.flows, self.first_seen, self.last_seen, [e.to_list() for e in self.examples]]
+
+    @classmethod
+    def from_list(cls, items: list[Any]) -> FlowRecord:
+        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples = items
+        return cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples])
+
+
+@dataclass(frozen=True)
+class _Start:
+    proto: int
+    port: int
+    sport: int
+
+
+def flow_start(frame: Frame) -> _Start | None:
+    """The (proto, responder port, source port) of a frame that may start a flow, else None."""
+    if not (frame.src_ip and frame.dst_ip and frame.src_mac and frame.dst_mac):
+        return None
+    if frame.proto == TCP:
+        return _Start(TCP, frame.dport, frame.sport) if frame.is_syn and frame.dport else None
+    if frame.proto == UDP:
+        return _Start(UDP, frame.dport, frame.sport) if frame.dport else None  # port 0: a later fragment
+    if frame.proto in ECHO_REQUEST and frame.icmp_type == ECHO_REQUEST[frame.proto] and len(frame.payload) >= 2:
+        return _Start(frame.proto, frame.icmp_type, int.from_bytes(frame.payload[:2], "big"))
+    return None
+
+
+class _RecentFlows:
+    """A bounded LRU of recently started flows: tells a new flow from its later packets and replies."""
+
+    def __init__(self, capacity: int = MAX_TRACKED_FLOWS, idle: float = FLOW_IDLE_SECONDS) -> None:
+        self.capacity = capacity
+        self.idle = idle
+        self.flows: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+
+    def is_new(self, frame: Frame, start: _Start, now: float) -> bool:
+        dport = start.sport if start.proto in ECHO_REQUEST else start.port  # echo: both ports are the id
+        a, b = (frame.src_ip, start.sport), (frame.dst_ip, dport)
+        key = (start.proto, frame.vlan, *sorted((a, b)))
+        seen = self.flows.get(key)
+        self.flows[key] = now
+        self.flows.move_to_end(key)
+        if len(self.flows) > self.capacity:
+            self.flows.popitem(last=False)
+        return seen is None or now - seen > self.idle
+
+
+class _SegmentNames:
+    """Segment names under a configuration, by its precedence: pin or MAC, class, prefix or VLAN."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.direct = device_segments(config, {})  # pins and segments' macs
+        self.by_class = {c: segment.name for segment in config.segments.values() for c in segment.classes}
+        contents = compile_policy(config, 1, lambda port: 0).contents
+        self.model = ReferenceDataplane(contents)  # its identify() answers prefixes and VLANs
+
+    def name(self, mac: str, ip: str, vlan: int, inventory: Inventory) -> str:
+        group = group_of(mac, inventory)
+        if group in PSEUDO_SEGMENTS:
+            return group
+        if mac in self.direct:
+            return self.direct[mac]
+        device = inventory.devices.get(mac)
+        if device is not None and device.device_class in self.by_class:
+            return self.by_class[device.device_class]
+        address = ipaddress.ip_address(ip)
+        family = abi.const("FAMILY_IPV4") if address.version == 4 else abi.const("FAMILY_IPV6")
+        raw = address.packed.ljust(16, b"\0")
+        info: Any = self.model.identify(1, vlan, _mac_bytes(mac), raw, family)
+        return self.config.segment_name(info.segment)
+
+
+class Baseline:
+    """Aggregated flow starts over a learning window; see the module's docstring."""
+
+    def __init__(self, learning_days: int = 14, max_records: int = MAX_RECORDS, config: Config | None = None) -> None:
+        self.learning_days = learning_days
+        self.max_records = max_records
+        self.records: dict[RecordKey, FlowRecord] = {}
+        self.overflow = 0  # flow starts not recorded: full, and nothing to evict
+        self.evicted = 0  # single-flow records replaced when full
+        self._singles: OrderedDict[RecordKey, None] = OrderedDict()  # records with one flow, oldest first
+        self._recent = _RecentFlows()
+        self._segments = _SegmentNames(config) if config is not None else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[FlowRecord]:
+        return iter(self.records.values())
+
+    @property
+    def flows(self) -> int:
+        return sum(record.flows for record in self.records.values())
+
+    def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool:
+        """One sampled frame; True when it started a flow that was recorded."""
+        start = flow_start(frame)
+        if start is None or not self._recent.is_new(frame, start, now):
+            return False
+        assert frame.src_ip is not None and frame.dst_ip is not None  # flow_start checked
+        key = (group_of(frame.src_mac, inventory), group_of(frame.dst_mac, inventory), start.proto, start.port)
+        example = Example(frame.src_mac, frame.src_ip, frame.dst_mac, frame.dst_ip, start.sport, frame.vlan, 1, now, now)
+        if self._segments is not None:
+            example.src_segment = self._segments.name(frame.src_mac, frame.src_ip, frame.vlan, inventory)
+            example.dst_segment = self._segments.name(frame.dst_mac, frame.dst_ip, frame.vlan, inventory)
+        return self._add(key, example)
+
+    def _add(self, key: RecordKey, example: Example) -> bool:
+        record = self.records.get(key)
+        if record is None:
+            if len(self.records) >= self.max_records:
+                if not self._singles:
+                    self.overflow += 1
+                    return False
+                self._remove(next(iter(self._singles)))
+                self.evicted += 1
+            record = self.records[key] = FlowRecord(*key, flows=0, first_seen=example.first_seen, last_seen=example.last_seen)
+        record.add(example)
+        if record.flows == 1:
+            self._singles[key] = None
+        else:
+            self._singles.pop(key, None)
+        return True
+
+    def _remove(self, key: RecordKey) -> None:
+        del self.records[key]
+        self._singles.pop(key, None)
+
+    def expire(self, now: float) -> int:
+        """Forget records, and examples, last seen before the learning window; returns the records removed."""
+        horizon = now - self.learning_days * SECONDS_PER_DAY
+        old = [key for key, record in self.records.items() if record.last_seen < horizon]
+        for key in old:
+            self._remove(key)
+        for record in self.records.values():
+            record.examples = [e for e in record.examples if e.last_seen >= horizon]
+        return len(old)
+
+    def regrouped(self, inventory: Inventory) -> Baseline:
+        """The records keyed by the devices' classes now.
+
+        A record's key holds the classes its endpoints had when its flows
+        started, and a device's first flows often come before the samples
+        that classify it. Each example moves, with its flows, to the key its
+        endpoints have now; flows of endpoint pairs not among the examples
+        stay with the key that gets most of the record's example flows.
+        """
+        result = Baseline(self.learning_days, self.max_records)
+        result.overflow, result.evicted = self.overflow, self.evicted
+        for record in sorted(self.records.values(), key=lambda r: r.key):
+            moved: dict[RecordKey, list[Example]] = {}
+            for example in record.examples:
+                key = (group_of(example.src_mac, inventory), group_of(example.dst_mac, inventory), record.proto, record.port)
+                moved.setdefault(key, []).append(example)
+            if not moved:
+                moved[record.key] = []
+            main = max(sorted(moved), key=lambda k: sum(e.flows for e in moved[k]))
+            for key, examples in moved.items():
+                first = min((e.first_seen for e in examples), default=record.first_seen)
+                last = max((e.last_seen for e in examples), default=record.last_seen)
+                flows = sum(e.flows for e in examples)
+                if key == main and record.other_flows:
+                    flows += record.other_flows
+                    first, last = min(first, record.first_seen), max(last, record.last_seen)
+                part = FlowRecord(*key, flows=flows, first_seen=first, last_seen=last, examples=[Example(**vars(e)) for e in examples])
+                result._merge(part)
+        return result
+
+    def _merge(self, part: FlowRecord) -> None:
+        record = self.records.get(part.key)
+        if record is None:
+            self.load_records([part])
+            return
+        self._singles.pop(part.key, None)
+        record.flows += part.flows
+        record.first_seen = min(record.first_seen, part.first_seen)
+        record.last_seen = max(record.last_seen, part.last_seen)
+        for example in part.examples:
+            known = next((e for e in record.examples if e.endpoints == example.endpoints), None)
+            if known is not None:
+                known.flows += example.flows
+                known.first_seen = min(known.first_seen, example.first_seen)
+                known.last_seen = max(known.last_seen, example.last_seen)
+            elif len(record.examples) < MAX_EXAMPLES:
+                record.examples.append(example)
+
+    def load_records(self, records: Iterable[FlowRecord]) -> None:
+        """Add records of new keys (from a store, oldest first)."""
+        for record in records:
+            self.records[record.key] = record
+            if record.flows == 1:
+                self._singles[record.key] = None
+
+
+class BaselineStore:
+    """baseline.msgpack in a state directory (see statefile)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.file = StateFile(state_dir / "baseline.msgpack", STATE_VERSION)
+        self.path = self.file.path
+
+    def save(self, baseline: Baseline) -> None:
+        records = [record.to_list() for record in sorted(baseline.records.values(), key=lambda r: r.first_seen)]
+        self.file.write({"records": records, "overflow": baseline.overflow, "evicted": baseline.evicted})
+
+    def load(self, baseline: Baseline) -> str | None:
+        """Fill baseline from disk. Returns a problem report when the file was kept aside."""
+        body, problem = self.file.read()
+        if body is None:
+            return problem
+        try:
+            records = [FlowRecord.from_list(items) for items in body["records"]]
+            overflow, evicted = int(body["overflow"]), int(body["evicted"])
+        except (TypeError, KeyError, ValueError) as exc:
+            return self.file.keep_aside(f"not a baseline: {exc}")
+        baseline.load_records(records)  # oldest first: the eviction order survives a restart
+        baseline.overflow += overflow
+        baseline.evicted += evicted
+        return None
+
+
+def learn_from_capture(pcap: Path, config: Config) -> tuple[Xray, Baseline]:
+    """A capture through the sampling rules, into the X-ray's inventory and a baseline.
+
+    The same packets are sampled as on a running bridge (xray.xray_capture),
+    with the capture's timestamps. Raises capture.CaptureError for unreadable files.
+    """
+    baseline = Baseline(config.daemon.learning_days, config=config)
+    xray = Xray.default(learner=baseline)
+    xray_capture(pcap, config, xray)
+    return xray, baseline

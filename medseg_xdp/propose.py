@@ -1,0 +1,238 @@
+"""A least-privilege policy proposal from the baseline, for a person to review.
+
+The proposal is TOML that config.parse() accepts: one segment per device
+class (from the baseline and the inventory; the segment is named after the
+class, '_' written '-'), devices the inventory has not classified in the
+pseudo-segment "unassigned", and one allow rule per learned (source,
+destination, protocol, port) with at least min_flows flow starts, each
+preceded by its evidence: flow count, first and last seen (UTC), and the
+example devices (MAC, IP, hostname when known). At most max_rules rules
+(the best-evidenced); what is left out, and flows that pass on the rails,
+are listed in a closing comment.
+
+Every segment, "unassigned" included, is in monitor mode with default
+"drop": nothing is dropped until a reviewer switches a segment to enforce,
+and meanwhile whatever the rules do not allow is counted as audit (would
+drop), which is what a reviewer needs to see. Patient safety over least
+privilege for unknown devices is therefore a decision taken at enforce time,
+per segment, not here. The output is deterministic: the same baseline and
+inventory give the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from medseg_xdp.baseline import Baseline, FlowRecord
+from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, Catalog
+from medseg_xdp.config import PROTOCOLS, PSEUDO_SEGMENTS
+from medseg_xdp.inventory import Inventory
+
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
+MAX_LISTED = 20  # left-out records listed by name in the closing comment
+# Rules proposed at most, the best-evidenced first: a scan during learning must not yield a policy that
+# exhausts the dataplane's rule ids (abi MAX_RULE_IDS, shared with segment defaults and never reused),
+# and no person reviews more.
+MAX_PROPOSED_RULES = 4096
+MAX_COMMENT_TEXT = 64
+
+
+def segment_name(device_class: str) -> str:
+    return device_class.replace("_", "-")
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def safe_comment(text: str) -> str:
+    """Text from the network (hostnames) made safe for one comment line."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text)
+    return cleaned[:MAX_COMMENT_TEXT] + ("..." if len(cleaned) > MAX_COMMENT_TEXT else "")
+
+
+@dataclass(frozen=True)
+class _RuleKey:
+    src: str
+    dst: str
+    proto: int
+    port: int
+
+    @property
+    def proto_name(self) -> str:
+        return PROTOCOL_NAMES.get(self.proto, str(self.proto))
+
+    @property
+    def rule_id(self) -> str:
+        return f"{self.src}-to-{self.dst}-{self.proto_name}-{self.port}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.src} -> {self.dst} {self.proto_name}/{self.port}"
+
+
+class _Proposal:
+    def __init__(self, baseline: Baseline, inventory: Inventory, catalog: Catalog, min_flows: int, max_rules: int) -> None:
+        self.learned = baseline.regrouped(inventory)
+        self.inventory = inventory
+        self.catalog = catalog
+        self.min_flows = min_flows
+        self.source = baseline
+        seen = {group.removeprefix("class:") for record in self.learned for group in (record.src_group, record.dst_group)}
+        seen |= {device.device_class for device in inventory.devices.values()}
+        self.classes = sorted(c for c in seen if c in catalog.classes and c != UNKNOWN)
+        self.rules: dict[_RuleKey, list[FlowRecord]] = {}
+        self.rails: dict[_RuleKey, list[FlowRecord]] = {}
+        self.too_few: dict[_RuleKey, list[FlowRecord]] = {}
+        for record in self.learned:
+            key = _RuleKey(self.segment_of(record.src_group), self.segment_of(record.dst_group), record.proto, record.port)
+            wanted = self.rails if record.is_rail else self.rules
+            wanted.setdefault(key, []).append(record)
+        for key in [k for k, records in self.rules.items() if _flows(records) < min_flows]:
+            self.too_few[key] = self.rules.pop(key)
+        self.over_budget: dict[_RuleKey, list[FlowRecord]] = {}
+        if len(self.rules) > max_rules:
+            ranked = sorted(self.rules, key=lambda k: (-_flows(self.rules[k]), -max(r.last_seen for r in self.rules[k]), _order(k)))
+            self.over_budget = {key: self.rules.pop(key) for key in ranked[max_rules:]}
+
+    def segment_of(self, group: str) -> str:
+        if group in PSEUDO_SEGMENTS:
+            return group
+        device_class = group.removeprefix("class:")
+        return segment_name(device_class) if device_class in self.classes else "unassigned"
+
+    def text(self) -> str:
+        lines = self.header()
+        for device_class in self.classes:
+            lines += self.segment(device_class)
+        lines += [
+            "# Devices the inventory has not classified, and hosts it does not know (e.g. beyond a router).",
+            "[segments.unassigned]",
+            'mode = "monitor"',
+            'default = "drop"',
+            "",
+        ]
+        for key in sorted(self.rules, key=_order):
+            lines += self.rule(key, self.rules[key])
+        lines += self.left_out()
+        return "\n".join(lines).rstrip("\n") + "\n"
+
+    def header(self) -> list[str]:
+        learned = list(self.learned)
+        lines = ["# medseg-xdp policy proposal: least privilege, learned from the flows the baseline recorded."]
+        if learned:
+            first = min(r.first_seen for r in learned)
+            last = max(r.last_seen for r in learned)
+            lines.append(f"# Baseline: {sum(r.flows for r in learned)} flow starts in {len(learned)} records, {iso(first)} to {iso(last)}.")
+        else:
+            lines.append("# Baseline: empty (no flow starts recorded): every flow would be audited.")
+        if self.source.overflow or self.source.evicted:
+            lines.append(
+                f"# WARNING: the baseline was full: {self.source.overflow} flow starts not recorded, "
+                f"{self.source.evicted} single-flow records replaced. Some real flows may have no rule."
+            )
+        lines += [
+            "#",
+            "# A person reviews this before it is applied: each rule allows what the baseline saw, and that can",
+            "# include mistakes, one-off maintenance and scans. Check the evidence above each rule.",
+            "# Every segment starts in monitor mode: nothing is dropped, and what the rules do not allow is counted",
+            "# as audit (would drop). Run `medseg-xdp policy simulate` on this file, then switch segments to",
+            '# mode = "enforce" one at a time. Segments of life-critical devices also need',
+            "# allow_enforce_life_critical = true to enforce.",
+            "# The rails pass under any policy and need no rules: ARP, IPv6 ND/RA/MLD, DHCP and DHCPv6,",
+            "# STP/LACP/LLDP/EAPOL, and ICMP errors of allowed flows.",
+            "# A TCP connection opened before learning began and never reopened (e.g. a long-lived HL7 link)",
+            "# was not seen and has no rule: check the audit counters before enforcing.",
+            "# [bridge], [settings], [rails], [[pins]], [tables] and [daemon] come from the running",
+            "# configuration: merge them in.",
+            "",
+        ]
+        return lines
+
+    def segment(self, device_class: str) -> list[str]:
+        info = self.catalog.classes[device_class]
+        members = sum(1 for d in self.inventory.devices.values() if d.device_class == device_class)
+        lines = [f"# {safe_comment(info.label)} (criticality {info.criticality}): {count(members, 'device')} in the inventory."]
+        life_critical = info.criticality == LIFE_CRITICAL
+        if life_critical:
+            lines.append('# LIFE-CRITICAL: to enforce, set mode = "enforce" and allow_enforce_life_critical = true.')
+        lines += [
+            f"[segments.{segment_name(device_class)}]",
+            f'classes = ["{device_class}"]',
+            'mode = "monitor"',
+            'default = "drop"',
+        ]
+        if life_critical:
+            lines.append("allow_enforce_life_critical = false")
+        return [*lines, ""]
+
+    def rule(self, key: _RuleKey, records: list[FlowRecord]) -> list[str]:
+        flows = _flows(records)
+        first = min(r.first_seen for r in records)
+        last = max(r.last_seen for r in records)
+        lines = [f"# {count(flows, 'flow')}, first seen {iso(first)}, last seen {iso(last)}"]
+        examples = sorted((e for r in records for e in r.examples), key=lambda e: (-e.flows, e.src_mac, e.dst_mac, e.src_ip, e.dst_ip))
+        for example in examples[:8]:
+            lines.append(f"#   {self.device(example.src_mac, example.src_ip)} -> {self.device(example.dst_mac, example.dst_ip)}: {count(example.flows, 'flow')}, last {iso(example.last_seen)}")
+        others = flows - sum(e.flows for e in examples[:8])
+        if others:
+            lines.append(f"#   and {count(others, 'flow')} between other devices")
+        lines += [
+            "[[rules]]",
+            f'id = "{key.rule_id}"',
+            f'from = "{key.src}"',
+            f'to = "{key.dst}"',
+            f'proto = "{key.proto_name}"' if key.proto in PROTOCOL_NAMES else f"proto = {key.proto}",
+            f"ports = [{key.port}]",
+            'action = "allow"',
+            "",
+        ]
+        return lines
+
+    def device(self, mac: str, ip: str) -> str:
+        known = self.inventory.devices.get(mac)
+        hostname = f" ({safe_comment(known.hostname)})" if known is not None and known.hostname else ""
+        return f"{mac} {ip}{hostname}"
+
+    def left_out(self) -> list[str]:
+        lines: list[str] = []
+        for title, table in (
+            ("Passing on the rails (no rule needed)", self.rails),
+            (f"Not proposed: fewer than {self.min_flows} flow starts (add them by hand if they are real)", self.too_few),
+            (f"Not proposed: beyond {len(self.rules)} rules, the fewest flows (a scan while learning?)", self.over_budget),
+        ):
+            if not table:
+                continue
+            lines.append(f"# {title}:")
+            keys = sorted(table, key=_order)
+            for key in keys[:MAX_LISTED]:
+                lines.append(f"#   {key.label}: {count(_flows(table[key]), 'flow')}, last seen {iso(max(r.last_seen for r in table[key]))}")
+            if len(keys) > MAX_LISTED:
+                lines.append(f"#   and {len(keys) - MAX_LISTED} more")
+            lines.append("")
+        return lines
+
+
+def _order(key: _RuleKey) -> tuple[str, str, int, int]:
+    return key.src, key.dst, key.proto, key.port
+
+
+def _flows(records: Iterable[FlowRecord]) -> int:
+    return sum(r.flows for r in records)
+
+
+def propose(baseline: Baseline, inventory: Inventory, catalog: Catalog, min_flows: int = 1, max_rules: int = MAX_PROPOSED_RULES) -> str:
+    """The proposed policy as TOML text (config.parse accepts it); see the module's docstring.
+
+    At most max_rules rules, those with the most flows; the rest are listed in a closing comment.
+    """
+    if min_flows < 1 or max_rules < 0:
+        raise ValueError("min_flows must be at least 1, max_rules at least 0")
+    return _Proposal(baseline, inventory, catalog, min_flows, max_rules).text()
+
