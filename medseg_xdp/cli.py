@@ -210,6 +210,55 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_SIMULATION_DROPS = 3
+EXIT_SIMULATION_CUTS_LIFE_CRITICAL = 4
+
+
+def _learned(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[object, object]:
+    """(baseline, inventory) from a capture, or from a state directory."""
+    from medseg_xdp.baseline import Baseline, BaselineStore, learn_from_capture
+    from medseg_xdp.classify import Classifier, load_catalog
+    from medseg_xdp.inventory import Inventory, InventoryStore
+
+    if args.pcap:
+        xray, baseline = learn_from_capture(args.pcap, cfg)
+        return baseline.regrouped(xray.inventory), xray.inventory
+    inventory = Inventory(Classifier(load_catalog()))
+    baseline = Baseline(cfg.daemon.learning_days, config=cfg)
+    for problem in (InventoryStore(args.state_dir).load(inventory), BaselineStore(args.state_dir).load(baseline)):
+        if problem:
+            print(f"medseg-xdp: {problem}", file=sys.stderr)
+    return baseline.regrouped(inventory), inventory
+
+
+def cmd_policy_propose(args: argparse.Namespace) -> int:
+    from medseg_xdp.classify import load_catalog
+    from medseg_xdp.propose import propose
+
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    baseline, inventory = _learned(args, cfg)
+    text = propose(baseline, inventory, load_catalog(), min_flows=args.min_flows)  # type: ignore[arg-type]
+    if args.output:
+        args.output.write_text(text)
+        print(f"proposed policy written to {args.output}: review it, then `medseg-xdp policy simulate {args.output}`")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_policy_simulate(args: argparse.Namespace) -> int:
+    from medseg_xdp.classify import load_catalog
+    from medseg_xdp.simulate import simulate
+
+    candidate = config_mod.load(args.file)
+    baseline, inventory = _learned(args, candidate)
+    report = simulate(candidate, baseline, inventory, load_catalog())  # type: ignore[arg-type]
+    print(report.to_json() if args.json else report.to_text())
+    if report.cuts_life_critical:
+        return EXIT_SIMULATION_CUTS_LIFE_CRITICAL
+    return 0 if report.clean else EXIT_SIMULATION_DROPS
+
+
 def cmd_policy_diff(args: argparse.Namespace) -> int:
     lines = _daemon_request(args, "policy_diff", path=str(args.file.resolve()) if args.file else None)
     print("\n".join(lines) if lines else "no changes")  # type: ignore[arg-type]
@@ -304,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a policy file (exit 0 when valid)")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_policy_check)
+    propose_parser = policy_sub.add_parser("propose", help="a least-privilege policy from what was learned, for review")
+    simulate_parser = policy_sub.add_parser("simulate", help="what FILE would drop of the learned flows (exit 0 clean, 3 drops, 4 cuts a life-critical device)")
+    simulate_parser.add_argument("file", type=Path)
+    simulate_parser.add_argument("--json", action="store_true")
+    simulate_parser.set_defaults(func=cmd_policy_simulate)
+    propose_parser.add_argument("-c", "--config", type=Path, help="sampling settings and learning window (default: built-in)")
+    propose_parser.add_argument("-o", "--output", type=Path)
+    propose_parser.add_argument("--min-flows", type=int, default=1)
+    propose_parser.set_defaults(func=cmd_policy_propose)
+    for learning in (propose_parser, simulate_parser):
+        source = learning.add_mutually_exclusive_group()
+        source.add_argument("--pcap", type=Path, help="learn from a capture instead of the daemon's state")
+        source.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     for name, func, text in (("diff", cmd_policy_diff, "what applying FILE would change"), ("apply", cmd_policy_apply, "apply FILE (default: reload the daemon's config)")):
         p = policy_sub.add_parser(name, help=text)
         p.add_argument("file", type=Path, nargs="?")

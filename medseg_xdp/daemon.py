@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 
 from medseg_xdp import abi
 from medseg_xdp import config as config_mod
+from medseg_xdp.baseline import Baseline, BaselineStore
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
@@ -71,7 +72,9 @@ class Daemon:
         self.clock = clock
         self.config: Config = config_mod.load(config_path)
         self.state_dir = self.config.daemon.state_dir
-        self.xray = Xray.default()
+        self.baseline = Baseline(self.config.daemon.learning_days, config=self.config)
+        self.baseline_store = BaselineStore(self.state_dir)
+        self.xray = Xray.default(learner=self.baseline)
         self.inventory = self.xray.inventory
         self.inventory_store = InventoryStore(self.state_dir)
         self.rule_ids_file = StateFile(self.state_dir / "rule-ids.msgpack", RULE_IDS_VERSION)
@@ -94,7 +97,7 @@ class Daemon:
     # ---- life cycle ----
 
     def start(self) -> None:
-        for problem in (self.inventory_store.load(self.inventory), self._load_rule_ids()):
+        for problem in (self.inventory_store.load(self.inventory), self.baseline_store.load(self.baseline), self._load_rule_ids()):
             if problem:
                 log.error("%s", problem)
         self.ifindex = self._port_indexes(self.config)
@@ -161,6 +164,8 @@ class Daemon:
         self.loader.close()
 
     def save(self) -> None:
+        self.baseline.expire(self.clock())
+        self.baseline_store.save(self.baseline)
         self.inventory_store.save(self.inventory)
         self.rule_ids_file.write(self.rule_ids.ids)
         self._dirty = False
