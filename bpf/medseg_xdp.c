@@ -429,6 +429,25 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 #define MLD_DONE 132
 #define MLD2_REPORT 143
 
+enum dhcp_direction {
+	NOT_DHCP = 0,
+	DHCP_TO_SERVER,
+	DHCP_TO_CLIENT,
+};
+
+static __always_inline int dhcp_direction(__be16 sport_be, __be16 dport_be)
+{
+	u16 sport = bpf_ntohs(sport_be), dport = bpf_ntohs(dport_be);
+
+	if ((sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT) ||
+	    (sport == DHCP6_CLIENT_PORT && dport == DHCP6_SERVER_PORT))
+		return DHCP_TO_SERVER;
+	if ((sport == DHCP_SERVER_PORT && dport == DHCP_CLIENT_PORT) ||
+	    (sport == DHCP6_SERVER_PORT && dport == DHCP6_CLIENT_PORT))
+		return DHCP_TO_CLIENT;
+	return NOT_DHCP;
+}
+
 static __always_inline int is_rail_host(u32 gen, struct packet *pkt, u32 flag)
 {
 	struct rail_host_key key = { .gen = gen, .family = pkt->family };
@@ -447,16 +466,14 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 	if (!pkt->has_l4)
 		return 0;
 	if (pkt->proto == IPPROTO_UDP) {
-		u16 sport = bpf_ntohs(pkt->sport), dport = bpf_ntohs(pkt->dport);
+		int direction = dhcp_direction(pkt->sport, pkt->dport);
 
-		if ((sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT) ||
-		    (sport == DHCP6_CLIENT_PORT && dport == DHCP6_SERVER_PORT)) {
+		if (direction == DHCP_TO_SERVER) {
 			d->sample_kind = SAMPLE_DHCP;
 			set_decision(d, VERDICT_PASS, REASON_RAIL_DHCP, 0);
 			return 1;
 		}
-		if ((sport == DHCP_SERVER_PORT && dport == DHCP_CLIENT_PORT) ||
-		    (sport == DHCP6_SERVER_PORT && dport == DHCP6_CLIENT_PORT)) {
+		if (direction == DHCP_TO_CLIENT) {
 			d->sample_kind = SAMPLE_DHCP;
 			if (!(s->flags & SETTING_DHCP_SERVERS_LISTED) ||
 			    is_rail_host(gen, pkt, RAIL_HOST_DHCP_SERVER)) {
@@ -596,6 +613,13 @@ static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
 	if (inner.src[0] != pkt->dst[0] || inner.src[1] != pkt->dst[1] ||
 	    inner.src[2] != pkt->dst[2] || inner.src[3] != pkt->dst[3])
 		return 0;
+	/* DHCP passes on a rail, with no flow entry: its errors are plumbing
+	 * too (a client that already left its socket answers "port
+	 * unreachable" to the server's last reply). */
+	if (inner.proto == IPPROTO_UDP && dhcp_direction(inner.sport, inner.dport)) {
+		set_decision(d, VERDICT_PASS, REASON_RELATED_ICMP, 0);
+		return 1;
+	}
 	inner.family = pkt->family;
 
 	struct flow_key key = {};

@@ -283,10 +283,12 @@ def _print_devices(devices: list[dict[str, object]]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from medseg_xdp.demo import run_smoke
+    from medseg_xdp.demo import run_demo
 
     _need_root("demo")
-    return run_smoke(keep_running=args.keep_running)
+    if not args.verbose:
+        logging.getLogger("medseg_xdp").setLevel(logging.WARNING)  # the demo tells its own story
+    return run_demo(keep_running=args.keep_running, json_report=args.json_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
-    demo.add_argument("--keep-running", action="store_true")
+    demo.add_argument("--keep-running", action="store_true", help="leave the ward up for exploring; Ctrl-C cleans up")
+    demo.add_argument("--json-report", type=Path, help="write the outcome of every phase as JSON")
     demo.set_defaults(func=cmd_demo)
     return parser
 

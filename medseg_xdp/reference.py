@@ -265,6 +265,19 @@ class Packet:
     l4_end: int = 0
 
 
+NOT_DHCP, DHCP_TO_SERVER, DHCP_TO_CLIENT = 0, 1, 2
+
+
+def dhcp_direction(sport_raw: int, dport_raw: int) -> int:
+    """dhcp_direction(): ports as stored (network order), client->server or server->client."""
+    sport, dport = bswap16(sport_raw), bswap16(dport_raw)
+    if (sport, dport) in ((DHCP_CLIENT_PORT, DHCP_SERVER_PORT), (DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT)):
+        return DHCP_TO_SERVER
+    if (sport, dport) in ((DHCP_SERVER_PORT, DHCP_CLIENT_PORT), (DHCP6_SERVER_PORT, DHCP6_CLIENT_PORT)):
+        return DHCP_TO_CLIENT
+    return NOT_DHCP
+
+
 def beyond(p: int, end: int, limit: int) -> bool:
     """BEYOND(): p is past the frame's end or past the datagram's end."""
     return p > end or p > limit
@@ -805,16 +818,12 @@ class ReferenceDataplane:
         if not pkt.has_l4:
             return False
         if pkt.proto == IPPROTO_UDP:
-            sport, dport = bswap16(pkt.sport), bswap16(pkt.dport)
-            if (sport == DHCP_CLIENT_PORT and dport == DHCP_SERVER_PORT) or (
-                sport == DHCP6_CLIENT_PORT and dport == DHCP6_SERVER_PORT
-            ):
+            direction = dhcp_direction(pkt.sport, pkt.dport)
+            if direction == DHCP_TO_SERVER:
                 d.sample_kind = C.SAMPLE_DHCP
                 self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
                 return True
-            if (sport == DHCP_SERVER_PORT and dport == DHCP_CLIENT_PORT) or (
-                sport == DHCP6_SERVER_PORT and dport == DHCP6_CLIENT_PORT
-            ):
+            if direction == DHCP_TO_CLIENT:
                 d.sample_kind = C.SAMPLE_DHCP
                 if not s.flags & C.SETTING_DHCP_SERVERS_LISTED or self.is_rail_host(
                     gen, pkt, C.RAIL_HOST_DHCP_SERVER
@@ -921,6 +930,9 @@ class ReferenceDataplane:
             return False
         if inner.src != pkt.dst:
             return False  # an error goes back to the sender of the packet it quotes
+        if inner.proto == IPPROTO_UDP and dhcp_direction(inner.sport, inner.dport):
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RELATED_ICMP, 0)
+            return True  # DHCP passes on a rail without a flow entry: its errors are plumbing too
         inner.family = pkt.family
 
         key, _ = self.make_flow_key(inner, vlan)

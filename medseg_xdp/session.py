@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
 
@@ -46,14 +47,15 @@ class ProgramOnBridge:
             raise
         return self
 
-    def apply(self, config: Config) -> int:
+    def apply(self, config: Config, class_of: Mapping[str, str] | None = None) -> int:
+        """Apply config as the next generation; class_of places devices in class-defined segments."""
         assert self.dataplane is not None
         self.config = config
         ports = self.ports
         names: dict[int, str] = {}
 
         def compile_for(gen: int) -> dict[str, dict[bytes, bytes]]:
-            compiled = compile_policy(config, gen, ports.__getitem__)
+            compiled = compile_policy(config, gen, ports.__getitem__, class_of)
             names.update(compiled.rule_names)
             return compiled.contents
 

@@ -235,6 +235,11 @@ CASES = [
         "pass", "fragment", "udp-any",
     ),
     Case(
+        "port unreachable about a DHCP reply is plumbing",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.0.1") / ICMP(type=3, code=3) / IP(src="10.0.0.1", dst="10.0.1.5") / UDP(sport=67, dport=68)), "portA")],
+        "pass", "related_icmp", "-",
+    ),
+    Case(
         "an ICMP error sent to a third party is not related",
         [
             (b(dicom_syn(40012)), "portA"),
