@@ -38,6 +38,9 @@
 #ifndef SEGMENT_TABLE_SIZE
 #define SEGMENT_TABLE_SIZE 1024
 #endif
+#ifndef PAIR_STATS_SIZE
+#define PAIR_STATS_SIZE 16384
+#endif
 #ifndef FRAG_TABLE_SIZE
 #define FRAG_TABLE_SIZE 4096
 #endif
@@ -98,6 +101,11 @@ BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,
 /* Packets and bytes by verdict * REASON_MAX + reason. */
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, stats,
 		 VERDICT_MAX * REASON_MAX, PINNED(stats));
+
+/* Packets and bytes by (src segment, dst segment, verdict): bounded by the
+ * configured segments, never by traffic. */
+BPF_TABLE_PINNED("percpu_hash", struct pair_stats_key, struct counter,
+		 pair_stats, PAIR_STATS_SIZE, PINNED(pair_stats));
 
 /* Packets and bytes decided by each rule id (defaults have ids too). */
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, rule_hits, MAX_RULE_IDS,

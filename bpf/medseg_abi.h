@@ -76,7 +76,8 @@ enum medseg_pressure {
 	PRESSURE_FRAG_INSERT_FAILED = 2,
 	PRESSURE_RING_FULL = 3,           /* sample wanted, ring buffer full */
 	PRESSURE_EVENT_RATE_LIMITED = 4,  /* drop/flowless sample over budget */
-	PRESSURE_MAX = 5,
+	PRESSURE_PAIR_STATS_FULL = 5,     /* a segment pair found no counter slot */
+	PRESSURE_MAX = 6,
 };
 
 /* Flags in struct decision.flags */
@@ -84,6 +85,7 @@ enum medseg_pressure {
 #define DECISION_MIDSTREAM 2     /* TCP without SYN picked up mid-stream */
 #define DECISION_REVALIDATED 4   /* flow entry of an older generation re-judged */
 #define DECISION_NO_FLOW_ENTRY 8 /* allowed, but the flow insert failed */
+#define DECISION_SEGMENTS 16     /* src/dst_segment are known (not a rail) */
 
 /* Flags in struct segment_info.flags */
 #define SEGMENT_MGMT 1           /* management hosts: every flow passes (rail) */
@@ -269,6 +271,14 @@ struct frag_verdict {
 };
 
 /* ---- accounting and trace ---- */
+
+/* Packets and bytes by segment pair and verdict (metrics: the matrix). */
+struct pair_stats_key {
+	u16 src_segment;
+	u16 dst_segment;
+	u8 verdict;
+	u8 pad[3];
+};
 
 struct counter {
 	u64 packets;

@@ -37,6 +37,13 @@ static __always_inline void set_decision(struct decision *d, u8 verdict,
 	d->rule_id = rule_id;
 }
 
+static __always_inline void set_segments(struct decision *d, u16 src, u16 dst)
+{
+	d->src_segment = src;
+	d->dst_segment = dst;
+	d->flags |= DECISION_SEGMENTS;
+}
+
 /* A DHCP sample, decided first, outranks the flow's sampling. */
 static __always_inline void want_sample(struct decision *d, u8 kind)
 {
@@ -159,6 +166,7 @@ static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
 	identify(gen, a->vlan, a->dst_mac, a->dst_addr, a->family, &dst);
 	d->src_segment = src->segment;
 	d->dst_segment = dst.segment;
+	d->flags |= DECISION_SEGMENTS;
 	lookup_segment(gen, src->segment, src_info);
 	lookup_segment(gen, dst.segment, &dst_info);
 	*combined_flags = src_info->flags | dst_info.flags;
@@ -316,8 +324,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
 				     e->rule_id);
-			d->src_segment = e->src_segment;
-			d->dst_segment = e->dst_segment;
+			set_segments(d, e->src_segment, e->dst_segment);
 		} else {
 			/* Re-judge the initiator's direction under the
 			 * active policy. */
@@ -408,8 +415,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);
 		set_decision(d, e->verdict,
 			     dir ? REASON_REPLY : REASON_ESTABLISHED, e->rule_id);
-		d->src_segment = e->src_segment;
-		d->dst_segment = e->dst_segment;
+		set_segments(d, e->src_segment, e->dst_segment);
 		account(e, dir, pkt, now);
 		want_sample(d, flow_sample_kind(e, s));
 		return;
@@ -527,8 +533,7 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 	struct frag_verdict *first = frags.lookup(&key);
 	if (first) {
 		set_decision(d, first->verdict, REASON_FRAGMENT, first->rule_id);
-		d->src_segment = first->src_segment;
-		d->dst_segment = first->dst_segment;
+		set_segments(d, first->src_segment, first->dst_segment);
 		return;
 	}
 
@@ -628,8 +633,7 @@ static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
 	if (!e)
 		return 0;
 	set_decision(d, e->verdict, REASON_RELATED_ICMP, e->rule_id);
-	d->src_segment = e->src_segment;
-	d->dst_segment = e->dst_segment;
+	set_segments(d, e->src_segment, e->dst_segment);
 	return 1;
 }
 
@@ -718,6 +722,29 @@ static __always_inline void emit_sample(struct xdp_md *ctx, struct packet *pkt,
 	samples.ringbuf_submit(rec, 0);
 }
 
+static __always_inline void count_pair(struct decision *d, u32 len)
+{
+	struct pair_stats_key key = { .src_segment = d->src_segment,
+				      .dst_segment = d->dst_segment,
+				      .verdict = d->verdict };
+	struct counter *c = pair_stats.lookup(&key);
+
+	if (!c) {
+		struct counter first = { .packets = 1, .bytes = len };
+		/* -EEXIST: the other CPU's first packet of this pair; count
+		 * into the slot it made. */
+		if (pair_stats.insert(&key, &first) == 0)
+			return;
+		c = pair_stats.lookup(&key);
+		if (!c) {
+			count_pressure(PRESSURE_PAIR_STATS_FULL);
+			return;
+		}
+	}
+	c->packets++;
+	c->bytes += len;
+}
+
 static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 				  struct decision *d, struct settings *s,
 				  u64 now)
@@ -737,6 +764,8 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 			c->bytes += pkt->len;
 		}
 	}
+	if (d->flags & DECISION_SEGMENTS)
+		count_pair(d, pkt->len);
 	if (pkt->is_fragment && !pkt->is_later_fragment)
 		record_first_fragment(pkt, d);
 

@@ -33,6 +33,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "flows": (abi.FlowKey, abi.FlowEntry, False),
     "frags": (abi.FragKey, abi.FragVerdict, False),
     "stats": (U32, abi.Counter, True),
+    "pair_stats": (abi.PairStatsKey, abi.Counter, True),
     "rule_hits": (U32, abi.Counter, True),
     "pressure": (U32, U64, True),
     "last_decision": (U32, abi.Decision, True),
@@ -141,6 +142,15 @@ class Dataplane:
         for what in abi.Pressure:
             summed = self.maps["pressure"].sum_percpu(U32(what))
             result[what] = summed[0] if summed else 0
+        return result
+
+    def pair_stats(self) -> dict[tuple[int, int, abi.Verdict], CounterValue]:
+        """Packets and bytes by (src segment id, dst segment id, verdict), summed over CPUs."""
+        result = {}
+        for key in list(self.maps["pair_stats"].keys()):
+            summed = self.maps["pair_stats"].sum_percpu(key)
+            if summed:
+                result[(key.src_segment, key.dst_segment, abi.Verdict(key.verdict))] = CounterValue(*summed)
         return result
 
     def last_decisions(self) -> list[abi.Decision]:  # type: ignore[valid-type]

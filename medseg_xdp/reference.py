@@ -483,6 +483,7 @@ class ReferenceDataplane:
         self.frags: dict[bytes, abi.FragVerdict] = {}
         self.stats: dict[int, abi.Counter] = {}
         self.rule_hits: dict[int, abi.Counter] = {}
+        self.pair_stats: dict[bytes, abi.Counter] = {}
         self.pressure: dict[int, int] = {}
         self.last_decision = abi.Decision()
         self.event_budget = abi.EventBudget()
@@ -519,6 +520,20 @@ class ReferenceDataplane:
         d.verdict = verdict
         d.reason = reason
         d.rule_id = rule_id
+
+    @staticmethod
+    def set_segments(d: abi.Decision, src: int, dst: int) -> None:
+        """set_segments()."""
+        d.src_segment = src
+        d.dst_segment = dst
+        d.flags |= C.DECISION_SEGMENTS
+
+    def count_pair(self, d: abi.Decision, length: int) -> None:
+        """count_pair(): packets and bytes by segment pair and verdict."""
+        key = bytes(abi.PairStatsKey(src_segment=d.src_segment, dst_segment=d.dst_segment, verdict=d.verdict))
+        counter = self.pair_stats.setdefault(key, abi.Counter())
+        counter.packets += 1
+        counter.bytes += length
 
     @staticmethod
     def want_sample(d: abi.Decision, kind: int) -> None:
@@ -595,8 +610,7 @@ class ReferenceDataplane:
         """resolve_endpoints(): both segments into d; (enforce, src, combined flags, src_info)."""
         src = self.identify(gen, a.vlan, a.src_mac, a.src_addr, a.family)
         dst = self.identify(gen, a.vlan, a.dst_mac, a.dst_addr, a.family)
-        d.src_segment = src.segment
-        d.dst_segment = dst.segment
+        self.set_segments(d, src.segment, dst.segment)
         src_info = self.lookup_segment(gen, src.segment)
         dst_info = self.lookup_segment(gen, dst.segment)
         combined_flags = src_info.flags | dst_info.flags
@@ -731,8 +745,7 @@ class ReferenceDataplane:
             if e.gen == gen:
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
-                d.src_segment = e.src_segment
-                d.dst_segment = e.dst_segment
+                self.set_segments(d, e.src_segment, e.dst_segment)
             else:
                 # Re-judge the initiator's direction under the active policy.
                 args = self.fill_judge_args(pkt, vlan, bool(direction), e.policy_port)
@@ -869,8 +882,7 @@ class ReferenceDataplane:
         first = self.frags.get(bytes(self.make_frag_key(pkt)))
         if first is not None:
             self.set_decision(d, first.verdict, C.REASON_FRAGMENT, first.rule_id)
-            d.src_segment = first.src_segment
-            d.dst_segment = first.dst_segment
+            self.set_segments(d, first.src_segment, first.dst_segment)
             return
 
         args = self.fill_judge_args(pkt, self.vlan_for_identity(ctx, pkt), False, 0)
@@ -940,8 +952,7 @@ class ReferenceDataplane:
         if e is None:
             return False
         self.set_decision(d, e.verdict, C.REASON_RELATED_ICMP, e.rule_id)
-        d.src_segment = e.src_segment
-        d.dst_segment = e.dst_segment
+        self.set_segments(d, e.src_segment, e.dst_segment)
         return True
 
     def handle_ip(
@@ -1020,6 +1031,8 @@ class ReferenceDataplane:
             counter = self.rule_hits.setdefault(rule, abi.Counter())
             counter.packets += 1
             counter.bytes += pkt.len
+        if d.flags & C.DECISION_SEGMENTS:
+            self.count_pair(d, pkt.len)
         if pkt.is_fragment and not pkt.is_later_fragment:
             self.record_first_fragment(pkt, d)
 

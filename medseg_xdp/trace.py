@@ -129,7 +129,7 @@ class Tracer:
 
     def explain(self, decision: abi.Decision, action: int) -> TraceResult:  # type: ignore[valid-type]
         rule = self.rule_names.get(decision.rule_id, "-") if decision.rule_id else "-"
-        known_segments = decision.reason not in _RAIL_REASONS
+        known_segments = decision.flags & abi.const("DECISION_SEGMENTS")
         return TraceResult(
             verdict=abi.Verdict(decision.verdict).name,
             reason=abi.Reason(decision.reason).name,
@@ -142,16 +142,6 @@ class Tracer:
         )
 
 
-# Rails and parse outcomes decide before identity: no segments to show.
-_RAIL_REASONS = {
-    abi.Reason.rail_arp,
-    abi.Reason.rail_nd,
-    abi.Reason.rail_ra,
-    abi.Reason.rail_dhcp,
-    abi.Reason.rail_l2_control,
-    abi.Reason.malformed,
-    abi.Reason.unsupported_ethertype,
-}
 
 
 def parse_hex(text: str) -> bytes:

@@ -72,6 +72,12 @@ def _compare_state(tracer: Tracer, ref: ReferenceDataplane, rule_ids: list[int],
     kernel_hits = {i: (c.packets, c.bytes) for i, c in dp.rule_hits(rule_ids).items()}
     ref_hits = {i: (c.packets, c.bytes) for i, c in ref.rule_hits.items() if c.packets}
     assert kernel_hits == ref_hits, f"rule hits differ {where}"
+    kernel_pairs = {(a, b, v): (c.packets, c.bytes) for (a, b, v), c in dp.pair_stats().items()}
+    ref_pairs = {}
+    for raw, c in ref.pair_stats.items():
+        key = abi.PairStatsKey.from_buffer_copy(raw)
+        ref_pairs[(key.src_segment, key.dst_segment, abi.Verdict(key.verdict))] = (c.packets, c.bytes)
+    assert kernel_pairs == ref_pairs, f"segment-pair counters differ {where}"
     kernel_pressure = {p: n for p, n in dp.pressure().items() if n and p not in KERNEL_ONLY_PRESSURE}
     assert kernel_pressure == {p: n for p, n in ref.pressure.items() if n}, f"pressure differs {where}"
     timeless = ("first_seen_ns", "last_seen_ns")

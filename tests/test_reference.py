@@ -252,7 +252,7 @@ def test_allowed_tcp_flow_is_established_then_reply() -> None:
     assert first.action == XDP_PASS
     assert verdict(first) == (PASS_, C.REASON_RULE, 7)
     assert segments(first) == (CLINICAL, SERVERS)
-    assert first.decision.flags == C.DECISION_NEW_FLOW
+    assert first.decision.flags == C.DECISION_NEW_FLOW | C.DECISION_SEGMENTS
     assert first.decision.gen == GEN
     assert first.decision.sample_kind == C.SAMPLE_FIRST_PACKETS
     assert first.sample == bytes(syn)
@@ -260,7 +260,7 @@ def test_allowed_tcp_flow_is_established_then_reply() -> None:
     reply = send(dp, syn_ack, SERVER.port, now=200)
     assert verdict(reply) == (PASS_, C.REASON_REPLY, 7)
     assert segments(reply) == (CLINICAL, SERVERS)  # the initiator's view
-    assert reply.decision.flags == 0
+    assert reply.decision.flags == C.DECISION_SEGMENTS
     assert reply.decision.sample_kind == C.SAMPLE_FIRST_PACKETS
 
     third = send(dp, ack, CLIENT.port, now=300)
@@ -739,7 +739,7 @@ def test_mid_stream_tcp_is_judged_from_both_sides() -> None:
     out = send(dp, from_server, 2)
     assert verdict(out) == (PASS_, C.REASON_RULE, 7)
     assert segments(out) == (CLINICAL, SERVERS)
-    assert out.decision.flags == C.DECISION_MIDSTREAM | C.DECISION_NEW_FLOW
+    assert out.decision.flags == C.DECISION_MIDSTREAM | C.DECISION_NEW_FLOW | C.DECISION_SEGMENTS
     entry = only_flow(dp)
     assert (entry.policy_port, entry.flags) == (443, C.DECISION_MIDSTREAM)
     assert list(entry.packets) == [0, 1]  # the server is the responder
@@ -752,7 +752,7 @@ def test_mid_stream_tcp_is_judged_from_both_sides() -> None:
     assert verdict(send(dp, syn, 2)) == (DROP_, C.REASON_SEGMENT_DEFAULT, 92)
     out = send(dp, ip4(SERVER, CLIENT) / TCP(sport=22, dport=40000, flags="A"), 2)
     assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 92)
-    assert out.decision.flags == C.DECISION_MIDSTREAM
+    assert out.decision.flags == C.DECISION_MIDSTREAM | C.DECISION_SEGMENTS
     assert dp.flows == {}
 
 
@@ -771,7 +771,7 @@ def test_stale_generation_is_rejudged_from_the_initiator() -> None:
     dp.load(web(gen=2, rule_id=17).maps)  # still allowed, by another rule id
     out = send(dp, reply, 2)
     assert verdict(out) == (PASS_, C.REASON_RULE, 17)
-    assert out.decision.flags == C.DECISION_REVALIDATED
+    assert out.decision.flags == C.DECISION_REVALIDATED | C.DECISION_SEGMENTS
     assert segments(out) == (CLINICAL, SERVERS)
     entry = only_flow(dp)
     assert (entry.gen, entry.rule_id, list(entry.packets)) == (2, 17, [1, 1])
@@ -780,7 +780,7 @@ def test_stale_generation_is_rejudged_from_the_initiator() -> None:
     dp.load(clinic(gen=3).maps)  # 443 no longer allowed
     out = send(dp, reply, 2)
     assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 91)  # CLINICAL's default
-    assert out.decision.flags == C.DECISION_REVALIDATED
+    assert out.decision.flags == C.DECISION_REVALIDATED | C.DECISION_SEGMENTS
     assert dp.flows == {}
 
 
