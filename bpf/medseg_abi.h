@@ -99,6 +99,7 @@ enum medseg_pressure {
 #define SETTING_DROP_UNKNOWN_ETHERTYPE 1
 #define SETTING_DHCP_SERVERS_LISTED 2  /* server replies only from rail_hosts */
 #define SETTING_ROUTERS_LISTED 4       /* RAs only from rail_hosts */
+#define SETTING_BREAK_GLASS 8          /* every segment in monitor mode: nothing is dropped by policy */
 
 /* Pseudo-segments that policy can name. */
 #define SEGMENT_UNASSIGNED 0

@@ -149,6 +149,7 @@ struct judge_args {
 	u8 family;
 	u8 proto;
 	u8 check_spoof;  /* the source is this packet's sender */
+	u8 break_glass;  /* SETTING_BREAK_GLASS: nothing is enforced */
 };
 
 /* Both endpoints' segments into d; returns 1 when either segment enforces.
@@ -170,7 +171,8 @@ static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
 	lookup_segment(gen, src->segment, src_info);
 	lookup_segment(gen, dst.segment, &dst_info);
 	*combined_flags = src_info->flags | dst_info.flags;
-	return src_info->mode == MODE_ENFORCE || dst_info.mode == MODE_ENFORCE;
+	return !a->break_glass &&
+	       (src_info->mode == MODE_ENFORCE || dst_info.mode == MODE_ENFORCE);
 }
 
 /* Identity then policy for one direction: the most specific rule, the
@@ -285,9 +287,11 @@ static __always_inline u8 flow_sample_kind(struct flow_entry *e,
 }
 
 static __always_inline void fill_judge_args(struct judge_args *a,
-					    struct packet *pkt, u16 vlan,
+					    struct packet *pkt,
+					    struct settings *s, u16 vlan,
 					    int reverse, u16 policy_port)
 {
+	a->break_glass = !!(s->flags & SETTING_BREAK_GLASS);
 	a->vlan = vlan;
 	a->family = pkt->family;
 	a->proto = pkt->proto;
@@ -328,7 +332,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		} else {
 			/* Re-judge the initiator's direction under the
 			 * active policy. */
-			fill_judge_args(&args, pkt, vlan, dir, e->policy_port);
+			fill_judge_args(&args, pkt, s, vlan, dir, e->policy_port);
 			args.check_spoof = 0;
 			judge(ctx, gen, &args, d);
 			d->flags |= DECISION_REVALIDATED;
@@ -348,7 +352,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		return;
 	}
 
-	fill_judge_args(&args, pkt, vlan, 0, pkt->policy_port);
+	fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
 	judge(ctx, gen, &args, d);
 	int initiator_is_lo = src_is_lo;
 	u16 initiator_port = pkt->policy_port;
@@ -361,7 +365,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		struct decision other = {};
 		u16 reply_port = bpf_ntohs(pkt->sport);
 
-		fill_judge_args(&args, pkt, vlan, 1, reply_port);
+		fill_judge_args(&args, pkt, s, vlan, 1, reply_port);
 		judge(ctx, gen, &args, &other);
 		if (other.verdict == VERDICT_PASS ||
 		    (other.verdict == VERDICT_AUDIT &&
@@ -524,7 +528,7 @@ static __always_inline void make_frag_key(struct packet *pkt,
  * (first fragment never seen, or evicted) carries no ports to judge: it is
  * dropped where an endpoint's segment enforces, audited elsewhere. */
 static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
-					   struct packet *pkt,
+					   struct packet *pkt, struct settings *s,
 					   struct decision *d)
 {
 	struct frag_key key = {};
@@ -542,7 +546,7 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 	struct segment_info src_info;
 	u8 flags;
 
-	fill_judge_args(&args, pkt, vlan_for_identity(ctx, pkt), 0, 0);
+	fill_judge_args(&args, pkt, s, vlan_for_identity(ctx, pkt), 0, 0);
 	int enforce = resolve_endpoints(gen, &args, d, &src, &flags, &src_info);
 	set_decision(d, enforce ? VERDICT_DROP : VERDICT_AUDIT,
 		     REASON_FRAGMENT_ORPHAN, 0);
@@ -644,7 +648,7 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 	if (rails(gen, pkt, s, d))
 		return;
 	if (pkt->is_later_fragment) {
-		later_fragment(ctx, gen, pkt, d);
+		later_fragment(ctx, gen, pkt, s, d);
 		return;
 	}
 	if (IS_ICMP_PROTO(pkt->proto) && is_icmp_error(pkt->proto, pkt->icmp_type) &&

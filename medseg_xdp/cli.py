@@ -282,6 +282,45 @@ def _print_devices(devices: list[dict[str, object]]) -> None:
         print(f"{device['mac']:<17}  {ips[0]:<15}  {vendor:<24}  {device['class']:<20} {device['confidence']:>4.2f}  {why}")  # type: ignore[index]
 
 
+def cmd_break_glass(args: argparse.Namespace) -> int:
+    """Works on the pinned maps directly: with the daemon down too."""
+    from medseg_xdp.audit import AuditLog, caller_uid
+    from medseg_xdp.bpfsys import BpfError
+    from medseg_xdp.dataplane import Dataplane
+    from medseg_xdp.loader import Loader
+
+    _need_root("break-glass")
+    cfg = config_mod.load(args.config)
+    pin_dir = Loader(cfg.bridge, sizes=cfg.tables).pin_dir
+    try:
+        dataplane = Dataplane(pin_dir)
+    except BpfError as exc:
+        raise CliError(f"no pinned state for bridge {cfg.bridge} at {pin_dir}: is medseg-xdp loaded? ({exc.strerror})") from exc
+    on = args.state == "on"
+    with dataplane:
+        was = dataplane.break_glass()
+        dataplane.set_break_glass(on)
+    entry = AuditLog(args.state_dir or cfg.daemon.state_dir).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
+    if on:
+        print(f"BREAK-GLASS ON for bridge {cfg.bridge}: every segment in monitor mode, nothing is dropped by policy; counting goes on.")
+        print("End it with: medseg-xdp break-glass off --reason ...")
+    else:
+        print(f"break-glass off for bridge {cfg.bridge}: the segments' own modes are in force again.")
+    print(f"audit: {entry.line()}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import datetime
+
+    from medseg_xdp.audit import AuditLog
+
+    since = datetime.datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
+    for entry in AuditLog(args.state_dir).entries(since):
+        print(json.dumps(entry.__dict__, sort_keys=True) if args.json else entry.line())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg_xdp.demo import run_demo
 
@@ -373,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file", type=Path, nargs="?")
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
         p.set_defaults(func=func)
+
+    glass = sub.add_parser("break-glass", help="every segment to monitor mode at once (and back), on the pinned maps")
+    glass.add_argument("state", choices=("on", "off"))
+    glass.add_argument("--reason", required=True, help="why: goes into the audit log")
+    glass.add_argument("-c", "--config", type=Path, required=True)
+    glass.add_argument("--state-dir", type=Path, help="audit log directory (default: the config's daemon.state_dir)")
+    glass.set_defaults(func=cmd_break_glass)
+
+    audit = sub.add_parser("audit", help="the change audit trail")
+    audit.add_argument("--since", help="ISO 8601 date or time")
+    audit.add_argument("--json", action="store_true")
+    audit.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    audit.set_defaults(func=cmd_audit)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true", help="leave the ward up for exploring; Ctrl-C cleans up")

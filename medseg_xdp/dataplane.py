@@ -47,6 +47,18 @@ class CounterValue:
     bytes: int
 
 
+def _keep_break_glass(contents: MapContents, on: bool) -> MapContents:
+    """A policy apply never ends a break-glass: the operator ends it."""
+    if not on:
+        return contents
+    raw = contents.get("settings", {}).get(bytes(U32(0)))
+    if raw is not None:
+        settings = abi.Settings.from_buffer_copy(raw)
+        settings.flags |= abi.const("SETTING_BREAK_GLASS")
+        contents["settings"][bytes(U32(0))] = abi.to_bytes(settings)
+    return contents
+
+
 def key_generation(key: ctypes.Structure) -> int:
     return key.gen  # type: ignore[attr-defined, no-any-return]
 
@@ -89,7 +101,7 @@ class Dataplane:
         """
         old = self.active_generation()
         new = (old + 1) & 0xFFFFFFFF or 1
-        contents = compile_for(new)
+        contents = _keep_break_glass(compile_for(new), self.break_glass())
         for name in GENERATIONAL_MAPS:
             m = self.maps[name]
             for key, value in contents.get(name, {}).items():
@@ -106,6 +118,18 @@ class Dataplane:
         self._sleep(grace_s)
         self.retire_generations(keep=new)
         return new
+
+    def break_glass(self) -> bool:
+        """Is break-glass on: every segment in monitor mode, nothing dropped by policy?"""
+        settings = self.maps["settings"].lookup(U32(0))
+        return bool(settings is not None and settings.flags & abi.const("SETTING_BREAK_GLASS"))  # type: ignore[attr-defined]
+
+    def set_break_glass(self, on: bool) -> None:
+        """One write of the settings slot: every packet from the next one on is judged with it."""
+        settings = self.maps["settings"].lookup(U32(0)) or abi.Settings()
+        flag = abi.const("SETTING_BREAK_GLASS")
+        settings.flags = settings.flags | flag if on else settings.flags & ~flag  # type: ignore[attr-defined]
+        self.maps["settings"].update(U32(0), settings)
 
     def retire_generations(self, keep: int) -> int:
         """Delete every policy entry of another generation than keep."""

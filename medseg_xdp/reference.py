@@ -464,6 +464,7 @@ class JudgeArgs:
     family: int
     proto: int
     check_spoof: bool
+    break_glass: bool
 
 
 @dataclass
@@ -614,7 +615,7 @@ class ReferenceDataplane:
         src_info = self.lookup_segment(gen, src.segment)
         dst_info = self.lookup_segment(gen, dst.segment)
         combined_flags = src_info.flags | dst_info.flags
-        enforce = src_info.mode == C.MODE_ENFORCE or dst_info.mode == C.MODE_ENFORCE
+        enforce = not a.break_glass and (src_info.mode == C.MODE_ENFORCE or dst_info.mode == C.MODE_ENFORCE)
         return enforce, src, combined_flags, src_info
 
     def judge(self, ctx: XdpContext, gen: int, a: JudgeArgs, d: abi.Decision) -> None:
@@ -699,8 +700,9 @@ class ReferenceDataplane:
         return C.SAMPLE_NONE
 
     @staticmethod
-    def fill_judge_args(pkt: Packet, vlan: int, reverse: bool, policy_port: int) -> JudgeArgs:
+    def fill_judge_args(pkt: Packet, s: abi.Settings, vlan: int, reverse: bool, policy_port: int) -> JudgeArgs:
         """fill_judge_args(): the packet's direction, or reversed (no spoofing check then)."""
+        break_glass = bool(s.flags & C.SETTING_BREAK_GLASS)
         if reverse:
             return JudgeArgs(
                 src_mac=pkt.eth_dst,
@@ -712,6 +714,7 @@ class ReferenceDataplane:
                 family=pkt.family,
                 proto=pkt.proto,
                 check_spoof=False,
+                break_glass=break_glass,
             )
         return JudgeArgs(
             src_mac=pkt.eth_src,
@@ -723,6 +726,7 @@ class ReferenceDataplane:
             family=pkt.family,
             proto=pkt.proto,
             check_spoof=True,
+            break_glass=break_glass,
         )
 
     def handle_flow(
@@ -748,7 +752,7 @@ class ReferenceDataplane:
                 self.set_segments(d, e.src_segment, e.dst_segment)
             else:
                 # Re-judge the initiator's direction under the active policy.
-                args = self.fill_judge_args(pkt, vlan, bool(direction), e.policy_port)
+                args = self.fill_judge_args(pkt, s, vlan, bool(direction), e.policy_port)
                 args.check_spoof = False
                 self.judge(ctx, gen, args, d)
                 d.flags |= C.DECISION_REVALIDATED
@@ -765,7 +769,7 @@ class ReferenceDataplane:
             self.want_sample(d, self.flow_sample_kind(e, s))
             return
 
-        args = self.fill_judge_args(pkt, vlan, False, pkt.policy_port)
+        args = self.fill_judge_args(pkt, s, vlan, False, pkt.policy_port)
         self.judge(ctx, gen, args, d)
         initiator_is_lo = src_is_lo
         initiator_port = pkt.policy_port
@@ -780,7 +784,7 @@ class ReferenceDataplane:
         ):
             other = abi.Decision()
             reply_port = bswap16(pkt.sport)
-            args = self.fill_judge_args(pkt, vlan, True, reply_port)
+            args = self.fill_judge_args(pkt, s, vlan, True, reply_port)
             self.judge(ctx, gen, args, other)
             if other.verdict == C.VERDICT_PASS or (
                 other.verdict == C.VERDICT_AUDIT and d.verdict == C.VERDICT_DROP
@@ -877,7 +881,7 @@ class ReferenceDataplane:
         key.dst[:] = pkt.dst
         return key
 
-    def later_fragment(self, ctx: XdpContext, gen: int, pkt: Packet, d: abi.Decision) -> None:
+    def later_fragment(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> None:
         """later_fragment(): the first fragment's verdict, else an orphan (drop where enforced)."""
         first = self.frags.get(bytes(self.make_frag_key(pkt)))
         if first is not None:
@@ -885,7 +889,7 @@ class ReferenceDataplane:
             self.set_segments(d, first.src_segment, first.dst_segment)
             return
 
-        args = self.fill_judge_args(pkt, self.vlan_for_identity(ctx, pkt), False, 0)
+        args = self.fill_judge_args(pkt, s, self.vlan_for_identity(ctx, pkt), False, 0)
         enforce, _, _, _ = self.resolve_endpoints(gen, args, d)
         verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
         self.set_decision(d, verdict, C.REASON_FRAGMENT_ORPHAN, 0)
@@ -968,7 +972,7 @@ class ReferenceDataplane:
         if self.rails(gen, pkt, s, d):
             return
         if pkt.is_later_fragment:
-            self.later_fragment(ctx, gen, pkt, d)
+            self.later_fragment(ctx, gen, pkt, s, d)
             return
         if (
             is_icmp_proto(pkt.proto)

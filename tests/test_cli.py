@@ -137,3 +137,28 @@ def test_never_touches_a_foreign_program(bridge_config: tuple[InlineBridge, Path
             assert bpfsys.prog_name_by_id(bpfsys.xdp_attached_id(ward.port_a_ifindex)) == "xdp_other"
     finally:
         other.cleanup()
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_break_glass_with_the_daemon_down(bridge_config: tuple[InlineBridge, Path], tmp_path: Path) -> None:
+    """No manager runs (only `load`): break-glass acts on the pinned maps, is logged, and ends."""
+    ward, path = bridge_config
+    state = tmp_path / "state"
+    medseg("load", "-c", str(path), "--netns", ward.bridge_ns.name, check=True)
+    server = DEFAULT_SERVER.ipv4.split("/")[0]  # type: ignore[union-attr]
+    start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
+    assert not exchange(ward.client_ns, "tcp", server, 22, timeout=1.0)
+
+    on = medseg("break-glass", "on", "--reason", "OR 3 lost its PACS link", "-c", str(path), "--state-dir", str(state), check=True)
+    assert "BREAK-GLASS ON" in on.stdout
+    assert exchange(ward.client_ns, "tcp", server, 22)  # passes, as audit
+    medseg("break-glass", "off", "--reason", "link restored", "-c", str(path), "--state-dir", str(state), check=True)
+    assert not exchange(ward.client_ns, "tcp", server, 22, timeout=1.0)
+
+    log = medseg("audit", "--json", "--state-dir", str(state), check=True)
+    entries = [json.loads(line) for line in log.stdout.splitlines()]
+    assert [(e["action"], e["reason"], e["uid"]) for e in entries] == [
+        ("break-glass on", "OR 3 lost its PACS link", os.getuid()),
+        ("break-glass off", "link restored", os.getuid()),
+    ]

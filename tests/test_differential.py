@@ -3,7 +3,8 @@
 At least 100,000 random and adversarial frames (tests/packetgen.py) go
 through the real program (BPF_PROG_TEST_RUN) and through
 medseg_xdp.reference, under the fixture policy, with policy flips between
-two variants along the way (so stale flow entries are judged again). Every
+two variants along the way (so stale flow entries are judged again), one
+stretch in four under break-glass. Every
 packet's action and decision record must agree; counters and the flow and
 fragment tables are compared at checkpoints. The seed is printed and can
 be fixed with MEDSEG_DIFF_SEED; MEDSEG_DIFF_PACKETS changes the count.
@@ -53,9 +54,13 @@ def on_cpu0() -> Iterator[None]:
         os.sched_setaffinity(0, previous)
 
 
-def _reference_contents(cfg: config.Config, gen: int, ifindex: dict[str, int]) -> dict[str, dict[bytes, bytes]]:
+def _reference_contents(cfg: config.Config, gen: int, ifindex: dict[str, int], break_glass: bool = False) -> dict[str, dict[bytes, bytes]]:
     contents = compile_policy(cfg, gen, ifindex.__getitem__).contents
     contents["active_gen"] = {bytes(ctypes.c_uint32(0)): bytes(ctypes.c_uint32(gen))}
+    if break_glass:
+        settings = abi.Settings.from_buffer_copy(contents["settings"][bytes(ctypes.c_uint32(0))])
+        settings.flags |= abi.const("SETTING_BREAK_GLASS")
+        contents["settings"][bytes(ctypes.c_uint32(0))] = abi.to_bytes(settings)
     return contents
 
 
@@ -105,8 +110,10 @@ def test_kernel_and_reference_agree(on_cpu0: None) -> None:
             if number and number % flip_every == 0:
                 _compare_state(tracer, ref, list(tracer.rule_names), f"before packet {number} (seed {seed})")
                 policy_index ^= 1
+                break_glass = number // flip_every % 4 == 3  # one stretch in four runs under break-glass
                 gen = tracer.load_config(policies[policy_index])
-                ref.load(_reference_contents(policies[policy_index], gen, tracer.ifindex))
+                tracer.dataplane.set_break_glass(break_glass)  # type: ignore[union-attr]
+                ref.load(_reference_contents(policies[policy_index], gen, tracer.ifindex, break_glass))
             frame = generator.frame()
             ingress = choose.choice(ports)
             kernel, action, _ = tracer.run_frame(frame, ingress)
