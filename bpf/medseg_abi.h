@@ -222,7 +222,7 @@ struct pair_key {
 /* Normalised 5-tuple + VLAN: (addr_lo, port_lo) is the smaller endpoint, by
  * comparing the address as four native-endian u32 words, then the port as
  * stored (network order). IPv4 uses the first 4 address bytes. ICMP echo uses
- * the identifier as both ports; other ICMP uses 0. */
+ * the identifier as both ports; other ICMP the type. */
 struct flow_key {
 	u8 addr_lo[16];
 	u8 addr_hi[16];

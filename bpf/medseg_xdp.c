@@ -14,6 +14,7 @@
 
 #define ONE_SECOND_NS 1000000000ULL
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 #define DHCP_SERVER_PORT 67
 #define DHCP_CLIENT_PORT 68
 #define DHCP6_CLIENT_PORT 546
@@ -153,38 +154,42 @@ struct judge_args {
 };
 
 /* Both endpoints' segments into d; returns 1 when either segment enforces.
- * src_out gives the caller the sender's binding for the spoofing check. */
+ * src gives the caller the sender's binding for the spoofing check. */
 static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
 					     struct decision *d,
 					     struct endpoint_info *src,
-					     u8 *combined_flags,
-					     struct segment_info *src_info)
+					     struct segment_info *src_info,
+					     struct segment_info *dst_info)
 {
 	struct endpoint_info dst;
-	struct segment_info dst_info;
 
 	identify(gen, a->vlan, a->src_mac, a->src_addr, a->family, src);
 	identify(gen, a->vlan, a->dst_mac, a->dst_addr, a->family, &dst);
-	d->src_segment = src->segment;
-	d->dst_segment = dst.segment;
-	d->flags |= DECISION_SEGMENTS;
+	set_segments(d, src->segment, dst.segment);
 	lookup_segment(gen, src->segment, src_info);
-	lookup_segment(gen, dst.segment, &dst_info);
-	*combined_flags = src_info->flags | dst_info.flags;
+	lookup_segment(gen, dst.segment, dst_info);
 	return !a->break_glass &&
-	       (src_info->mode == MODE_ENFORCE || dst_info.mode == MODE_ENFORCE);
+	       (src_info->mode == MODE_ENFORCE || dst_info->mode == MODE_ENFORCE);
+}
+
+/* drop > audit > allow */
+static __always_inline int action_rank(u8 action)
+{
+	return action == ACTION_DROP ? 2 : action == ACTION_AUDIT ? 1 : 0;
 }
 
 /* Identity then policy for one direction: the most specific rule, the
- * segment pair's default, the source segment's default. A would-drop is
- * enforced when either endpoint's segment enforces. */
+ * segment pair's default, then the stricter of the two segments' defaults
+ * (a segment that defaults to drop is closed to what no rule allows, in
+ * both directions). A would-drop is enforced when either endpoint's
+ * segment enforces. */
 static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 				  struct judge_args *a, struct decision *d)
 {
 	struct endpoint_info src;
-	struct segment_info src_info;
-	u8 flags;
-	int enforce = resolve_endpoints(gen, a, d, &src, &flags, &src_info);
+	struct segment_info src_info, dst_info;
+	int enforce = resolve_endpoints(gen, a, d, &src, &src_info, &dst_info);
+	u8 flags = src_info.flags | dst_info.flags;
 
 	if (a->check_spoof && src.ifindex &&
 	    src.ifindex != ctx->ingress_ifindex) {
@@ -219,8 +224,11 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 			     REASON_PAIR_DEFAULT, rule->rule_id);
 		return;
 	}
-	set_decision(d, verdict_of(src_info.default_action, enforce),
-		     REASON_SEGMENT_DEFAULT, src_info.default_rule_id);
+	struct segment_info *strict = &src_info;
+	if (action_rank(dst_info.default_action) > action_rank(src_info.default_action))
+		strict = &dst_info;
+	set_decision(d, verdict_of(strict->default_action, enforce),
+		     REASON_SEGMENT_DEFAULT, strict->default_rule_id);
 }
 
 /* ---- flows ---- */
@@ -324,6 +332,14 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	if (e) {
 		int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 
+		/* A new connection from the responder's side is no reply: judge
+		 * it (a mid-stream entry must not open the other way). */
+		if (dir && pkt->proto == IPPROTO_TCP &&
+		    (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+			fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
+			judge(ctx, gen, &args, d);
+			return;
+		}
 		if (e->gen == gen) {
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
@@ -360,7 +376,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	/* Mid-stream pickup: a TCP segment without SYN belongs to a flow that
 	 * began before we saw it; judge it from the other side too, and keep
 	 * the more permissive answer (pass > audit > drop). */
-	if (pkt->proto == IPPROTO_TCP && !(pkt->tcp_flags & TCP_FLAG_SYN) &&
+	if (pkt->proto == IPPROTO_TCP &&
+	    (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK &&
 	    d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
 		struct decision other = {};
 		u16 reply_port = bpf_ntohs(pkt->sport);
@@ -445,15 +462,16 @@ enum dhcp_direction {
 	DHCP_TO_CLIENT,
 };
 
-static __always_inline int dhcp_direction(__be16 sport_be, __be16 dport_be)
+static __always_inline int dhcp_direction(u8 family, __be16 sport_be,
+					  __be16 dport_be)
 {
 	u16 sport = bpf_ntohs(sport_be), dport = bpf_ntohs(dport_be);
+	u16 client = family == FAMILY_IPV4 ? DHCP_CLIENT_PORT : DHCP6_CLIENT_PORT;
+	u16 server = family == FAMILY_IPV4 ? DHCP_SERVER_PORT : DHCP6_SERVER_PORT;
 
-	if ((sport == DHCP_CLIENT_PORT && dport == DHCP_SERVER_PORT) ||
-	    (sport == DHCP6_CLIENT_PORT && dport == DHCP6_SERVER_PORT))
+	if (sport == client && dport == server)
 		return DHCP_TO_SERVER;
-	if ((sport == DHCP_SERVER_PORT && dport == DHCP_CLIENT_PORT) ||
-	    (sport == DHCP6_SERVER_PORT && dport == DHCP6_CLIENT_PORT))
+	if (sport == server && dport == client)
 		return DHCP_TO_CLIENT;
 	return NOT_DHCP;
 }
@@ -476,7 +494,7 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 	if (!pkt->has_l4)
 		return 0;
 	if (pkt->proto == IPPROTO_UDP) {
-		int direction = dhcp_direction(pkt->sport, pkt->dport);
+		int direction = dhcp_direction(pkt->family, pkt->sport, pkt->dport);
 
 		if (direction == DHCP_TO_SERVER) {
 			d->sample_kind = SAMPLE_DHCP;
@@ -543,11 +561,10 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 
 	struct judge_args args;
 	struct endpoint_info src;
-	struct segment_info src_info;
-	u8 flags;
+	struct segment_info src_info, dst_info;
 
 	fill_judge_args(&args, pkt, s, vlan_for_identity(ctx, pkt), 0, 0);
-	int enforce = resolve_endpoints(gen, &args, d, &src, &flags, &src_info);
+	int enforce = resolve_endpoints(gen, &args, d, &src, &src_info, &dst_info);
 	set_decision(d, enforce ? VERDICT_DROP : VERDICT_AUDIT,
 		     REASON_FRAGMENT_ORPHAN, 0);
 }
@@ -581,7 +598,8 @@ static __always_inline int is_icmp_error(u8 proto, u8 type)
 /* An ICMP error quotes the header of the packet it is about: when that
  * packet's flow is in the table, the error passes with the flow (path-MTU
  * discovery must work). Returns 1 when it found the flow. */
-static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
+static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
+					struct packet *pkt, struct settings *s,
 					u16 vlan, struct decision *d)
 {
 	void *end = (void *)(long)ctx->data_end;
@@ -618,14 +636,22 @@ static __always_inline int related_icmp(struct xdp_md *ctx, struct packet *pkt,
 	} else if (!IS_ICMP_PROTO(inner.proto)) {
 		return 0;
 	}
-	/* an error goes back to the sender of the packet it quotes */
+	/* An error goes back to the sender of the packet it quotes, and comes
+	 * from that packet's destination or from a router: one of the listed
+	 * routers, when routers are listed. */
 	if (inner.src[0] != pkt->dst[0] || inner.src[1] != pkt->dst[1] ||
 	    inner.src[2] != pkt->dst[2] || inner.src[3] != pkt->dst[3])
+		return 0;
+	if ((s->flags & SETTING_ROUTERS_LISTED) &&
+	    (inner.dst[0] != pkt->src[0] || inner.dst[1] != pkt->src[1] ||
+	     inner.dst[2] != pkt->src[2] || inner.dst[3] != pkt->src[3]) &&
+	    !is_rail_host(gen, pkt, RAIL_HOST_ROUTER))
 		return 0;
 	/* DHCP passes on a rail, with no flow entry: its errors are plumbing
 	 * too (a client that already left its socket answers "port
 	 * unreachable" to the server's last reply). */
-	if (inner.proto == IPPROTO_UDP && dhcp_direction(inner.sport, inner.dport)) {
+	if (inner.proto == IPPROTO_UDP &&
+	    dhcp_direction(pkt->family, inner.sport, inner.dport)) {
 		set_decision(d, VERDICT_PASS, REASON_RELATED_ICMP, 0);
 		return 1;
 	}
@@ -652,7 +678,7 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 		return;
 	}
 	if (IS_ICMP_PROTO(pkt->proto) && is_icmp_error(pkt->proto, pkt->icmp_type) &&
-	    related_icmp(ctx, pkt, vlan_for_identity(ctx, pkt), d))
+	    related_icmp(ctx, gen, pkt, s, vlan_for_identity(ctx, pkt), d))
 		return;
 	handle_flow(ctx, gen, pkt, s, now, d);
 }

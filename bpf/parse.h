@@ -123,8 +123,12 @@ static __always_inline int parse_l4(struct packet *pkt, u8 *l4, void *end,
 		pkt->icmp_type = l4[0];
 		if (is_icmp_echo(pkt->proto, pkt->icmp_type)) {
 			pkt->sport = *(__be16 *)(l4 + 4);
-			pkt->dport = pkt->sport;
+		} else {
+			/* other ICMP: the type keys the flow, so an allowed
+			 * type opens no other type */
+			pkt->sport = bpf_htons(pkt->icmp_type);
 		}
+		pkt->dport = pkt->sport;
 		pkt->policy_port = pkt->icmp_type;
 		pkt->has_l4 = 1;
 		return PARSE_IP;

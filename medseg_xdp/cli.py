@@ -65,7 +65,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     ports = args.ports or list(cfg.ports)
     if not ports:
         raise CliError("no ports: list them in bridge.ports or give --ports")
-    loader = Loader(cfg.bridge)
+    loader = Loader(cfg.bridge, sizes=cfg.tables)
     loader.preflight(ports, netns_name=args.netns, replace=args.replace)
     loader.compile()
     ifindex = _ifindexes(ports, args.netns)
@@ -91,7 +91,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
             raise
         print(f"medseg-xdp: {exc}", file=sys.stderr)
     if args.remove_state:
-        Loader(cfg.bridge).remove_pinned_state()
+        Loader(cfg.bridge, sizes=cfg.tables).remove_pinned_state()
         print("pinned state removed")
     return 0
 

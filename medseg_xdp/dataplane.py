@@ -7,8 +7,11 @@ CLI and the tests all see the same maps the attached program uses.
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,37 +102,72 @@ class Dataplane:
         generation is deleted after grace_s, when packets that read it
         before the flip are long done.
         """
-        old = self.active_generation()
-        new = (old + 1) & 0xFFFFFFFF or 1
-        contents = _keep_break_glass(compile_for(new), self.break_glass())
-        for name in GENERATIONAL_MAPS:
-            m = self.maps[name]
-            for key, value in contents.get(name, {}).items():
-                m.update_raw(key, value)
-        for name in IN_PLACE_MAPS:
-            m = self.maps[name]
-            wanted = contents.get(name, {})
-            for key, value in wanted.items():
-                m.update_raw(key, value)
-            for key in list(m.keys()):
-                if abi.to_bytes(key) not in wanted:
-                    m.delete(key)
+        with self._writer():
+            old = self.active_generation()
+            new = (old + 1) & 0xFFFFFFFF or 1
+            contents = _keep_break_glass(compile_for(new), self.break_glass())
+            # Leftovers of a writer that died mid-apply: never let them go live.
+            self.retire_generations(keep=old)
+            try:
+                for name in GENERATIONAL_MAPS:
+                    m = self.maps[name]
+                    for key, value in contents.get(name, {}).items():
+                        m.update_raw(key, value)
+            except BaseException:
+                self.retire_generations(keep=old)
+                raise
+            for name in IN_PLACE_MAPS:
+                m = self.maps[name]
+                wanted = contents.get(name, {})
+                for key, value in wanted.items():
+                    m.update_raw(key, value)
+                for key in list(m.keys()):
+                    if abi.to_bytes(key) not in wanted:
+                        m.delete(key)
+            self._flip(new, grace_s)
+        return new
+
+    def _flip(self, new: int, grace_s: float) -> None:
         self.maps["active_gen"].update(U32(0), U32(new))
         self._sleep(grace_s)
         self.retire_generations(keep=new)
-        return new
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """One writer at a time per bridge (daemon, CLI, break-glass): flock on the pin directory."""
+        fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def break_glass(self) -> bool:
         """Is break-glass on: every segment in monitor mode, nothing dropped by policy?"""
         settings = self.maps["settings"].lookup(U32(0))
         return bool(settings is not None and settings.flags & abi.const("SETTING_BREAK_GLASS"))  # type: ignore[attr-defined]
 
-    def set_break_glass(self, on: bool) -> None:
-        """One write of the settings slot: every packet from the next one on is judged with it."""
-        settings = self.maps["settings"].lookup(U32(0)) or abi.Settings()
-        flag = abi.const("SETTING_BREAK_GLASS")
-        settings.flags = settings.flags | flag if on else settings.flags & ~flag  # type: ignore[attr-defined]
-        self.maps["settings"].update(U32(0), settings)
+    def set_break_glass(self, on: bool, grace_s: float = 0.05) -> None:
+        """Set the flag, then re-stamp the live policy as a new generation.
+
+        Every packet after the flag write is judged with it; the new
+        generation makes every cached flow verdict be judged again too, so
+        flows opened during break-glass do not outlive it.
+        """
+        with self._writer():
+            settings = self.maps["settings"].lookup(U32(0)) or abi.Settings()
+            flag = abi.const("SETTING_BREAK_GLASS")
+            settings.flags = settings.flags | flag if on else settings.flags & ~flag  # type: ignore[attr-defined]
+            self.maps["settings"].update(U32(0), settings)
+            old = self.active_generation()
+            new = (old + 1) & 0xFFFFFFFF or 1
+            for name in GENERATIONAL_MAPS:
+                m = self.maps[name]
+                for key, value in list(m.items()):
+                    if key_generation(key) == old:
+                        key.gen = new  # type: ignore[attr-defined]
+                        m.update(key, value)
+            self._flip(new, grace_s)
 
     def retire_generations(self, keep: int) -> int:
         """Delete every policy entry of another generation than keep."""

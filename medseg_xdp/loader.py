@@ -155,7 +155,9 @@ class Loader:
         old_fd = bpfsys.prog_fd_by_id(current) if current else -1
         _disable_rx_vlan_offload(ifname)
         modes = [("generic", bpfsys.XDP_FLAGS_SKB_MODE)]
-        if not force_generic:
+        if current and bpfsys.xdp_attached_id(ifindex, bpfsys.XDP_FLAGS_SKB_MODE) == current:
+            pass  # replacing a generic attachment: the kernel swaps within the same mode only
+        elif not force_generic:
             if mtu > NATIVE_XDP_MAX_MTU:
                 log.warning("%s: MTU %d is above %d, which native XDP without frags cannot take: generic mode", ifname, mtu, NATIVE_XDP_MAX_MTU)
             else:

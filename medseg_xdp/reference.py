@@ -101,6 +101,7 @@ ICMPV6_ECHO_REPLY = 129
 # medseg_xdp.c
 NSEC_PER_SEC = 1_000_000_000
 TCP_FLAG_SYN = 0x02
+TCP_FLAG_ACK = 0x10
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 DHCP6_CLIENT_PORT = 546
@@ -268,14 +269,20 @@ class Packet:
 NOT_DHCP, DHCP_TO_SERVER, DHCP_TO_CLIENT = 0, 1, 2
 
 
-def dhcp_direction(sport_raw: int, dport_raw: int) -> int:
-    """dhcp_direction(): ports as stored (network order), client->server or server->client."""
+def dhcp_direction(family: int, sport_raw: int, dport_raw: int) -> int:
+    """dhcp_direction(): ports as stored (network order); DHCP for IPv4, DHCPv6 for IPv6."""
     sport, dport = bswap16(sport_raw), bswap16(dport_raw)
-    if (sport, dport) in ((DHCP_CLIENT_PORT, DHCP_SERVER_PORT), (DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT)):
+    client, server = (DHCP_CLIENT_PORT, DHCP_SERVER_PORT) if family == C.FAMILY_IPV4 else (DHCP6_CLIENT_PORT, DHCP6_SERVER_PORT)
+    if (sport, dport) == (client, server):
         return DHCP_TO_SERVER
-    if (sport, dport) in ((DHCP_SERVER_PORT, DHCP_CLIENT_PORT), (DHCP6_SERVER_PORT, DHCP6_CLIENT_PORT)):
+    if (sport, dport) == (server, client):
         return DHCP_TO_CLIENT
     return NOT_DHCP
+
+
+def action_rank(action: int) -> int:
+    """action_rank(): drop > audit > allow."""
+    return 2 if action == C.ACTION_DROP else 1 if action == C.ACTION_AUDIT else 0
 
 
 def beyond(p: int, end: int, limit: int) -> bool:
@@ -317,7 +324,9 @@ def parse_l4(pkt: Packet, frame: bytes, l4: int, dgram_end: int) -> ParseResult:
         pkt.icmp_type = frame[l4]
         if is_icmp_echo(pkt.proto, pkt.icmp_type):
             pkt.sport = raw16(frame, l4 + 4)
-            pkt.dport = pkt.sport
+        else:
+            pkt.sport = bswap16(pkt.icmp_type)  # the type keys other ICMP flows
+        pkt.dport = pkt.sport
         pkt.policy_port = pkt.icmp_type
         pkt.has_l4 = True
         return ParseResult.IP
@@ -607,20 +616,20 @@ class ReferenceDataplane:
 
     def resolve_endpoints(
         self, gen: int, a: JudgeArgs, d: abi.Decision
-    ) -> tuple[bool, abi.EndpointInfo, int, abi.SegmentInfo]:
-        """resolve_endpoints(): both segments into d; (enforce, src, combined flags, src_info)."""
+    ) -> tuple[bool, abi.EndpointInfo, abi.SegmentInfo, abi.SegmentInfo]:
+        """resolve_endpoints(): both segments into d; (enforce, src, src_info, dst_info)."""
         src = self.identify(gen, a.vlan, a.src_mac, a.src_addr, a.family)
         dst = self.identify(gen, a.vlan, a.dst_mac, a.dst_addr, a.family)
         self.set_segments(d, src.segment, dst.segment)
         src_info = self.lookup_segment(gen, src.segment)
         dst_info = self.lookup_segment(gen, dst.segment)
-        combined_flags = src_info.flags | dst_info.flags
         enforce = not a.break_glass and (src_info.mode == C.MODE_ENFORCE or dst_info.mode == C.MODE_ENFORCE)
-        return enforce, src, combined_flags, src_info
+        return enforce, src, src_info, dst_info
 
     def judge(self, ctx: XdpContext, gen: int, a: JudgeArgs, d: abi.Decision) -> None:
         """judge(): spoofing, mgmt rail, the most specific rule, pair default, segment default."""
-        enforce, src, flags, src_info = self.resolve_endpoints(gen, a, d)
+        enforce, src, src_info, dst_info = self.resolve_endpoints(gen, a, d)
+        flags = src_info.flags | dst_info.flags
 
         if a.check_spoof and src.ifindex and src.ifindex != ctx.ingress_ifindex:
             verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
@@ -649,11 +658,12 @@ class ReferenceDataplane:
                 d, self.verdict_of(rule.action, enforce), C.REASON_PAIR_DEFAULT, rule.rule_id
             )
             return
+        strict = dst_info if action_rank(dst_info.default_action) > action_rank(src_info.default_action) else src_info
         self.set_decision(
             d,
-            self.verdict_of(src_info.default_action, enforce),
+            self.verdict_of(strict.default_action, enforce),
             C.REASON_SEGMENT_DEFAULT,
-            src_info.default_rule_id,
+            strict.default_rule_id,
         )
 
     # ---- flows ----
@@ -746,6 +756,10 @@ class ReferenceDataplane:
 
         if e is not None:
             direction = 0 if src_is_lo == e.initiator_is_lo else 1
+            if direction and pkt.proto == IPPROTO_TCP and pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN:
+                # a new connection from the responder's side is no reply: judge it
+                self.judge(ctx, gen, self.fill_judge_args(pkt, s, vlan, False, pkt.policy_port), d)
+                return
             if e.gen == gen:
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
@@ -778,7 +792,7 @@ class ReferenceDataplane:
         # and the more permissive answer is kept (pass > audit > drop).
         if (
             pkt.proto == IPPROTO_TCP
-            and not pkt.tcp_flags & TCP_FLAG_SYN
+            and pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_ACK
             and d.verdict != C.VERDICT_PASS
             and d.reason != C.REASON_SPOOFED
         ):
@@ -835,7 +849,7 @@ class ReferenceDataplane:
         if not pkt.has_l4:
             return False
         if pkt.proto == IPPROTO_UDP:
-            direction = dhcp_direction(pkt.sport, pkt.dport)
+            direction = dhcp_direction(pkt.family, pkt.sport, pkt.dport)
             if direction == DHCP_TO_SERVER:
                 d.sample_kind = C.SAMPLE_DHCP
                 self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
@@ -912,7 +926,7 @@ class ReferenceDataplane:
             return icmp_type in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMP_PARAMETERPROB)
         return ICMPV6_DEST_UNREACH <= icmp_type <= ICMPV6_PARAMPROB
 
-    def related_icmp(self, ctx: XdpContext, pkt: Packet, vlan: int, d: abi.Decision) -> bool:
+    def related_icmp(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, vlan: int, d: abi.Decision) -> bool:
         """related_icmp(): an ICMP error quoting a flow in the table takes its verdict."""
         frame = ctx.data
         end = len(frame)
@@ -946,7 +960,9 @@ class ReferenceDataplane:
             return False
         if inner.src != pkt.dst:
             return False  # an error goes back to the sender of the packet it quotes
-        if inner.proto == IPPROTO_UDP and dhcp_direction(inner.sport, inner.dport):
+        if s.flags & C.SETTING_ROUTERS_LISTED and inner.dst != pkt.src and not self.is_rail_host(gen, pkt, C.RAIL_HOST_ROUTER):
+            return False  # ... and comes from its destination, or from a listed router
+        if inner.proto == IPPROTO_UDP and dhcp_direction(pkt.family, inner.sport, inner.dport):
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RELATED_ICMP, 0)
             return True  # DHCP passes on a rail without a flow entry: its errors are plumbing too
         inner.family = pkt.family
@@ -977,7 +993,7 @@ class ReferenceDataplane:
         if (
             is_icmp_proto(pkt.proto)
             and self.is_icmp_error(pkt.proto, pkt.icmp_type)
-            and self.related_icmp(ctx, pkt, self.vlan_for_identity(ctx, pkt), d)
+            and self.related_icmp(ctx, gen, pkt, s, self.vlan_for_identity(ctx, pkt), d)
         ):
             return
         self.handle_flow(ctx, gen, pkt, s, now, d)

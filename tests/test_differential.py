@@ -111,8 +111,9 @@ def test_kernel_and_reference_agree(on_cpu0: None) -> None:
                 _compare_state(tracer, ref, list(tracer.rule_names), f"before packet {number} (seed {seed})")
                 policy_index ^= 1
                 break_glass = number // flip_every % 4 == 3  # one stretch in four runs under break-glass
-                gen = tracer.load_config(policies[policy_index])
-                tracer.dataplane.set_break_glass(break_glass)  # type: ignore[union-attr]
+                tracer.load_config(policies[policy_index])
+                tracer.dataplane.set_break_glass(break_glass)  # type: ignore[union-attr]  # re-stamps: one more generation
+                gen = tracer.dataplane.active_generation()  # type: ignore[union-attr]
                 ref.load(_reference_contents(policies[policy_index], gen, tracer.ifindex, break_glass))
             frame = generator.frame()
             ingress = choose.choice(ports)

@@ -119,7 +119,7 @@ CASES = [
     Case(
         "DHCP offer from an unlisted server meets policy",
         [(b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.0.0.66", dst="10.0.1.5") / UDP(sport=67, dport=68) / Raw(bytes(240))), "portB")],
-        "pass", "segment_default", "default:unassigned", "unassigned", "modalities", sample="dhcp",
+        "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="dhcp",
     ),
     Case(
         "neighbour solicitation, hop limit 255",
@@ -149,7 +149,7 @@ CASES = [
     Case(
         "VLAN prefix on another VLAN is unassigned",
         [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=31) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=7, dport=80, flags="S")), "portB")],
-        "pass", "segment_default", "default:unassigned", "unassigned", "pacs",
+        "drop", "segment_default", "default:pacs", "unassigned", "pacs",
     ),
     Case(
         "QinQ: the outer tag is the VLAN",
@@ -246,6 +246,36 @@ CASES = [
             (b(Ether(src=ROUTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.77") / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40012, dport=104, flags="S")), "portB"),
         ],
         "drop", "segment_default", "default:pacs",
+    ),
+    Case(
+        "a SYN from the responder's side of a mid-stream entry is judged, not a reply",
+        [
+            (b(to_modality() / TCP(sport=104, dport=40020, flags="A")), "portB"),  # picks up modality:40020 -> pacs:104
+            (b(to_modality() / TCP(sport=104, dport=40020, flags="S")), "portB"),  # pacs opens towards the modality
+        ],
+        "drop", "segment_default", "default:pacs", "pacs", "modalities",
+    ),
+    Case("a bare SYN-less, ACK-less segment is not picked up mid-stream", [(b(to_modality() / TCP(sport=104, dport=40021, flags="R")), "portB")], "drop", "segment_default", "default:pacs"),
+    Case(
+        "an allowed ICMP type opens no other type",
+        [
+            (b(modality() / ICMP(type=8, id=9)), "portA"),
+            (b(to_modality() / ICMP(type=13, id=9)), "portB"),
+        ],
+        "drop", "segment_default", "default:pacs",
+    ),
+    Case(
+        "an ICMP error from a host that is no router nor the quoted destination is not related",
+        [
+            (b(dicom_syn(40013)), "portA"),
+            (b(Ether(src=ROUTER, dst=MODALITY) / IP(src="10.0.2.7", dst="10.0.1.5") / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40013, dport=104, flags="S")), "portB"),
+        ],
+        "drop", "segment_default", "default:pacs",
+    ),
+    Case(
+        "DHCPv4 ports over IPv6 are no rail",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / UDP(sport=68, dport=67)), "portA")],
+        "pass", "rule", "udp-any",
     ),
     Case(
         "broadcast destination is a pseudo-segment",
@@ -387,3 +417,30 @@ def test_generation_flip_never_mixes_policies() -> None:
         stats = _stats(t)
     assert flips >= 20
     assert {k: v.packets for k, v in stats.items()} == {(abi.Verdict["pass"], abi.Reason.rule): count}
+
+
+def test_break_glass_passes_everything_and_its_end_re_enforces_open_flows() -> None:
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        assert t.dataplane is not None
+        ssh = b(modality() / TCP(sport=42000, dport=22, flags="S"))
+        assert t.trace(ssh, "portA").verdict == "drop"
+        t.dataplane.set_break_glass(True)
+        result = t.trace(ssh, "portA")
+        assert (result.verdict, result.reason) == ("audit", "segment_default")  # counted as a would-drop
+        assert t.trace(b(modality() / TCP(sport=42000, dport=22, flags="A")), "portA").reason == "established"
+        t.dataplane.set_break_glass(False)
+        after = t.trace(b(modality() / TCP(sport=42000, dport=22, flags="A")), "portA")
+        assert (after.verdict, after.flags) == ("drop", ("revalidated",))
+
+
+def test_an_apply_never_lets_a_dead_writers_leftovers_go_live() -> None:
+    """A writer killed mid-apply left entries of the next generation: the next apply removes them first."""
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        assert t.dataplane is not None
+        live = t.dataplane.active_generation()
+        leftover = abi.RuleKey(prefixlen=96, gen=live + 1, src_segment=1, dst_segment=2, proto=6, port_be=int.from_bytes((22).to_bytes(2, "big"), "little"))
+        t.dataplane.maps["rules"].update(leftover, abi.RuleVerdict(rule_id=99, action=abi.Action.allow))
+        t.load_config(config.load(FIXTURE_CONFIG))
+        assert t.trace(b(modality() / TCP(sport=42001, dport=22, flags="S")), "portA").verdict == "drop"
+        assert all(k.gen == live + 1 for k in t.dataplane.maps["rules"].keys())
+        assert not any(k.port_be == leftover.port_be and k.prefixlen == 96 for k in t.dataplane.maps["rules"].keys())

@@ -325,9 +325,10 @@ def test_rule_actions_and_missing_segments() -> None:
     assert verdict(out) == (AUDIT_, C.REASON_RULE, 3)  # an audit rule audits when enforced
     out = send(dp, ip4(CLIENT, SERVER) / TCP(dport=81, flags="S"), CLIENT.port)
     assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 0)
-    # SERVERS has no entry: it monitors and allows with rule 0, its default as a source
+    # SERVERS has no entry: it monitors and allows with rule 0; CLINICAL defaults to drop,
+    # and the stricter of the two defaults holds: CLINICAL is closed inbound too
     out = send(dp, ip4(SERVER, CLIENT) / TCP(dport=80, flags="S"), SERVER.port)
-    assert verdict(out) == (PASS_, C.REASON_SEGMENT_DEFAULT, 0)
+    assert verdict(out)[:2] == (DROP_, C.REASON_SEGMENT_DEFAULT)
 
 
 def test_rule_specificity() -> None:
@@ -552,7 +553,7 @@ def test_dhcp_rails() -> None:
 
     assert verdict(send(dp, offer(SERVER), 2)) == (PASS_, C.REASON_RAIL_DHCP, 0)
     rogue = send(dp, offer(ROUTER), 3)  # falls through to policy, still a DHCP sample
-    assert verdict(rogue) == (PASS_, C.REASON_SEGMENT_DEFAULT, 0)
+    assert verdict(rogue)[:2] == (DROP_, C.REASON_SEGMENT_DEFAULT)  # the client's segment drops by default
     assert rogue.decision.sample_kind == C.SAMPLE_DHCP
     rogue_enforced = send(dp, offer(CLIENT), 1)  # CLINICAL to CLINICAL: default drop
     assert verdict(rogue_enforced) == (DROP_, C.REASON_SEGMENT_DEFAULT, 91)
