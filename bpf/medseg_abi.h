@@ -125,6 +125,8 @@ struct settings {
 	u32 events_burst;          /* token bucket depth */
 	u32 flags;                 /* SETTING_* */
 	u32 snaplen;               /* bytes copied per sample, <= SAMPLE_SNAPLEN */
+	u32 tcp_idle_timeout_s;    /* a TCP flow idle this long is judged anew; 0 = never */
+	u32 idle_timeout_s;        /* the same for UDP, ICMP and the rest */
 };
 
 /* ---- identity ---- */

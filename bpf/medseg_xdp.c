@@ -329,6 +329,14 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	int src_is_lo = make_flow_key(pkt, vlan, &key);
 	struct flow_entry *e = flows.lookup(&key);
 
+	/* An idle flow is forgotten: an address handed to another device must
+	 * not inherit its flows (TCP comes back through mid-stream pickup). */
+	u32 idle_s = pkt->proto == IPPROTO_TCP ? s->tcp_idle_timeout_s :
+						 s->idle_timeout_s;
+	if (e && idle_s && now - e->last_seen_ns > (u64)idle_s * ONE_SECOND_NS) {
+		flows.delete(&key);
+		e = NULL;
+	}
 	if (e) {
 		int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 

@@ -283,5 +283,7 @@ def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapCon
         events_burst=s.events_burst,
         flags=flags,
         snaplen=s.snaplen,
+        tcp_idle_timeout_s=s.tcp_idle_timeout,
+        idle_timeout_s=s.idle_timeout,
     )
     _put(contents, "settings", ctypes.c_uint32(0), settings)

@@ -754,6 +754,10 @@ class ReferenceDataplane:
         key_bytes = bytes(key)
         e = self.flows.get(key_bytes)
 
+        idle_s = s.tcp_idle_timeout_s if pkt.proto == IPPROTO_TCP else s.idle_timeout_s
+        if e is not None and idle_s and now - e.last_seen_ns > idle_s * NSEC_PER_SEC:
+            del self.flows[key_bytes]  # idle: judged anew
+            e = None
         if e is not None:
             direction = 0 if src_is_lo == e.initiator_is_lo else 1
             if direction and pkt.proto == IPPROTO_TCP and pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN:

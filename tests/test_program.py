@@ -444,3 +444,18 @@ def test_an_apply_never_lets_a_dead_writers_leftovers_go_live() -> None:
         assert t.trace(b(modality() / TCP(sport=42001, dport=22, flags="S")), "portA").verdict == "drop"
         assert all(k.gen == live + 1 for k in t.dataplane.maps["rules"].keys())
         assert not any(k.port_be == leftover.port_be and k.prefixlen == 96 for k in t.dataplane.maps["rules"].keys())
+
+
+def test_an_idle_flow_is_judged_anew_by_the_kernel() -> None:
+    """The real clock: a 1 s idle timeout, a 2.5 s pause, and the flow's reply is judged as new."""
+    import time
+
+    text = FIXTURE_CONFIG.read_text().replace("[settings]\n", "[settings]\nidle_timeout = 1\n")
+    with Tracer(config.parse(text, "short idle timeout")) as t:
+        request = b(modality() / UDP(sport=43000, dport=5000))
+        reply = b(to_modality() / UDP(sport=5000, dport=43000))
+        assert t.trace(request, "portA").reason == "rule"
+        assert t.trace(reply, "portB").reason == "reply"
+        time.sleep(2.5)
+        after = t.trace(reply, "portB")
+        assert (after.verdict, after.reason) == ("drop", "segment_default")  # the pacs may not open towards modalities

@@ -97,6 +97,7 @@ class Policy:
         burst: int = 0,
         flags: int = 0,
         snaplen: int = 0,
+        idle_timeout_s: int = 0,
     ) -> Policy:
         value = abi.Settings(
             sample_first_packets=first,
@@ -105,6 +106,7 @@ class Policy:
             events_burst=burst,
             flags=flags,
             snaplen=snaplen,
+            idle_timeout_s=idle_timeout_s,
         )
         self.maps["settings"][ZERO_KEY] = bytes(value)
         return self
@@ -881,3 +883,15 @@ def test_load_keeps_state() -> None:
     assert len(dp.flows) == 1
     assert dp.last_decision.seq == 1
     assert sum(counter.packets for counter in dp.stats.values()) == 1
+
+
+def test_an_idle_flow_is_judged_anew() -> None:
+    """An address handed to another device must not inherit the old device's flows."""
+    policy = clinic().rule(CLINICAL, SERVERS, socket.IPPROTO_UDP, 123, ALLOW, 1).settings(idle_timeout_s=300)
+    dp = ReferenceDataplane(policy.maps)
+    ntp = ip4(CLIENT, SERVER) / UDP(sport=123, dport=123)
+    reply = ip4(SERVER, CLIENT) / UDP(sport=123, dport=123)
+    assert verdict(send(dp, ntp, CLIENT.port, now=10 * 10**9))[:2] == (PASS_, C.REASON_RULE)
+    assert verdict(send(dp, reply, SERVER.port, now=20 * 10**9))[:2] == (PASS_, C.REASON_REPLY)
+    # 301 s later the reply is a new flow from the server's side: judged, and the server may not open to clients
+    assert verdict(send(dp, reply, SERVER.port, now=321 * 10**9))[1] == C.REASON_SEGMENT_DEFAULT
