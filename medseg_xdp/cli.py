@@ -321,6 +321,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from medseg_xdp.doctor import Status, run_checks
+
+    cfg = config_mod.load(args.config)
+    checks = run_checks(cfg, netns=args.netns)
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if c.status is Status.FAIL]
+    warned = [c for c in checks if c.status is Status.WARN]
+    print(f"{len(checks)} checks: {len(failed)} failed, {len(warned)} warnings")
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg_xdp.demo import run_demo
 
@@ -425,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true")
     audit.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     audit.set_defaults(func=cmd_audit)
+
+    doctor = sub.add_parser("doctor", help="can this host enforce, and does it, as configured? (exit 1 on a failure)")
+    doctor.add_argument("-c", "--config", type=Path, required=True)
+    doctor.add_argument("--netns", help="network namespace the bridge ports live in")
+    doctor.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true", help="leave the ward up for exploring; Ctrl-C cleans up")
