@@ -6,8 +6,11 @@ replacing it. Every error names the file, the line where it can, and the path of
 value, e.g. ``policy.toml:41: rules[3].to: unknown segment 'pacs'``.
 
 Membership precedence, most specific first: a pin, a segment's `macs`, its
-`classes` (through the inventory), its `prefixes` (VLAN-specific before
-any-VLAN), its `vlans`, then `unassigned`.
+`classes` (through the inventory); for hosts known by address: prefixes on
+the frame's VLAN (longest first), then whole VLANs (`vlans`), then prefixes
+valid on any VLAN (longest first); else `unassigned`. A whole VLAN beats an
+any-VLAN prefix on purpose: a host on a device VLAN stays in that VLAN's
+segment whatever address it claims.
 
     [bridge]
     name = "br0"
@@ -21,6 +24,8 @@ any-VLAN), its `vlans`, then `unassigned`.
     events_burst = 200
     snaplen = 512
     unknown_ethertype = "pass"        # or "drop"
+    tcp_idle_timeout = 7200           # seconds a flow may idle before it is judged anew (0: never);
+    idle_timeout = 300                # an address handed to another device inherits no flows
 
     [rails]
     dhcp_servers = ["10.0.0.1"]       # when set, other servers' replies meet policy
@@ -52,6 +57,8 @@ any-VLAN), its `vlans`, then `unassigned`.
     state_dir = "/var/lib/medseg-xdp"
     on_stop = "detach"                # or "keep": leave enforcement running on SIGTERM
     learning_days = 14
+    metrics = "127.0.0.1:9479"        # Prometheus endpoint, read at start; another address must be
+                                      # set explicitly ("0.0.0.0:9479", "[::1]:9479"); "" turns it off
 
     [[rules]]
     id = "pumps-to-server"            # stable name: counters and metrics follow it across edits
@@ -133,6 +140,14 @@ class DaemonSettings:
     state_dir: Path = Path("/var/lib/medseg-xdp")
     on_stop: str = "detach"  # or "keep"
     learning_days: int = 14
+    metrics: str = "127.0.0.1:9479"  # host:port of the Prometheus endpoint; "" turns it off
+
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """(address, port) the metrics endpoint binds, or None when it is off."""
+        if not self.metrics:
+            return None
+        host, _, port = self.metrics.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,8 @@ class Settings:
     events_burst: int = 200
     snaplen: int = abi.const("SAMPLE_SNAPLEN")
     drop_unknown_ethertype: bool = False
+    tcp_idle_timeout: int = 7200  # seconds; TCP resumes through mid-stream pickup
+    idle_timeout: int = 300
 
 
 @dataclass(frozen=True)
@@ -356,13 +373,30 @@ def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
 
 
 def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
-    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days"}, "daemon")
+    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days", "metrics"}, "daemon")
     defaults = DaemonSettings()
     return DaemonSettings(
         state_dir=Path(r.get(data, "state_dir", "daemon.state_dir", str, str(defaults.state_dir))),
         on_stop=r.choice(data, "on_stop", "daemon.on_stop", {"detach": "detach", "keep": "keep"}, defaults.on_stop),
         learning_days=r.integer(data, "learning_days", "daemon.learning_days", defaults.learning_days, 1, 365),
+        metrics=_listen_address(r, r.get(data, "metrics", "daemon.metrics", str, defaults.metrics), "daemon.metrics"),
     )
+
+
+def _listen_address(r: _Reader, text: str, path: str) -> str:
+    """An IP address and a port ("127.0.0.1:9479", "[::1]:9479"), or "" for off."""
+    if not text:
+        return ""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", text)
+    try:
+        if match is None:
+            raise ValueError
+        address = ipaddress.ip_address(match.group(1) or match.group(3))
+        if (address.version == 6) != bool(match.group(1)) or not 1 <= int(match.group(2) or match.group(4)) <= 65535:
+            raise ValueError
+    except ValueError:
+        raise r.fail(path, f'{text!r} is not address:port (e.g. "127.0.0.1:9479" or "[::1]:9479"), or "" for off') from None
+    return text
 
 
 def _mac(r: _Reader, value: Any, path: str) -> str:
@@ -387,7 +421,7 @@ def _address(r: _Reader, text: str, path: str) -> ipaddress.IPv4Address | ipaddr
 
 
 def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
-    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "snaplen", "unknown_ethertype"}, "settings")
+    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}, "settings")
     defaults = Settings()
     u32 = 2**32 - 1
     return Settings(
@@ -397,6 +431,8 @@ def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
         events_burst=r.integer(data, "events_burst", "settings.events_burst", defaults.events_burst, 0, u32),
         snaplen=r.integer(data, "snaplen", "settings.snaplen", defaults.snaplen, 1, abi.const("SAMPLE_SNAPLEN")),
         drop_unknown_ethertype=r.choice(data, "unknown_ethertype", "settings.unknown_ethertype", {"pass": False, "drop": True}, False),
+        tcp_idle_timeout=r.integer(data, "tcp_idle_timeout", "settings.tcp_idle_timeout", defaults.tcp_idle_timeout, 0, u32),
+        idle_timeout=r.integer(data, "idle_timeout", "settings.idle_timeout", defaults.idle_timeout, 0, u32),
     )
 
 
@@ -406,6 +442,7 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
     owner_of_mac: dict[str, str] = {}
     owner_of_class: dict[str, str] = {}
     owner_of_vlan: dict[int, str] = {}
+    owner_of_prefix: dict[tuple[int, Any], str] = {}
     catalog = load_catalog()
     next_id = 1
     for name, body in data.items():
@@ -435,11 +472,16 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             owner_of_mac[mac] = name
             macs.append(mac)
         prefixes = []
+        vlan = r.integer(body, "vlan", f"{path}.vlan", 0, 0, 4094)
         for index, text in enumerate(_strings(r, body, "prefixes", f"{path}.prefixes")):
             try:
-                prefixes.append(ipaddress.ip_network(text, strict=True))
+                prefix = ipaddress.ip_network(text, strict=True)
             except ValueError as exc:
                 raise r.fail(f"{path}.prefixes[{index}]", str(exc)) from None
+            if (vlan, prefix) in owner_of_prefix:
+                raise r.fail(f"{path}.prefixes[{index}]", f"{prefix} (VLAN {vlan or 'any'}) is already in segment {owner_of_prefix[(vlan, prefix)]!r}")
+            owner_of_prefix[(vlan, prefix)] = name
+            prefixes.append(prefix)
         port = r.get(body, "port", f"{path}.port", str, None)
         if port is not None and port not in ports:
             raise r.fail(f"{path}.port", f"{port!r} is not in bridge.ports")
@@ -471,7 +513,7 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             management=r.get(body, "management", f"{path}.management", bool, False),
             macs=tuple(macs),
             prefixes=tuple(prefixes),
-            vlan=r.integer(body, "vlan", f"{path}.vlan", 0, 0, 4094),
+            vlan=vlan,
             port=port,
             classes=tuple(classes),
             vlans=tuple(vlans),

@@ -7,13 +7,17 @@ their segments live as they are classified, and answers the CLI on the
 control socket. SIGHUP reloads the config (an invalid one changes nothing),
 SIGTERM detaches, or leaves enforcement running when daemon.on_stop = "keep".
 A kill -9 leaves the program attached and its maps pinned: the network stays
-enforced, and the next start resumes.
+enforced, and the next start resumes. Prometheus metrics are served on
+`[daemon] metrics` (medseg_xdp.metrics), and under systemd (Type=notify) the
+daemon reports ready once the ports are enforced.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.inventory import InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, detach, in_netns
+from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
 from medseg_xdp.policy_image import RuleIds, compile_policy
 from medseg_xdp.samples import Sample, SampleReader
@@ -56,6 +61,15 @@ class ApplyRecord:
 
 def control_socket(state_dir: Path) -> Path:
     return state_dir / "control.sock"
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) our state; nothing without $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), "\0" + address[1:] if address.startswith("@") else address)
 
 
 class Daemon:
@@ -93,6 +107,7 @@ class Daemon:
         self._apply_due: float | None = None
         self._dirty = False
         self._last_save = clock()
+        self.metrics = Metrics(self)  # the endpoint starts in start(); applies are timed from the first
 
     # ---- life cycle ----
 
@@ -109,9 +124,16 @@ class Daemon:
         self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
         self.reader = SampleReader(self.loader.bpf, self._on_sample)
         self.control = ControlServer(control_socket(self.state_dir), self.handle)
+        listen = self.config.daemon.metrics_listen()
+        if listen is not None:
+            try:
+                self.metrics.serve(*listen)
+            except OSError as exc:  # enforcement matters more than its metrics: go on, loudly
+                log.error("metrics endpoint %s not started: %s", self.config.daemon.metrics, exc)
         for attachment in self.attachments:
             log.info("%s: %s XDP (program %d)", attachment.ifname, attachment.mode, attachment.prog_id)
         log.info("%s bridge %s, policy generation %d", "resumed" if resumed else "started", self.config.bridge, self.dataplane.active_generation())
+        sd_notify("READY=1")  # systemd (Type=notify): the ports are enforced now
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, self._on_signal)
@@ -151,6 +173,7 @@ class Daemon:
             self.save()
 
     def stop(self) -> None:
+        self.metrics.close()
         self.save()
         if self.control is not None:
             self.control.close()
@@ -219,7 +242,9 @@ class Daemon:
         generation = self.dataplane.apply(self.compile_for(cfg, ifindex))
         self.config, self.ifindex = cfg, ifindex
         self._update_device_segments()
-        self.last_apply = ApplyRecord(generation, self.clock(), (time.perf_counter() - started) * 1000, reason, len(self.inventory.devices))
+        elapsed = time.perf_counter() - started
+        self.metrics.apply_duration.observe(elapsed)
+        self.last_apply = ApplyRecord(generation, self.clock(), elapsed * 1000, reason, len(self.inventory.devices))
         self._dirty = True
         log.info("policy generation %d applied (%s) in %.1f ms", generation, reason, self.last_apply.duration_ms)
         return self.last_apply
@@ -239,6 +264,8 @@ class Daemon:
             candidate = config_mod.load(path)
             if candidate.bridge != self.config.bridge or candidate.tables != self.config.tables or candidate.ports != self.config.ports:
                 raise ConfigError(f"{path}: bridge name, ports and table sizes change only with a restart")
+            if candidate.daemon.metrics != self.config.daemon.metrics:
+                log.warning("daemon.metrics changes only with a restart: the endpoint stays on %r", self.config.daemon.metrics)
             record = self.apply(f"reload of {path}", candidate, self._port_indexes(candidate))
         except (ConfigError, OSError) as exc:
             log.error("reload refused, the running policy stays: %s", exc)
@@ -247,8 +274,11 @@ class Daemon:
         return record
 
     def _on_sample(self, sample: Sample) -> None:
+        known = self.inventory.discovered
         changes = self.xray.ingest(sample.data, self.clock())
         self._dirty = True
+        if self.inventory.discovered != known:
+            self._update_device_segments()  # a new device: its MAC or a pin may place it already
         if changes and any(segment.classes for segment in self.config.segments.values()):
             self._apply_due = self._apply_due or self.clock() + APPLY_DEBOUNCE_S
 

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,11 +113,16 @@ class Inventory:
         self.clock = clock
         self.devices: dict[str, Device] = {}
         self.changes: list[ClassChange] = []
+        # Monotonic, for the metrics (changes keeps only the last MAX_CHANGES): devices first seen
+        # by this process, and class changes by (old class, new class).
+        self.discovered = 0
+        self.change_counts: Counter[tuple[str, str]] = Counter()
 
     def device(self, mac: str, now: float) -> Device:
         found = self.devices.get(mac)
         if found is None:
             found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
+            self.discovered += 1
         found.last_seen = max(found.last_seen, now)
         return found
 
@@ -175,6 +181,7 @@ class Inventory:
             return None
         change = ClassChange(now, device.mac, old, decision.device_class, decision.confidence, decision.evidence)
         self.changes = [*self.changes[-(MAX_CHANGES - 1) :], change]
+        self.change_counts[old, decision.device_class] += 1
         log.info("device %s: class %s -> %s (confidence %.2f; %s)", device.mac, old, decision.device_class, decision.confidence, "; ".join(f"{e.signal}={e.value}" for e in decision.evidence))
         return change
 
@@ -188,6 +195,7 @@ class Inventory:
             device.device_class, device.pinned_class, device.confidence = device_class, True, 1.0
             if old != device_class:
                 self.changes.append(ClassChange(self.clock(), mac, old, device_class, 1.0, ()))
+                self.change_counts[old, device_class] += 1
         if segment is not None:
             device.segment, device.pinned_segment = segment, True
         return device

@@ -44,7 +44,7 @@ default = "drop"
 
 [segments.pacs]
 macs = ["{server_mac}"]
-mode = "enforce"
+mode = "monitor"  # closed by default (drop) but audited: monitor before enforce
 default = "drop"
 
 [[rules]]
@@ -138,7 +138,7 @@ def store_image(daemon: Running) -> bool:
 def test_a_device_is_classified_and_lands_in_its_segment_live(running: Running) -> None:
     status = running.ask("status")
     assert status["generation"] >= 1 and {a["mode"] for a in status["attachments"]} == {"native"}  # type: ignore[index]
-    # unknown so far: the client is unassigned (monitor, allow), its ssh passes
+    # unknown so far: the client is unassigned and the pacs monitors: its ssh passes, audited
     assert ssh_attempt(running)
     assert store_image(running)
 
