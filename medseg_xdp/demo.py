@@ -21,6 +21,7 @@ from medseg_xdp.baseline import Baseline
 from medseg_xdp.classify import LIFE_CRITICAL, load_catalog
 from medseg_xdp.config import Config
 from medseg_xdp.dataplane import CounterValue
+from medseg_xdp.metrics import Metrics
 from medseg_xdp.propose import propose
 from medseg_xdp.samples import Sample, SampleReader
 from medseg_xdp.session import ProgramOnBridge
@@ -37,6 +38,7 @@ sample_first_packets = 8
 sample_one_in_n = 1000
 """
 LEARNING_ROUNDS = 2
+METRICS_PORT = 9479
 Stats = dict[tuple[abi.Verdict, abi.Reason], CounterValue]
 
 
@@ -61,19 +63,31 @@ class Demo:
             modes = {a.mode for a in program.attachments}
             self.say(f"XDP program on {len(program.attachments)} bridge ports ({', '.join(sorted(modes))}), no policy yet: it only looks")
             reader = SampleReader(program.loader.bpf, self._ingest)
-            self.discover(ward, reader)
-            self.learn()
-            proposed_text, proposed = self.propose()
-            self.simulate(proposed)
-            self.enforce(ward, program, reader, proposed)
-            self.report["seconds"] = round(time.monotonic() - self.started, 1)
-            if keep_running:
-                self.say(f"\nthe ward stays up; namespaces: {', '.join(ward.topology.namespace_names.values())}. Ctrl-C cleans up.")
-                try:
-                    while True:
-                        reader.poll(1000)
-                except KeyboardInterrupt:
-                    pass
+            metrics = Metrics(_MetricsView(program, self.xray))  # type: ignore[arg-type]
+            try:
+                port = metrics.serve("127.0.0.1", METRICS_PORT)
+            except OSError:
+                port = metrics.serve("127.0.0.1", 0)  # the usual port is taken (a daemon runs): any free one
+            self.say(f"Prometheus metrics: http://127.0.0.1:{port}/metrics")
+            self.report["metrics_port"] = port
+            try:
+                self.discover(ward, reader)
+                self.learn()
+                _, proposed = self.propose()
+                self.simulate(proposed)
+                self.enforce(ward, program, reader, proposed)
+                self.report["metrics_dropped_packets"] = _scraped_drops(port)
+                self.say(f"   the metrics endpoint agrees: medseg_packets_total{{verdict=\"drop\"}} = {self.report['metrics_dropped_packets']:.0f}")
+                self.report["seconds"] = round(time.monotonic() - self.started, 1)
+                if keep_running:
+                    self.say(f"\nthe ward stays up; namespaces: {', '.join(ward.topology.namespace_names.values())}. Ctrl-C cleans up.")
+                    try:
+                        while True:
+                            reader.poll(1000)
+                    except KeyboardInterrupt:
+                        pass
+            finally:
+                metrics.close()
         self.say(f"\ncleaned up: namespaces, servers, XDP programs and pinned maps removed ({self.report['seconds']} s)")
         return self.report
 
@@ -198,6 +212,19 @@ class Demo:
         }
 
 
+class _MetricsView:
+    """What the metrics collector reads of a daemon, from the demo's own pieces."""
+
+    def __init__(self, program: ProgramOnBridge, xray: Xray) -> None:
+        self._program = program
+        self.xray = xray
+        self.inventory = xray.inventory
+        self.last_apply = None
+
+    def __getattr__(self, name: str) -> Any:  # attachments, config, dataplane, loader, rule_names
+        return getattr(self._program, name)
+
+
 @dataclasses.dataclass
 class _Unknown:
     device_class: str = "unknown"
@@ -205,6 +232,19 @@ class _Unknown:
 
 def _proto(number: int) -> str:
     return {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(number, str(number))
+
+
+def _scraped_drops(port: int) -> float:
+    """Packets dropped, as Prometheus would read them from the endpoint."""
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("medseg_packets_total{") and 'verdict="drop"' in line
+    )
 
 
 def _enforce_where_safe(proposed: Config) -> Config:

@@ -209,9 +209,12 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._thread: Thread | None = None
 
-    def serve(self, address: str, port: int) -> None:
+    def serve(self, address: str, port: int) -> int:
+        """Start the endpoint; returns the port it listens on (port 0: any free one)."""
         self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
+        port = self._server.server_port
         log.info("metrics on http://%s/metrics", f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+        return port
 
     def close(self) -> None:
         if self._server is not None:

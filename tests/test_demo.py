@@ -36,4 +36,5 @@ def test_demo_from_xray_to_enforcement(tmp_path: Path) -> None:
     assert enforcement["attack_packets_dropped"] > 1000
     assert enforcement["attack_open_ports"] == {"pacs": [], "hl7-engine": []}
     assert not enforcement["attack_dicom_answered"] and not enforcement["attack_hl7_answered"]
+    assert report["metrics_dropped_packets"] >= enforcement["attack_packets_dropped"]  # the endpoint served the kernel's counters
     assert "cleaned up" in result.stdout and report["seconds"] < 180
