@@ -194,7 +194,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    device = _daemon_request(args, "pin", mac=args.mac.lower(), **{"class": args.device_class, "segment": args.segment})
+    device = _daemon_request(args, "pin", mac=args.mac.lower(), reason=args.reason, **{"class": args.device_class, "segment": args.segment})
     print(json.dumps(device, indent=2))
     return 0
 
@@ -265,10 +265,30 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    """'90', '90s', '5m', '1h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 5m, 1h") from None
+
+
 def cmd_policy_apply(args: argparse.Namespace) -> int:
     print(f"applying {args.file or 'the daemon config'} ...", flush=True)
-    record = _daemon_request(args, "policy_apply", path=str(args.file.resolve()) if args.file else None)
+    record = _daemon_request(
+        args, "policy_apply", path=str(args.file.resolve()) if args.file else None, confirm_within=args.confirm_within, reason=args.reason
+    )
     print(f"policy generation {record['generation']} in force; applied in {record['duration_ms']:.1f} ms for {record['devices']} devices")  # type: ignore[index]
+    if args.confirm_within:
+        print(f"it reverts in {args.confirm_within:g} s unless confirmed: medseg-xdp policy confirm")
+    return 0
+
+
+def cmd_policy_confirm(args: argparse.Namespace) -> int:
+    _daemon_request(args, "policy_confirm", reason=args.reason)
+    print("confirmed: the policy stays")
     return 0
 
 
@@ -400,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--class", dest="device_class")
     pin.add_argument("--segment")
     pin.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    pin.add_argument("--reason", default="", help="why: goes into the audit log")
     pin.set_defaults(func=cmd_pin)
 
     policy = sub.add_parser("policy", help="check, diff and apply policy")
@@ -425,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("file", type=Path, nargs="?")
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
         p.set_defaults(func=func)
+        if name == "apply":
+            p.add_argument("--confirm-within", type=_duration, help="revert automatically unless `policy confirm` comes within this time (e.g. 5m)")
+            p.add_argument("--reason", default="", help="why: goes into the audit log")
+    confirm = policy_sub.add_parser("confirm", help="keep the policy applied with --confirm-within")
+    confirm.add_argument("--reason", default="")
+    confirm.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    confirm.set_defaults(func=cmd_policy_confirm)
 
     glass = sub.add_parser("break-glass", help="every segment to monitor mode at once (and back), on the pinned maps")
     glass.add_argument("state", choices=("on", "off"))

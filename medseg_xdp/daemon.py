@@ -29,6 +29,7 @@ from pyroute2 import IPRoute
 
 from medseg_xdp import abi
 from medseg_xdp import config as config_mod
+from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
@@ -57,6 +58,17 @@ class ApplyRecord:
     duration_ms: float
     reason: str
     devices: int
+
+
+@dataclass
+class PendingConfirmation:
+    """An apply that reverts at deadline unless `medseg-xdp policy confirm` comes first."""
+
+    deadline: float
+    generation: int
+    previous: Config
+    previous_path: Path
+    uid: int
 
 
 def control_socket(state_dir: Path) -> Path:
@@ -107,6 +119,8 @@ class Daemon:
         self._apply_due: float | None = None
         self._dirty = False
         self._last_save = clock()
+        self.audit = AuditLog(self.state_dir)
+        self.pending: PendingConfirmation | None = None
         self.metrics = Metrics(self)  # the endpoint starts in start(); applies are timed from the first
 
     # ---- life cycle ----
@@ -169,6 +183,8 @@ class Daemon:
                 self.apply("devices classified")
             except (ConfigError, OSError) as exc:
                 log.error("devices were classified, but their segments could not be applied (the running policy stays): %s", exc)
+        if self.pending is not None and now >= self.pending.deadline:
+            self._revert_unconfirmed()
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
 
@@ -296,17 +312,47 @@ class Daemon:
             candidate = config_mod.load(Path(req["path"])) if req.get("path") else config_mod.load(self.config_path)
             return describe_changes(self.config, candidate, self._class_of(), self._live_pins(self.config))
         if op == "policy_apply":
-            record = self.reload(Path(req["path"]) if req.get("path") else None)
-            log.info("policy applied by uid %d", uid)
-            return record.__dict__
+            return self.policy_apply(Path(req["path"]) if req.get("path") else None, uid, req.get("confirm_within"), str(req.get("reason", "")))
+        if op == "policy_confirm":
+            if self.pending is None:
+                raise ValueError("no policy apply waits for confirmation")
+            self.audit.append("policy confirm", uid, str(req.get("reason", "")), {"generation": self.pending.generation})
+            self.pending = None
+            return {"confirmed": True}
         if op == "pin":
-            device = self.inventory.pin(req["mac"], device_class=req.get("class"), segment=req.get("segment"))
-            if device.segment is not None and device.segment not in self.config.segments and device.segment not in config_mod.PSEUDO_SEGMENTS:
-                raise ConfigError(f"unknown segment {device.segment!r}")
-            log.info("uid %d pinned %s (class %s, segment %s)", uid, device.mac, req.get("class"), req.get("segment"))
+            segment = req.get("segment")
+            if segment is not None and segment not in self.config.segments and segment not in config_mod.PSEUDO_SEGMENTS:
+                raise ConfigError(f"unknown segment {segment!r}")
+            device = self.inventory.pin(req["mac"], device_class=req.get("class"), segment=segment)
+            self.audit.append("pin", uid, str(req.get("reason", "")), {"mac": device.mac, "class": req.get("class"), "segment": segment})
             self.apply(f"pin of {device.mac}")
             return device.summary()
         raise ValueError(f"unknown request {op!r}")
+
+    def policy_apply(self, path: Path | None, uid: int, confirm_within: float | None, reason: str) -> dict[str, Any]:
+        """Apply a policy file (or reload ours); with confirm_within, revert unless confirmed in time."""
+        previous, previous_path = self.config, self.config_path
+        candidate = config_mod.load(path or self.config_path)
+        changes = describe_changes(previous, candidate, self._class_of(), self._live_pins(previous))
+        record = self.reload(path)
+        details: dict[str, Any] = {"path": str(path or previous_path), "generation": record.generation, "changes": changes}
+        if confirm_within:
+            self.pending = PendingConfirmation(self.clock() + float(confirm_within), record.generation, previous, previous_path, uid)
+            details["confirm_within_s"] = float(confirm_within)
+        self.audit.append("policy apply", uid, reason, details)
+        return {**record.__dict__, "confirm_by": self.pending.deadline if confirm_within and self.pending else None}
+
+    def _revert_unconfirmed(self) -> None:
+        pending, self.pending = self.pending, None
+        assert pending is not None
+        try:
+            record = self.apply("revert: the apply was not confirmed in time", pending.previous, self._port_indexes(pending.previous))
+        except (ConfigError, OSError) as exc:
+            log.error("could not revert the unconfirmed policy: %s", exc)
+            return
+        self.config_path = pending.previous_path
+        log.warning("policy generation %d was not confirmed in time: reverted to %s (generation %d)", pending.generation, pending.previous_path, record.generation)
+        self.audit.append("policy revert", pending.uid, "not confirmed in time", {"reverted_generation": pending.generation, "generation": record.generation, "path": str(pending.previous_path)})
 
     def status(self) -> dict[str, Any]:
         assert self.dataplane is not None
@@ -324,6 +370,7 @@ class Daemon:
             "packets": totals,
             "pressure": {p.name: n for p, n in self.dataplane.pressure().items()},
             "last_apply": self.last_apply.__dict__ if self.last_apply else None,
+            "awaiting_confirmation_until": self.pending.deadline if self.pending else None,
             "uptime_s": round(self.clock() - self.started, 1),
         }
 

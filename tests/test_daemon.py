@@ -3,6 +3,7 @@ reloads that keep the old policy on error, kill -9 that keeps enforcing, and res
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -217,3 +218,33 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
                 process.kill()
                 process.wait()
             subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+
+
+def test_an_unconfirmed_apply_reverts_and_everything_is_audited(running: Running, tmp_path: Path) -> None:
+    """The admin who locked themselves out gets their network back; who did what is on record."""
+    stricter = tmp_path / "stricter.toml"
+    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
+    write_policy(stricter, running.state_dir, **{"[segments.pacs]\n": clients})
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    state = ["--state-dir", str(running.state_dir)]
+    assert ssh_attempt(running)
+    applied = subprocess.run([*cli, "policy", "apply", str(stricter), "--confirm-within", "3s", "--reason", "CHG-1234", *state], capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+    assert "reverts in 3 s" in applied.stdout
+    assert not ssh_attempt(running)
+    assert wait_until(lambda: running.ask("status")["awaiting_confirmation_until"] is None, timeout=15)  # type: ignore[index]
+    assert ssh_attempt(running)  # reverted
+
+    subprocess.run([*cli, "policy", "apply", str(stricter), "--confirm-within", "3s", *state], check=True, capture_output=True)
+    subprocess.run([*cli, "policy", "confirm", "--reason", "works", *state], check=True, capture_output=True)
+    time.sleep(4)
+    assert not ssh_attempt(running)  # confirmed: it stays
+    nothing = subprocess.run([*cli, "policy", "confirm", *state], capture_output=True, text=True)
+    assert nothing.returncode == 1 and "no policy apply waits for confirmation" in nothing.stderr
+
+    subprocess.run([*cli, "pin", DEFAULT_CLIENT.mac, "--segment", "pacs", "--reason", "biomed ticket 77", *state], check=True, capture_output=True)
+    audit = subprocess.run([*cli, "audit", "--json", *state], capture_output=True, text=True, check=True)
+    entries = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [e["action"] for e in entries] == ["policy apply", "policy revert", "policy apply", "policy confirm", "pin"]
+    assert {e["uid"] for e in entries} == {0} and entries[0]["reason"] == "CHG-1234"
+    assert f"~ device {DEFAULT_CLIENT.mac}: unassigned -> clients" in entries[0]["details"]["changes"]
