@@ -100,10 +100,10 @@ class ControlServer:
     def _answer(self, connection: socket.socket) -> None:
         uid = peer_uid(connection)
         try:
-            request = _receive(connection)
-            if uid not in self.allowed_uids:
+            if uid not in self.allowed_uids:  # before reading anything it sends
                 _send(connection, {"ok": False, "error": f"uid {uid} may not control medseg-xdp (root only)"})
                 return
+            request = _receive(connection)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
                 raise ControlError("a request is a map with an 'op'")
             _send(connection, {"ok": True, "result": self.handler(request, uid)})
