@@ -712,31 +712,20 @@ class ReferenceDataplane:
     @staticmethod
     def fill_judge_args(pkt: Packet, s: abi.Settings, vlan: int, reverse: bool, policy_port: int) -> JudgeArgs:
         """fill_judge_args(): the packet's direction, or reversed (no spoofing check then)."""
-        break_glass = bool(s.flags & C.SETTING_BREAK_GLASS)
+        source, destination = (pkt.eth_src, pkt.src), (pkt.eth_dst, pkt.dst)
         if reverse:
-            return JudgeArgs(
-                src_mac=pkt.eth_dst,
-                dst_mac=pkt.eth_src,
-                src_addr=pkt.dst,
-                dst_addr=pkt.src,
-                vlan=vlan,
-                policy_port=policy_port,
-                family=pkt.family,
-                proto=pkt.proto,
-                check_spoof=False,
-                break_glass=break_glass,
-            )
+            source, destination = destination, source
         return JudgeArgs(
-            src_mac=pkt.eth_src,
-            dst_mac=pkt.eth_dst,
-            src_addr=pkt.src,
-            dst_addr=pkt.dst,
+            src_mac=source[0],
+            dst_mac=destination[0],
+            src_addr=source[1],
+            dst_addr=destination[1],
             vlan=vlan,
             policy_port=policy_port,
             family=pkt.family,
             proto=pkt.proto,
-            check_spoof=True,
-            break_glass=break_glass,
+            check_spoof=not reverse,
+            break_glass=bool(s.flags & C.SETTING_BREAK_GLASS),
         )
 
     def handle_flow(
