@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 from collections.abc import Iterator
 from typing import TypeVar
@@ -33,6 +34,13 @@ _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.PO
 _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
 _lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_lib.bpf_map_lookup_batch.argtypes = [
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p,
+]
+_lib.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+
+# The kernel's internal "not supported" (ENOTSUPP), which map types without batch ops return.
+_ENOTSUPP = 524
 
 T = TypeVar("T", bound=ctypes.Structure)
 
@@ -132,6 +140,80 @@ class Map:
             if value is not None:
                 yield key, value
 
+    def lookup_batch_raw(self, batch_size: int = 4096) -> Iterator[tuple[int, bytes, bytes]]:
+        """All entries in chunks through BPF_MAP_LOOKUP_BATCH: (count, keys, values) per chunk.
+
+        keys holds count packed keys; values holds count values, each one
+        slot per possible CPU for per-CPU maps (8-byte aligned slots), as
+        the kernel lays them out. One syscall per chunk instead of two per
+        entry. Raises BpfError with errno EOPNOTSUPP (or the kernel's
+        ENOTSUPP, 524) for map types without batch operations (LPM tries,
+        arrays of maps); items_batch falls back to items() then.
+        """
+        key_size = ctypes.sizeof(self.key_type)
+        value_size = self._slot * self._ncpus if self.percpu else ctypes.sizeof(self.value_type)
+        # hash maps use a 4-byte bucket cursor, other types a key
+        token_size = max(key_size, 8)
+        in_token = ctypes.create_string_buffer(token_size)
+        out_token = ctypes.create_string_buffer(token_size)
+        size = max(1, batch_size)
+        first = True
+        while True:
+            keys = ctypes.create_string_buffer(key_size * size)
+            values = ctypes.create_string_buffer(value_size * size)
+            count = ctypes.c_uint32(size)
+            ret = _lib.bpf_map_lookup_batch(self.fd, None if first else in_token, out_token, keys, values, ctypes.byref(count), None)
+            err = ctypes.get_errno() if ret < 0 else 0
+            if ret < 0 and err == errno.ENOSPC:
+                size *= 2  # one hash bucket holds more entries than a chunk: retry the same cursor with room
+                continue
+            if ret < 0 and err != errno.ENOENT:
+                _check(-1, f"batch lookup in {self.name}")
+            if count.value:
+                yield count.value, keys.raw[: key_size * count.value], values.raw[: value_size * count.value]
+            if ret < 0:  # ENOENT: that was the last chunk
+                return
+            ctypes.memmove(in_token, out_token, token_size)
+            first = False
+
+    def items_batch(self, batch_size: int = 4096) -> Iterator[tuple[ctypes.Structure, ctypes.Structure]]:
+        """What items() yields (per-CPU maps: CPU 0's value), read in batches.
+
+        Map types without batch operations fall back to items(), key by key.
+        """
+        key_size = ctypes.sizeof(self.key_type)
+        value_stride = self._slot * self._ncpus if self.percpu else ctypes.sizeof(self.value_type)
+        chunks = self.lookup_batch_raw(batch_size)
+        try:
+            first_chunk = next(chunks)
+        except StopIteration:
+            return
+        except BpfError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP):
+                yield from self.items()
+                return
+            raise
+        for count, keys, values in itertools.chain([first_chunk], chunks):
+            for i in range(count):
+                yield (
+                    self.key_type.from_buffer_copy(keys, i * key_size),
+                    self.value_type.from_buffer_copy(values, i * value_stride),
+                )
+
+    def update_batch_raw(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY) -> int:
+        """Write count packed keys and values (per-CPU maps: every CPU's slot) in one BPF_MAP_UPDATE_BATCH.
+
+        Returns count; raises BpfError naming how many entries were written
+        before the one that failed.
+        """
+        done = ctypes.c_uint32(count)
+        opts = _MapBatchOpts(ctypes.sizeof(_MapBatchOpts), flags, 0)
+        key_buf = ctypes.create_string_buffer(keys, len(keys))
+        value_buf = ctypes.create_string_buffer(values, len(values))
+        if _lib.bpf_map_update_batch(self.fd, key_buf, value_buf, ctypes.byref(done), ctypes.byref(opts)) < 0:
+            _check(-1, f"batch update in {self.name} (written: {done.value} of {count})")
+        return count
+
     def sum_percpu(self, key: ctypes.Structure | ctypes._SimpleCData) -> list[int] | None:
         """Sum of a per-CPU value over CPUs, field by field (counters)."""
         values = self.lookup_percpu(key)
@@ -186,6 +268,11 @@ def prog_name_by_id(prog_id: int) -> str | None:
         return prog_info(fd)[1]
     finally:
         os.close(fd)
+
+
+class _MapBatchOpts(ctypes.Structure):
+    # libbpf's struct bpf_map_batch_opts
+    _fields_ = [("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 class _XdpAttachOpts(ctypes.Structure):
