@@ -87,6 +87,11 @@ PSEUDO_SEGMENTS = {
     "broadcast": abi.const("SEGMENT_BROADCAST"),
 }
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+
+
+def protocol_name(number: int) -> str:
+    """'tcp' for 6; the number itself for protocols without a config name."""
+    return next((name for name, value in PROTOCOLS.items() if value == number), str(number))
 ACTIONS = {action.name: action for action in abi.Action}
 MODES = {mode.name: mode for mode in abi.Mode}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")

@@ -19,7 +19,7 @@ from typing import Any
 from medseg_xdp import abi, config
 from medseg_xdp.baseline import Baseline
 from medseg_xdp.classify import LIFE_CRITICAL, load_catalog
-from medseg_xdp.config import Config
+from medseg_xdp.config import Config, protocol_name
 from medseg_xdp.dataplane import CounterValue
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.propose import propose
@@ -123,7 +123,7 @@ class Demo:
             if record.is_rail:
                 continue
             key = (record.src_group.removeprefix("class:"), record.dst_group.removeprefix("class:"))
-            matrix.setdefault(key, set()).add(f"{_proto(record.proto)}/{record.port}")
+            matrix.setdefault(key, set()).add(f"{protocol_name(record.proto)}/{record.port}")
         sources = sorted({src for src, _ in matrix})
         targets = sorted({dst for _, dst in matrix})
         corner = "from \\ to"
@@ -142,7 +142,7 @@ class Demo:
         proposed = config.parse(BRIDGE_SETTINGS + text, "proposed policy")
         for rule in proposed.rules:
             ports = ",".join(str(low) if low == high else f"{low}-{high}" for low, high in rule.ports) or "any"
-            self.say(f"   allow {rule.src:>21} -> {rule.dst:<21} {_proto(rule.proto or 0)} {ports}")
+            self.say(f"   allow {rule.src:>21} -> {rule.dst:<21} {protocol_name(rule.proto or 0)} {ports}")
         self.say(f"   {len(proposed.segments)} segments (one per device class, all in monitor mode), {len(proposed.rules)} rules")
         self.report["proposed_policy"] = text
         return text, proposed
@@ -228,10 +228,6 @@ class _MetricsView:
 @dataclasses.dataclass
 class _Unknown:
     device_class: str = "unknown"
-
-
-def _proto(number: int) -> str:
-    return {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}.get(number, str(number))
 
 
 def _scraped_drops(port: int) -> float:

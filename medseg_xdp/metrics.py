@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from medseg_xdp import abi
 from medseg_xdp.classify import UNKNOWN
-from medseg_xdp.config import PROTOCOLS, Config
+from medseg_xdp.config import Config, protocol_name
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -44,7 +44,6 @@ APPLY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 NO_SEGMENT = "none"  # a device that no MAC, class or pin places (a prefix or VLAN may still)
 # Sample losses come from these pressure counters; the others are map pressure.
 SAMPLE_LOSSES = {abi.Pressure.ring_full: "ring_full", abi.Pressure.event_rate_limited: "rate_limited"}
-_PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 
 
 def _version() -> str:
@@ -58,7 +57,7 @@ def rule_labels(cfg: Config, name: str) -> tuple[str, str, str]:
     """(protocol, ports, action) of a rule name, from the config; defaults are "any" "any"."""
     for rule in cfg.rules:
         if rule.name == name:
-            protocol = "any" if rule.proto is None else _PROTOCOL_NAMES.get(rule.proto, str(rule.proto))
+            protocol = "any" if rule.proto is None else protocol_name(rule.proto)
             ports = ",".join(str(low) if low == high else f"{low}-{high}" for low, high in rule.ports) or "any"
             return protocol, ports, rule.action.name
     segment = cfg.segments.get(name.removeprefix("default:"))

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from medseg_xdp.config import Config, Rule
+from medseg_xdp.config import Config, Rule, protocol_name
 from medseg_xdp.policy_image import device_segments
-
-PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
 def _rule_text(rule: Rule) -> str:
     if rule.is_pair_default:
         what = "any traffic"
     else:
-        proto = PROTOCOL_NAMES.get(rule.proto or 0, str(rule.proto))
+        proto = protocol_name(rule.proto or 0)
         ports = ",".join(str(low) if low == high else f"{low}-{high}" for low, high in rule.ports) or "any port"
         what = f"{proto} {ports}"
     return f"{rule.src} -> {rule.dst} {what}: {rule.action.name}"

@@ -27,10 +27,9 @@ from datetime import UTC, datetime
 
 from medseg_xdp.baseline import Baseline, FlowRecord
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, Catalog
-from medseg_xdp.config import PROTOCOLS, PSEUDO_SEGMENTS
+from medseg_xdp.config import PROTOCOLS, PSEUDO_SEGMENTS, protocol_name
 from medseg_xdp.inventory import Inventory
 
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 MAX_LISTED = 20  # left-out records listed by name in the closing comment
 # Rules proposed at most, the best-evidenced first: a scan during learning must not yield a policy that
 # exhausts the dataplane's rule ids (abi MAX_RULE_IDS, shared with segment defaults and never reused),
@@ -66,7 +65,7 @@ class _RuleKey:
 
     @property
     def proto_name(self) -> str:
-        return PROTOCOL_NAMES.get(self.proto, str(self.proto))
+        return protocol_name(self.proto)
 
     @property
     def rule_id(self) -> str:
@@ -188,7 +187,7 @@ class _Proposal:
             f'id = "{key.rule_id}"',
             f'from = "{key.src}"',
             f'to = "{key.dst}"',
-            f'proto = "{key.proto_name}"' if key.proto in PROTOCOL_NAMES else f"proto = {key.proto}",
+            f'proto = "{key.proto_name}"' if key.proto in PROTOCOLS.values() else f"proto = {key.proto}",
             f"ports = [{key.port}]",
             'action = "allow"',
             "",

@@ -30,13 +30,12 @@ from typing import Any
 from medseg_xdp import abi
 from medseg_xdp.baseline import Baseline, Example, FlowRecord
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, Catalog
-from medseg_xdp.config import PROTOCOLS, Config
+from medseg_xdp.config import Config, protocol_name
 from medseg_xdp.fingerprint.frame import ICMP, ICMPV6, TCP, UDP
 from medseg_xdp.inventory import Inventory
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.reference import C, ReferenceDataplane
 
-PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 VERDICT_NAMES = {C.VERDICT_PASS: "pass", C.VERDICT_DROP: "drop", C.VERDICT_AUDIT: "audit"}
 MAX_LOST_PER_DEVICE = 16  # distinct (proto, peer) listed per device, each with its ports
 TEXT_ROWS = 40  # rows per table in to_text()
@@ -297,7 +296,7 @@ class _Simulation:
             report.by_segment_pair.setdefault((src_segment, dst_segment), Tally()).add(verdict, example.flows)
         if verdict == "pass":
             return
-        proto = PROTOCOL_NAMES.get(record.proto, str(record.proto))
+        proto = protocol_name(record.proto)
         flow = ReplayedFlow(
             proto=proto,
             port=record.port,
