@@ -354,6 +354,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_import_assets(args: argparse.Namespace) -> int:
+    """Through the running daemon; with none running, into its state directory."""
+    from medseg_xdp.assets import import_assets, parse_assets
+    from medseg_xdp.audit import AuditLog, caller_uid
+    from medseg_xdp.classify import Classifier, load_catalog
+    from medseg_xdp.control import ControlError, request
+    from medseg_xdp.daemon import control_socket
+    from medseg_xdp.inventory import Inventory, InventoryStore
+
+    text = args.file.read_text()
+    try:
+        result = request(control_socket(args.state_dir), "import_assets", csv=text, source=str(args.file), reason=args.reason)
+        imported, disagreements = result["imported"], result["disagreements"]
+    except ControlError as exc:
+        if "no medseg-xdp daemon" not in str(exc):
+            raise CliError(str(exc)) from exc
+        inventory = Inventory(Classifier(load_catalog()))
+        store = InventoryStore(args.state_dir)
+        problem = store.load(inventory)
+        if problem:
+            print(f"medseg-xdp: {problem}", file=sys.stderr)
+        assets = parse_assets(text, set(inventory.classifier.catalog.classes), str(args.file))
+        disagreements = [d.line() for d in import_assets(inventory, assets)]
+        store.save(inventory)
+        imported = len(assets)
+        AuditLog(args.state_dir).append("asset import", caller_uid(), args.reason, {"source": str(args.file), "devices": imported, "disagreements": disagreements})
+    print(f"{imported} devices imported and pinned with their class")
+    for line in disagreements:
+        print(f"  disagreement (reported, not applied): {line}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg_xdp.demo import run_demo
 
@@ -471,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("-c", "--config", type=Path, required=True)
     doctor.add_argument("--netns", help="network namespace the bridge ports live in")
     doctor.set_defaults(func=cmd_doctor)
+
+    assets = sub.add_parser("import-assets", help="pin devices from a CMDB / biomedical asset CSV (mac, class, ip, model, location, owner)")
+    assets.add_argument("file", type=Path)
+    assets.add_argument("--reason", default="", help="why: goes into the audit log")
+    assets.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    assets.set_defaults(func=cmd_import_assets)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true", help="leave the ward up for exploring; Ctrl-C cleans up")

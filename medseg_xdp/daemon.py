@@ -29,6 +29,7 @@ from pyroute2 import IPRoute
 
 from medseg_xdp import abi
 from medseg_xdp import config as config_mod
+from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
 from medseg_xdp.config import Config, ConfigError
@@ -319,6 +320,12 @@ class Daemon:
             self.audit.append("policy confirm", uid, str(req.get("reason", "")), {"generation": self.pending.generation})
             self.pending = None
             return {"confirmed": True}
+        if op == "import_assets":
+            assets = parse_assets(str(req["csv"]), set(self.inventory.classifier.catalog.classes), str(req.get("source", "<csv>")))
+            disagreements = import_assets(self.inventory, assets)
+            self.audit.append("asset import", uid, str(req.get("reason", "")), {"source": req.get("source"), "devices": len(assets), "disagreements": [d.line() for d in disagreements]})
+            self.apply(f"asset import of {len(assets)} devices")
+            return {"imported": len(assets), "disagreements": [d.line() for d in disagreements]}
         if op == "pin":
             segment = req.get("segment")
             if segment is not None and segment not in self.config.segments and segment not in config_mod.PSEUDO_SEGMENTS:

@@ -60,6 +60,7 @@ class Device:
     pinned_class: bool = False
     segment: str | None = None
     pinned_segment: bool = False
+    asset: dict[str, str] = field(default_factory=dict)  # model, location, owner from an asset import
 
     def summary(self) -> dict[str, Any]:
         """The exported view (JSON, CSV, `devices`)."""
@@ -76,6 +77,7 @@ class Device:
             "peers": self.peers,
             "pinned": self.pinned_class or self.pinned_segment,
             "segment": self.segment,
+            "asset": self.asset,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
         }

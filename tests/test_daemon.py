@@ -248,3 +248,16 @@ def test_an_unconfirmed_apply_reverts_and_everything_is_audited(running: Running
     assert [e["action"] for e in entries] == ["policy apply", "policy revert", "policy apply", "policy confirm", "pin"]
     assert {e["uid"] for e in entries} == {0} and entries[0]["reason"] == "CHG-1234"
     assert f"~ device {DEFAULT_CLIENT.mac}: unassigned -> clients" in entries[0]["details"]["changes"]
+
+
+def test_asset_import_through_the_daemon_pins_and_moves_devices_live(running: Running, tmp_path: Path) -> None:
+    """The CMDB says the client is a modality: it is pinned so, lands in 'modalities', and its ssh is dropped."""
+    csv_file = tmp_path / "assets.csv"
+    csv_file.write_text(f"mac,class,location\n{DEFAULT_CLIENT.mac},imaging_modality,CT room 2\n")
+    assert ssh_attempt(running)
+    result = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "import-assets", str(csv_file), "--state-dir", str(running.state_dir)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    client = {d["mac"]: d for d in running.ask("devices")}[DEFAULT_CLIENT.mac]  # type: ignore[union-attr]
+    assert (client["class"], client["segment"], client["pinned"], client["asset"]) == ("imaging_modality", "modalities", True, {"location": "CT room 2"})
+    assert not ssh_attempt(running)
+    assert store_image(running)
