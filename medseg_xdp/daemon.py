@@ -39,7 +39,7 @@ from medseg_xdp.inventory import InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, detach, in_netns
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
-from medseg_xdp.policy_image import RuleIds, compile_policy
+from medseg_xdp.policy_image import RuleIds, compile_policy, device_segments
 from medseg_xdp.samples import Sample, SampleReader
 from medseg_xdp.statefile import StateFile
 from medseg_xdp.xray import Xray
@@ -267,8 +267,6 @@ class Daemon:
         return self.last_apply
 
     def _update_device_segments(self) -> None:
-        from medseg_xdp.policy_image import device_segments
-
         members = device_segments(self.config, self._class_of(), self._live_pins(self.config))
         for mac, device in self.inventory.devices.items():
             if not device.pinned_segment:
