@@ -386,6 +386,35 @@ def cmd_import_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exception(args: argparse.Namespace) -> int:
+    import uuid
+
+    if args.action == "list":
+        for line in _daemon_request(args, "exception_list"):  # type: ignore[attr-defined]
+            print(line)
+        return 0
+    if args.action == "remove":
+        print(_daemon_request(args, "exception_remove", id=args.id, reason=args.reason)["removed"])  # type: ignore[index]
+        return 0
+    if not args.expires:
+        raise CliError("an exception needs --expires (e.g. 2h): exceptions never last forever")
+    if args.mac:
+        if not args.segment or args.src or args.dst:
+            raise CliError("a device exception is --mac MAC --segment SEGMENT")
+        fields: dict[str, object] = {"mac": args.mac.lower(), "segment": args.segment}
+    else:
+        if not (args.src and args.dst and args.proto):
+            raise CliError("a flow exception is --from SEGMENT --to SEGMENT --proto PROTO [--ports P ...]")
+        proto = config_mod.PROTOCOLS.get(args.proto, int(args.proto) if args.proto.isdigit() else None)
+        if proto is None:
+            raise CliError(f"--proto {args.proto}: one of {', '.join(config_mod.PROTOCOLS)} or a number")
+        ports = [tuple(int(x) for x in (p.split("-") if "-" in p else (p, p))) for p in args.ports or []]
+        fields = {"src": args.src, "dst": args.dst, "proto": proto, "ports": ports}
+    result = _daemon_request(args, "exception_add", id=args.id or uuid.uuid4().hex[:8], expires_in=args.expires, reason=args.reason, **fields)
+    print(result["exception"])  # type: ignore[index]
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg_xdp.demo import run_demo
 
@@ -509,6 +538,20 @@ def build_parser() -> argparse.ArgumentParser:
     assets.add_argument("--reason", default="", help="why: goes into the audit log")
     assets.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     assets.set_defaults(func=cmd_import_assets)
+
+    exception = sub.add_parser("exception", help="temporary exceptions to the policy, each with an expiry")
+    exception.add_argument("action", choices=("add", "list", "remove"))
+    exception.add_argument("--id", help="a name (default: generated); remove takes it")
+    exception.add_argument("--mac", help="device exception: this device ...")
+    exception.add_argument("--segment", help="... sits in this segment until it expires")
+    exception.add_argument("--from", dest="src", help="flow exception: from this segment ...")
+    exception.add_argument("--to", dest="dst", help="... to this one")
+    exception.add_argument("--proto")
+    exception.add_argument("--ports", nargs="+", help="ports or ranges low-high (default: any)")
+    exception.add_argument("--expires", type=_duration, help="how long it lasts, e.g. 90m, 2h")
+    exception.add_argument("--reason", default="", help="why: goes into the audit log")
+    exception.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    exception.set_defaults(func=cmd_exception)
 
     demo = sub.add_parser("demo", help="the virtual hospital in network namespaces")
     demo.add_argument("--keep-running", action="store_true", help="leave the ward up for exploring; Ctrl-C cleans up")

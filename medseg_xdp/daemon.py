@@ -35,6 +35,7 @@ from medseg_xdp.baseline import Baseline, BaselineStore
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
+from medseg_xdp.exceptions import ExceptionStore, PolicyException, device_moves, validate, with_exceptions
 from medseg_xdp.inventory import InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, detach, in_netns
 from medseg_xdp.metrics import Metrics
@@ -121,13 +122,14 @@ class Daemon:
         self._dirty = False
         self._last_save = clock()
         self.audit = AuditLog(self.state_dir)
+        self.exceptions = ExceptionStore(self.state_dir, clock)
         self.pending: PendingConfirmation | None = None
         self.metrics = Metrics(self)  # the endpoint starts in start(); applies are timed from the first
 
     # ---- life cycle ----
 
     def start(self) -> None:
-        for problem in (self.inventory_store.load(self.inventory), self.baseline_store.load(self.baseline), self._load_rule_ids()):
+        for problem in (self.inventory_store.load(self.inventory), self.baseline_store.load(self.baseline), self._load_rule_ids(), self.exceptions.load()):
             if problem:
                 log.error("%s", problem)
         self.ifindex = self._port_indexes(self.config)
@@ -186,6 +188,8 @@ class Daemon:
                 log.error("devices were classified, but their segments could not be applied (the running policy stays): %s", exc)
         if self.pending is not None and now >= self.pending.deadline:
             self._revert_unconfirmed()
+        if any(e.expires_at <= now for e in self.exceptions.items):
+            self._retire_expired_exceptions()
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
 
@@ -244,7 +248,9 @@ class Daemon:
 
     def compile_for(self, cfg: Config, ifindex: dict[str, int]) -> Callable[[int], dict[str, dict[bytes, bytes]]]:
         def compile_generation(gen: int) -> dict[str, dict[bytes, bytes]]:
-            compiled = compile_policy(cfg, gen, ifindex.__getitem__, self._class_of(), self.rule_ids, self._live_pins(cfg))
+            exceptions = self.exceptions.items
+            pins = {**self._live_pins(cfg), **device_moves(exceptions)}
+            compiled = compile_policy(with_exceptions(cfg, exceptions), gen, ifindex.__getitem__, self._class_of(), self.rule_ids, pins)
             self.rule_names = compiled.rule_names
             return compiled.contents
 
@@ -318,6 +324,18 @@ class Daemon:
             self.audit.append("policy confirm", uid, str(req.get("reason", "")), {"generation": self.pending.generation})
             self.pending = None
             return {"confirmed": True}
+        if op == "exception_add":
+            fields = {k: req.get(k) for k in ("id", "mac", "segment", "src", "dst", "proto")}
+            ports = tuple(tuple(pair) for pair in req.get("ports") or ())
+            return self.add_exception(PolicyException(expires_at=self.clock() + float(req["expires_in"]), reason=str(req.get("reason", "")), uid=uid, ports=ports, **fields))  # type: ignore[arg-type]
+        if op == "exception_remove":
+            removed = self.exceptions.remove(str(req["id"]))
+            self.exceptions.save()
+            self.apply(f"exception {removed.id} removed")
+            self.audit.append("exception remove", uid, str(req.get("reason", "")), {"exception": removed.describe()})
+            return {"removed": removed.describe()}
+        if op == "exception_list":
+            return [e.describe() for e in self.exceptions.items]
         if op == "import_assets":
             assets = parse_assets(str(req["csv"]), set(self.inventory.classifier.catalog.classes), str(req.get("source", "<csv>")))
             disagreements = import_assets(self.inventory, assets)
@@ -346,6 +364,29 @@ class Daemon:
             details["confirm_within_s"] = float(confirm_within)
         self.audit.append("policy apply", uid, reason, details)
         return {**record.__dict__, "confirm_by": self.pending.deadline if confirm_within and self.pending else None}
+
+    def _retire_expired_exceptions(self) -> None:
+        gone = self.exceptions.expire()
+        self.exceptions.save()
+        try:
+            self.apply(f"{len(gone)} exceptions expired")
+        except (ConfigError, OSError) as exc:
+            log.error("exceptions expired, but the policy could not be applied: %s", exc)
+        for exception in gone:
+            log.info("exception expired: %s", exception.describe())
+            self.audit.append("exception expired", exception.uid, exception.reason, {"exception": exception.describe()})
+
+    def add_exception(self, exception: PolicyException) -> dict[str, Any]:
+        validate(exception, self.config)
+        self.exceptions.add(exception)
+        try:
+            self.apply(f"exception {exception.id}")
+        except (ConfigError, OSError):
+            self.exceptions.remove(exception.id)  # it does not compile: nothing changes
+            raise
+        self.exceptions.save()
+        self.audit.append("exception add", exception.uid, exception.reason, {"exception": exception.describe()})
+        return {"exception": exception.describe()}
 
     def _revert_unconfirmed(self) -> None:
         pending, self.pending = self.pending, None
@@ -376,6 +417,8 @@ class Daemon:
             "pressure": {p.name: n for p, n in self.dataplane.pressure().items()},
             "last_apply": self.last_apply.__dict__ if self.last_apply else None,
             "awaiting_confirmation_until": self.pending.deadline if self.pending else None,
+            "exceptions": len(self.exceptions.items),
+            "exceptions_expired": self.exceptions.expired_total,
             "uptime_s": round(self.clock() - self.started, 1),
         }
 

@@ -261,3 +261,29 @@ def test_asset_import_through_the_daemon_pins_and_moves_devices_live(running: Ru
     assert (client["class"], client["segment"], client["pinned"], client["asset"]) == ("imaging_modality", "modalities", True, {"location": "CT room 2"})
     assert not ssh_attempt(running)
     assert store_image(running)
+
+
+def test_exceptions_expire_by_themselves(running: Running) -> None:
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    state = ["--state-dir", str(running.state_dir)]
+    subprocess.run([*cli, "pin", DEFAULT_CLIENT.mac, "--segment", "modalities", *state], check=True, capture_output=True)
+    assert not ssh_attempt(running)
+
+    flow = subprocess.run([*cli, "exception", "add", "--id", "vendor-ssh", "--from", "modalities", "--to", "pacs", "--proto", "tcp", "--ports", "22",
+                           "--expires", "3s", "--reason", "vendor service call 4711", *state], capture_output=True, text=True)
+    assert flow.returncode == 0, flow.stderr
+    assert "vendor-ssh: allow modalities -> pacs tcp 22 until" in flow.stdout
+    assert ssh_attempt(running)
+    assert wait_until(lambda: running.ask("status")["exceptions_expired"] == 1, timeout=15)  # type: ignore[index]
+    assert not ssh_attempt(running)
+
+    device = subprocess.run([*cli, "exception", "add", "--mac", DEFAULT_CLIENT.mac, "--segment", "unassigned", "--expires", "3s", *state], capture_output=True, text=True)
+    assert device.returncode == 0, device.stderr
+    assert ssh_attempt(running)  # unassigned -> pacs: both monitor, passes (audited)
+    assert wait_until(lambda: running.ask("status")["exceptions_expired"] == 2, timeout=15)  # type: ignore[index]
+    assert not ssh_attempt(running)  # back in its pinned segment
+
+    never = subprocess.run([*cli, "exception", "add", "--mac", DEFAULT_CLIENT.mac, "--segment", "unassigned", *state], capture_output=True, text=True)
+    assert never.returncode == 1 and "needs --expires" in never.stderr
+    audit = [json.loads(line) for line in subprocess.run([*cli, "audit", "--json", *state], capture_output=True, text=True, check=True).stdout.splitlines()]
+    assert [e["action"] for e in audit if e["action"].startswith("exception")] == ["exception add", "exception expired", "exception add", "exception expired"]
