@@ -14,6 +14,7 @@ daemon reports ready once the ports are enforced.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -432,8 +433,6 @@ class Daemon:
 
 
 def _flow_row(key: Any, entry: Any, cfg: Config, rule_names: dict[int, str]) -> dict[str, Any]:
-    import ipaddress
-
     width = 4 if key.family == abi.const("FAMILY_IPV4") else 16
     lo = ipaddress.ip_address(bytes(key.addr_lo[:width]))
     hi = ipaddress.ip_address(bytes(key.addr_hi[:width]))

@@ -18,7 +18,7 @@ from typing import Any
 
 from medseg_xdp import abi, config
 from medseg_xdp.baseline import Baseline
-from medseg_xdp.classify import LIFE_CRITICAL, load_catalog
+from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, load_catalog
 from medseg_xdp.config import Config, protocol_name
 from medseg_xdp.dataplane import CounterValue
 from medseg_xdp.metrics import Metrics
@@ -175,7 +175,8 @@ class Demo:
         dropped = sum(v.packets for (verdict, _), v in clinical.items() if verdict == abi.Verdict.drop)
         self.say(f"   clinical traffic: {len(traffic.exchanges) - len(traffic.failures)}/{len(traffic.exchanges)} exchanges completed; {passed} packets passed, {dropped} dropped")
 
-        life_critical = {h.name for h in HOSTS_BY_NAME.values() if self.catalog.criticality(self.xray.inventory.devices.get(h.mac, _Unknown()).device_class) == LIFE_CRITICAL}
+        classes = {mac: device.device_class for mac, device in self.xray.inventory.devices.items()}
+        life_critical = {h.name for h in HOSTS_BY_NAME.values() if self.catalog.criticality(classes.get(h.mac, UNKNOWN)) == LIFE_CRITICAL}
         cut = [e.key for e in traffic.exchanges if not e.ok and (e.source in life_critical or e.target in life_critical)]
         self.say(f"   life-critical devices ({', '.join(sorted(life_critical))}): {'never cut off' if not cut else 'CUT OFF: ' + ', '.join(cut)}")
 
@@ -223,11 +224,6 @@ class _MetricsView:
 
     def __getattr__(self, name: str) -> Any:  # attachments, config, dataplane, loader, rule_names
         return getattr(self._program, name)
-
-
-@dataclasses.dataclass
-class _Unknown:
-    device_class: str = "unknown"
 
 
 def _scraped_drops(port: int) -> float:

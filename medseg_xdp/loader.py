@@ -120,9 +120,6 @@ class Loader:
             raise LoaderError("program not compiled")
         return self._bpf
 
-    def ring_buffer_fd(self) -> int:
-        return self.bpf[b"samples"].map_fd  # type: ignore[index]
-
     def attach(
         self,
         ifnames: Sequence[str],
