@@ -2,7 +2,8 @@
 
 Append-only JSON lines in the state directory (audit.log, mode 0600), one
 fsync per entry: break-glass, policy applies, pins. The caller is the
-effective uid, and the invoking user's uid when run through sudo.
+effective uid, and the invoking user's uid when run through sudo. With an
+event exporter, each entry also goes to the SIEM (medseg_xdp.events).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from medseg_xdp.events import EventExporter, Severity
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ def user_name(uid: int) -> str:
 
 
 class AuditLog:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, events: EventExporter | None = None) -> None:
         self.path = state_dir / "audit.log"
+        self.events = events
 
     def append(self, action: str, uid: int, reason: str = "", details: dict[str, Any] | None = None, now: float | None = None) -> AuditEntry:
         entry = AuditEntry(time.time() if now is None else now, uid, user_name(uid), action, reason, details or {})
@@ -58,6 +62,8 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self.events is not None:
+            _export(self.events, entry)
         return entry
 
     def entries(self, since: float = 0.0) -> Iterator[AuditEntry]:
@@ -73,3 +79,19 @@ class AuditLog:
                     continue
                 if entry.time >= since:
                     yield entry
+
+
+def _export(events: EventExporter, entry: AuditEntry) -> None:
+    """The entry as a SIEM event: scalars as fields, lists as their length, the whole line as message."""
+    fields: dict[str, str | int | float] = {"uid": entry.uid, "user": entry.user}
+    if entry.reason:
+        fields["reason"] = entry.reason
+    for key, value in entry.details.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, list, tuple)):
+            fields[key] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, (list, tuple)):
+            fields[f"{key}_count"] = len(value)
+        else:
+            fields[key] = value
+    severity = Severity.critical if entry.action == "break-glass on" else Severity.warning if entry.action == "policy revert" else Severity.notice
+    events.emit(entry.action.replace(" ", "-"), severity, entry.line(), **fields)

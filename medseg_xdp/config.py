@@ -60,6 +60,12 @@ segment whatever address it claims.
     metrics = "127.0.0.1:9479"        # Prometheus endpoint, read at start; another address must be
                                       # set explicitly ("0.0.0.0:9479", "[::1]:9479"); "" turns it off
 
+    [events]                          # security events for a SIEM (medseg_xdp.events); both off by default
+    syslog = "udp://127.0.0.1:514"    # RFC 5424: udp://host:port, tcp://host:port (octet counting), unix:/dev/log
+    json_lines = "/var/log/medseg-xdp/events.jsonl"
+    facility = "local4"
+    drop_events_per_minute = 60       # drop and would-drop events; the rest are counted, not sent
+
     [[rules]]
     id = "pumps-to-server"            # stable name: counters and metrics follow it across edits
     from = "pumps"
@@ -155,6 +161,24 @@ class DaemonSettings:
         return host.strip("[]"), int(port)
 
 
+SYSLOG_FACILITIES = {name: code for code, name in enumerate(
+    "kern user mail daemon auth syslog lpr news uucp cron authpriv ftp ntp audit alert clock".split() + [f"local{n}" for n in range(8)]
+)}
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    syslog: str = ""  # udp://host:port, tcp://host:port or unix:/path; "" off
+    json_lines: Path | None = None
+    facility: int = SYSLOG_FACILITIES["local4"]
+    drop_events_per_minute: int = 60
+    queue: int = 10000  # events waiting per destination while it is slow or down
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.syslog) or self.json_lines is not None
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -194,6 +218,7 @@ class Config:
     pins: tuple[Pin, ...] = ()
     tables: TableSizes = TableSizes()
     daemon: DaemonSettings = DaemonSettings()
+    events: EventSettings = EventSettings()
 
     def segment_id(self, name: str) -> int:
         return PSEUDO_SEGMENTS[name] if name in PSEUDO_SEGMENTS else self.segments[name].id
@@ -297,7 +322,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     r = _Reader(source, text)
-    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon"}, "")
+    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon", "events"}, "")
 
     bridge = r.table(data, "bridge", "bridge")
     r.unknown_keys(bridge, {"name", "ports", "pvid"}, "bridge")
@@ -338,6 +363,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         pins=pins,
         tables=_tables(r, r.table(data, "tables", "tables")),
         daemon=_daemon(r, r.table(data, "daemon", "daemon")),
+        events=_events(r, r.table(data, "events", "events")),
     )
 
 
@@ -385,6 +411,22 @@ def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
         on_stop=r.choice(data, "on_stop", "daemon.on_stop", {"detach": "detach", "keep": "keep"}, defaults.on_stop),
         learning_days=r.integer(data, "learning_days", "daemon.learning_days", defaults.learning_days, 1, 365),
         metrics=_listen_address(r, r.get(data, "metrics", "daemon.metrics", str, defaults.metrics), "daemon.metrics"),
+    )
+
+
+def _events(r: _Reader, data: dict[str, Any]) -> EventSettings:
+    r.unknown_keys(data, {"syslog", "json_lines", "facility", "drop_events_per_minute", "queue"}, "events")
+    defaults = EventSettings()
+    syslog = r.get(data, "syslog", "events.syslog", str, "")
+    if syslog and not re.fullmatch(r"(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}|unix:/\S+", syslog):
+        raise r.fail("events.syslog", f'{syslog!r} is not udp://host:port, tcp://host:port or unix:/path (or "" for off)')
+    json_lines = r.get(data, "json_lines", "events.json_lines", str, "")
+    return EventSettings(
+        syslog=syslog,
+        json_lines=Path(json_lines) if json_lines else None,
+        facility=r.choice(data, "facility", "events.facility", SYSLOG_FACILITIES, defaults.facility),
+        drop_events_per_minute=r.integer(data, "drop_events_per_minute", "events.drop_events_per_minute", defaults.drop_events_per_minute, 0, 100000),
+        queue=r.integer(data, "queue", "events.queue", defaults.queue, 1, 1000000),
     )
 
 

@@ -110,9 +110,10 @@ def _add_bounded(items: list[str], value: str, limit: int) -> None:
 
 
 class Inventory:
-    def __init__(self, classifier: Classifier, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, classifier: Classifier, clock: Callable[[], float] = time.time, on_discovered: Callable[[str], None] | None = None) -> None:
         self.classifier = classifier
         self.clock = clock
+        self.on_discovered = on_discovered  # called with the MAC of each device seen for the first time
         self.devices: dict[str, Device] = {}
         self.changes: list[ClassChange] = []
         # Monotonic, for the metrics (changes keeps only the last MAX_CHANGES): devices first seen
@@ -125,6 +126,8 @@ class Inventory:
         if found is None:
             found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
             self.discovered += 1
+            if self.on_discovered is not None:
+                self.on_discovered(mac)
         found.last_seen = max(found.last_seen, now)
         return found
 

@@ -9,6 +9,7 @@ same snaplen, as on a running bridge.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,8 +39,8 @@ class Xray:
     changes: list[ClassChange] = field(default_factory=list)
 
     @classmethod
-    def default(cls, learner: FlowLearner | None = None) -> Xray:
-        return cls(default_registry(), Inventory(Classifier(load_catalog())), learner)
+    def default(cls, learner: FlowLearner | None = None, on_discovered: Callable[[str], None] | None = None) -> Xray:
+        return cls(default_registry(), Inventory(Classifier(load_catalog()), on_discovered=on_discovered), learner)
 
     def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
         """One sample (the first bytes of a frame) into the inventory and the baseline."""

@@ -51,9 +51,10 @@ install_packages() {
     # openssl serves and makes the TLS certificates, nmap is the attacker, ieee-data the OUIs.
     local ward=(ieee-data dnsmasq-base udhcpc dcmtk nmap openssl)
     # prometheus: promtool checks the alert rules and the exposition, and the metrics test runs the
-    # server binary itself, on loopback. See without_prometheus_service for the package's service.
-    local metrics=(prometheus)
-    local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "${ward[@]}" "${metrics[@]}" "$(headers_meta_package)")
+    # server binary itself, on loopback. rsyslog: the SIEM-export tests send to a real rsyslogd that
+    # they start in a namespace. See without_services for the packages' own services.
+    local observability=(prometheus rsyslog)
+    local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "${ward[@]}" "${observability[@]}" "$(headers_meta_package)")
     # Headers matching the running kernel exist only for Debian's own kernels,
     # and bpftool is not packaged under that name on every release.
     local optional=(bpftool)
@@ -78,19 +79,25 @@ install_packages() {
         to_install+=("$pkg")
     done
     ((${#to_install[@]})) || return 0
-    without_prometheus_service DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${to_install[@]}"
+    without_services DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${to_install[@]}"
     changed "installed packages: ${to_install[*]}"
-    if [[ " ${to_install[*]} " == *" prometheus "* ]]; then
-        changed "prometheus.service installed but disabled and not started (nothing here needs it)"
-    fi
+    local service
+    for service in "${SERVICE_PACKAGES[@]}"; do
+        if [[ " ${to_install[*]} " == *" $service "* ]]; then
+            changed "$service.service installed but disabled and not started (the tests start their own)"
+        fi
+    done
 }
 
-# Side effect of the prometheus package: it installs prometheus.service, enables it and starts a
-# server on :9090. Setup wants only the binaries, so while apt runs, a policy-rc.d (unless the host
-# already has one) keeps invoke-rc.d and deb-systemd-invoke from starting services, and afterwards
-# the unit is disabled and stopped. Only when this run installed prometheus: a Prometheus the
-# operator installed and runs is left alone. To use the service: systemctl enable --now prometheus.
-without_prometheus_service() {
+# Packages that come with a service setup wants only the binaries of.
+SERVICE_PACKAGES=(prometheus rsyslog)
+
+# Side effect of the prometheus and rsyslog packages: they install a service, enable it and start it
+# (a server on :9090; a system logger). While apt runs, a policy-rc.d (unless the host already has
+# one) keeps invoke-rc.d and deb-systemd-invoke from starting services, and afterwards each unit is
+# disabled and stopped. Only for a package this run installed: a Prometheus or rsyslog the operator
+# installed and runs is left alone. To use one: systemctl enable --now prometheus (or rsyslog).
+without_services() {
     local policy=/usr/sbin/policy-rc.d own_policy=0 status=0
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\n# medseg-xdp setup: start no services while packages install\nexit 101\n' >"$policy"
@@ -98,20 +105,24 @@ without_prometheus_service() {
         own_policy=1
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
-    local had_prometheus=0
-    is_installed prometheus && had_prometheus=1
+    local service had=()
+    for service in "${SERVICE_PACKAGES[@]}"; do
+        is_installed "$service" && had+=("$service")
+    done
     env "$@" || status=$?
     if ((own_policy)); then
         rm -f "$policy"
         trap - EXIT
     fi
-    if ((!had_prometheus)) && is_installed prometheus; then
-        # disable works without a running systemd too (it edits the unit links and the SysV links)
-        systemctl disable prometheus.service >/dev/null 2>&1 || true
-        if [[ -d /run/systemd/system ]]; then
-            systemctl stop prometheus.service >/dev/null 2>&1 || true
+    for service in "${SERVICE_PACKAGES[@]}"; do
+        if [[ " ${had[*]} " != *" $service "* ]] && is_installed "$service"; then
+            # disable works without a running systemd too (it edits the unit links and the SysV links)
+            systemctl disable "$service.service" >/dev/null 2>&1 || true
+            if [[ -d /run/systemd/system ]]; then
+                systemctl stop "$service.service" >/dev/null 2>&1 || true
+            fi
         fi
-    fi
+    done
     return "$status"
 }
 
