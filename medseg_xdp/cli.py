@@ -155,11 +155,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medseg_xdp.daemon import Daemon
+    from medseg_xdp.daemon import Daemon, StartRefused
+    from medseg_xdp.events import Severity
 
     _need_root("run")
     daemon = Daemon(args.config, netns=args.netns)
-    daemon.start()
+    try:
+        daemon.start()
+    except StartRefused as exc:
+        daemon.events.emit("start-refused", Severity.critical, str(exc).splitlines()[0], detail=" | ".join(str(exc).splitlines()[1:]))
+        daemon.events.close()
+        raise CliError(str(exc)) from exc
     daemon.install_signal_handlers()
     daemon.run_forever()
     return 0
@@ -307,6 +313,7 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     from medseg_xdp.audit import AuditLog, caller_uid
     from medseg_xdp.bpfsys import BpfError
     from medseg_xdp.dataplane import Dataplane
+    from medseg_xdp.events import EventExporter
     from medseg_xdp.loader import Loader
 
     _need_root("break-glass")
@@ -320,7 +327,13 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     with dataplane:
         was = dataplane.break_glass()
         dataplane.set_break_glass(on)
-    entry = AuditLog(args.state_dir or cfg.daemon.state_dir).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
+    events = EventExporter.from_settings(cfg.events)
+    try:
+        entry = AuditLog(args.state_dir or cfg.daemon.state_dir, events).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
+    finally:
+        events.close()
+    for (destination, why), count in events.counters.dropped.items():
+        print(f"medseg-xdp: warning: the break-glass event did not reach {destination} ({why}, {count}); it is in the audit log", file=sys.stderr)
     if on:
         print(f"BREAK-GLASS ON for bridge {cfg.bridge}: every segment in monitor mode, nothing is dropped by policy; counting goes on.")
         print("End it with: medseg-xdp break-glass off --reason ...")

@@ -28,7 +28,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from medseg_xdp import abi
+from medseg_xdp import abi, doctor
 from medseg_xdp import config as config_mod
 from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
@@ -36,9 +36,12 @@ from medseg_xdp.baseline import Baseline, BaselineStore
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
+from medseg_xdp.doctor import Check, Status
+from medseg_xdp.events import EventExporter, Severity
 from medseg_xdp.exceptions import ExceptionStore, PolicyException, device_moves, validate, with_exceptions
+from medseg_xdp.fingerprint.frame import decode
 from medseg_xdp.inventory import InventoryStore
-from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, detach, in_netns
+from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, in_netns
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
 from medseg_xdp.policy_image import RuleIds, compile_policy, device_segments
@@ -49,6 +52,7 @@ from medseg_xdp.xray import Xray
 log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 10.0
+ENFORCEMENT_CHECK_S = 5.0  # how often the ports are checked for our program
 APPLY_DEBOUNCE_S = 0.5  # class changes arrive in bursts: one apply for the burst
 POLL_MS = 100
 RULE_IDS_VERSION = 1
@@ -74,6 +78,10 @@ class PendingConfirmation:
     uid: int
 
 
+class StartRefused(RuntimeError):
+    """The host cannot enforce as configured; the message lists what to fix. Nothing was attached."""
+
+
 def control_socket(state_dir: Path) -> Path:
     return state_dir / "control.sock"
 
@@ -94,8 +102,10 @@ class Daemon:
         netns: str | None = None,
         pin_root: Path = DEFAULT_PIN_ROOT,
         clock: Callable[[], float] = time.time,
+        host_checks: Callable[[], list[Check]] = doctor.host_checks,
     ) -> None:
         self.config_path = config_path
+        self.host_checks = host_checks
         self.netns = netns
         self.pin_root = pin_root
         self.clock = clock
@@ -103,7 +113,9 @@ class Daemon:
         self.state_dir = self.config.daemon.state_dir
         self.baseline = Baseline(self.config.daemon.learning_days, config=self.config)
         self.baseline_store = BaselineStore(self.state_dir)
-        self.xray = Xray.default(learner=self.baseline)
+        self.events = EventExporter.from_settings(self.config.events, clock)
+        self._new_devices: list[str] = []
+        self.xray = Xray.default(learner=self.baseline, on_discovered=self._new_devices.append)
         self.inventory = self.xray.inventory
         self.inventory_store = InventoryStore(self.state_dir)
         self.rule_ids_file = StateFile(self.state_dir / "rule-ids.msgpack", RULE_IDS_VERSION)
@@ -122,14 +134,29 @@ class Daemon:
         self._apply_due: float | None = None
         self._dirty = False
         self._last_save = clock()
-        self.audit = AuditLog(self.state_dir)
+        self.audit = AuditLog(self.state_dir, self.events)
         self.exceptions = ExceptionStore(self.state_dir, clock)
         self.pending: PendingConfirmation | None = None
         self.metrics = Metrics(self)  # the endpoint starts in start(); applies are timed from the first
+        self.enforcing: dict[str, bool] = {}  # per port: our program is on it
+        self.reattached = 0
+        self._next_enforcement_check = clock()
 
     # ---- life cycle ----
 
+    def preflight(self) -> None:
+        """Refuse to start half-working: a host that cannot compile or pin, a port that cannot be attached."""
+        ensure_bpffs()  # the loader would mount it anyway; the check below then sees it
+        failed = [check for check in self.host_checks() if check.status is Status.FAIL]
+        try:
+            self.loader.preflight(list(self.config.ports), self.netns, replace=True)
+        except LoaderError as exc:
+            failed.append(Check("ports", Status.FAIL, str(exc), "check bridge.ports; `medseg-xdp doctor -c CONFIG` shows every port"))
+        if failed:
+            raise StartRefused("refusing to start, enforcement would not work as configured:\n" + "\n".join(check.line() for check in failed))
+
     def start(self) -> None:
+        self.preflight()
         for problem in (self.inventory_store.load(self.inventory), self.baseline_store.load(self.baseline), self._load_rule_ids(), self.exceptions.load()):
             if problem:
                 log.error("%s", problem)
@@ -140,6 +167,7 @@ class Daemon:
         self.apply("start")
         # replace=True: a program left by a killed daemon is swapped atomically, maps kept
         self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
+        self.enforcing = {a.ifname: True for a in self.attachments}
         self.reader = SampleReader(self.loader.bpf, self._on_sample)
         self.control = ControlServer(control_socket(self.state_dir), self.handle)
         listen = self.config.daemon.metrics_listen()
@@ -191,8 +219,48 @@ class Daemon:
             self._revert_unconfirmed()
         if any(e.expires_at <= now for e in self.exceptions.items):
             self._retire_expired_exceptions()
+        if now >= self._next_enforcement_check:
+            self._next_enforcement_check = now + ENFORCEMENT_CHECK_S
+            self.check_enforcement()
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
+
+    def check_enforcement(self) -> None:
+        """Is our program still on every port? Put it back where a port lost it, loudly.
+
+        A port can lose it to `ip link set dev X xdp off`, or to a NIC re-created
+        (a USB adapter re-plugged, a driver reloaded). A port that carries another
+        program is left alone and reported: someone else owns it now.
+        """
+        for index, attachment in enumerate(self.attachments):
+            found = self.loader.attached_program(attachment.ifname, self.netns)
+            ok = found == (attachment.ifindex, attachment.prog_id)
+            if not ok and found is not None and found[1] == 0:
+                ok = self._reattach(index, found[0])
+            if ok != self.enforcing.get(attachment.ifname):
+                self.enforcing[attachment.ifname] = ok
+                if ok:
+                    log.warning("%s: enforcing again", attachment.ifname)
+                    self.events.emit("enforcement-restored", Severity.notice, f"port {attachment.ifname} enforces again", port=attachment.ifname)
+                else:
+                    why = "the interface is gone" if found is None else f"it carries another XDP program (id {found[1]})"
+                    log.error("%s: NOT ENFORCING: %s; traffic on it crosses unfiltered", attachment.ifname, why)
+                    self.events.emit("enforcement-lost", Severity.critical, f"port {attachment.ifname} is not enforcing: {why}", port=attachment.ifname)
+
+    def _reattach(self, index: int, ifindex: int) -> bool:
+        old = self.attachments[index]
+        try:
+            (new,) = self.loader.attach([old.ifname], netns_name=self.netns)
+        except LoaderError as exc:
+            log.error("%s: lost its XDP program and cannot get it back: %s", old.ifname, exc)
+            return False
+        self.attachments[index] = new
+        self.reattached += 1
+        log.error("%s: its XDP program was removed (not by medseg-xdp); attached it again", old.ifname)
+        self.events.emit("enforcement-reattached", Severity.critical, f"port {old.ifname} lost its XDP program; attached it again", port=old.ifname)
+        if ifindex != old.ifindex:  # a re-created interface: the ports map is keyed by ifindex
+            self.apply(f"port {old.ifname} re-created", ifindex=self._port_indexes(self.config))
+        return True
 
     def stop(self) -> None:
         self.metrics.close()
@@ -207,6 +275,7 @@ class Daemon:
         if self.dataplane is not None:
             self.dataplane.close()
         self.loader.close()
+        self.events.close()
 
     def save(self) -> None:
         self.baseline.expire(self.clock())
@@ -288,6 +357,8 @@ class Daemon:
                 raise ConfigError(f"{path}: bridge name, ports and table sizes change only with a restart")
             if candidate.daemon.metrics != self.config.daemon.metrics:
                 log.warning("daemon.metrics changes only with a restart: the endpoint stays on %r", self.config.daemon.metrics)
+            if candidate.events != self.config.events:
+                log.warning("[events] changes only with a restart: events still go to %s", ", ".join(self.events.destinations) or "nowhere")
             record = self.apply(f"reload of {path}", candidate, self._port_indexes(candidate))
         except (ConfigError, OSError) as exc:
             log.error("reload refused, the running policy stays: %s", exc)
@@ -296,13 +367,48 @@ class Daemon:
         return record
 
     def _on_sample(self, sample: Sample) -> None:
-        known = self.inventory.discovered
         changes = self.xray.ingest(sample.data, self.clock())
         self._dirty = True
-        if self.inventory.discovered != known:
+        if self._new_devices:
             self._update_device_segments()  # a new device: its MAC or a pin may place it already
+            for mac in self._new_devices:
+                self._device_event(mac)
+            self._new_devices.clear()
+        for change in changes:
+            self._class_change_event(change.mac, change.old, change.new, change.confidence)
+        if sample.verdict in (abi.Verdict.drop, abi.Verdict.audit):
+            self._drop_event(sample)
         if changes and any(segment.classes for segment in self.config.segments.values()):
             self._apply_due = self._apply_due or self.clock() + APPLY_DEBOUNCE_S
+
+    # ---- SIEM events (medseg_xdp.events): addresses, classes and names only, never payload or hostnames ----
+
+    def _device_event(self, mac: str) -> None:
+        device = self.inventory.devices[mac]
+        ips = ", ".join(device.ips) or "no IP yet"
+        self.events.emit("device-new", Severity.notice, f"new device {mac} ({device.vendor or 'unknown vendor'}, {ips}) in segment {device.segment or 'none'}",
+                         mac=mac, ip=next(iter(device.ips), ""), vendor=device.vendor or "", segment=device.segment or "")
+
+    def _class_change_event(self, mac: str, old: str, new: str, confidence: float) -> None:
+        device = self.inventory.devices.get(mac)
+        severity = Severity.notice if old == "unknown" else Severity.warning  # a known device turning into another class is worth a look
+        self.events.emit("class-change", severity, f"device {mac} changed class {old} -> {new} (confidence {confidence:.2f})",
+                         mac=mac, ip=next(iter(device.ips), "") if device else "", old_class=old, new_class=new, confidence=round(confidence, 2),
+                         criticality=self.inventory.classifier.catalog.criticality(new))
+
+    def _drop_event(self, sample: Sample) -> None:
+        frame = decode(sample.data)
+        kind = "drop" if sample.verdict is abi.Verdict.drop else "would-drop"
+        src_segment, dst_segment = self.config.segment_name(sample.src_segment), self.config.segment_name(sample.dst_segment)
+        rule = self.rule_names.get(sample.rule_id, "-")
+        protocol = config_mod.protocol_name(frame.proto) if frame.proto else f"ethertype 0x{frame.ethertype:04x}"
+        ends = f"{frame.src_ip or frame.src_mac}{f':{frame.sport}' if frame.sport else ''} -> {frame.dst_ip or frame.dst_mac}{f':{frame.dport}' if frame.dport else ''}"
+        port = next((name for name, index in self.ifindex.items() if index == sample.ifindex), str(sample.ifindex))
+        self.events.emit(kind, Severity.warning if kind == "drop" else Severity.notice,
+                         f"{kind} {protocol} {ends} ({src_segment} -> {dst_segment}, {sample.reason.name}, rule {rule})",
+                         src_mac=frame.src_mac, dst_mac=frame.dst_mac, src_ip=frame.src_ip or "", dst_ip=frame.dst_ip or "",
+                         proto=frame.proto, sport=frame.sport, dport=frame.dport, vlan=frame.vlan, port=port,
+                         src_segment=src_segment, dst_segment=dst_segment, rule=rule, reason=sample.reason.name, generation=sample.generation)
 
     # ---- control requests ----
 
@@ -420,6 +526,9 @@ class Daemon:
             "awaiting_confirmation_until": self.pending.deadline if self.pending else None,
             "exceptions": len(self.exceptions.items),
             "exceptions_expired": self.exceptions.expired_total,
+            "enforcing": dict(self.enforcing),
+            "ports_reattached": self.reattached,
+            "events": {"destinations": self.events.destinations, "sent": dict(self.events.counters.sent), "dropped": {f"{d}/{why}": n for (d, why), n in self.events.counters.dropped.items()}},
             "uptime_s": round(self.clock() - self.started, 1),
         }
 

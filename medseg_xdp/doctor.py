@@ -132,8 +132,13 @@ def _rx_vlan_offload(ifname: str) -> str:
     return "unknown"
 
 
+def host_checks() -> list[Check]:
+    """What the host must offer before anything is loaded; the daemon refuses to start on a FAIL here."""
+    return [check_kernel(platform.release()), check_headers(), check_bpffs(), check_btf()]
+
+
 def run_checks(cfg: Config, netns: str | None = None, pin_root: Path = DEFAULT_PIN_ROOT) -> list[Check]:
-    checks = [check_kernel(platform.release()), check_headers(), check_bpffs(), check_btf()]
+    checks = host_checks()
     if checks[2].status is Status.OK:
         checks.append(check_pinned_state(cfg, pin_root))
     for port in cfg.ports:

@@ -33,6 +33,7 @@ BPFFS = Path("/sys/fs/bpf")
 # Without XDP frags (BCC sets no program flags) a frame must fit a page:
 # 4096 - headroom - skb_shared_info leaves about this much for the MTU.
 NATIVE_XDP_MAX_MTU = 3498
+MODE_FLAGS = {"native": bpfsys.XDP_FLAGS_DRV_MODE, "generic": bpfsys.XDP_FLAGS_SKB_MODE}
 
 
 class LoaderError(RuntimeError):
@@ -131,15 +132,37 @@ class Loader:
 
         An interface that already carries xdp_medseg is refused unless
         replace, and then swapped atomically (XDP_FLAGS_REPLACE); one that
-        carries another program is always refused.
+        carries another program is always refused. All or none: when one
+        interface fails, the fresh attachments made before it are undone
+        (a swapped program stays: it shares the maps of the one it replaced),
+        so the bridge is never left enforcing on some ports only.
         """
         if self.prog_fd < 0:
             self.compile()
         done: list[Attachment] = []
+        fresh: list[Attachment] = []
         with in_netns(netns_name):
             for ifname in ifnames:
-                done.append(self._attach_one(ifname, replace, force_generic))
+                try:
+                    attachment, swapped = self._attach_one(ifname, replace, force_generic)
+                except LoaderError:
+                    for undo in fresh:
+                        bpfsys.xdp_detach(undo.ifindex, MODE_FLAGS[undo.mode])
+                        log.warning("%s: detached again, because %s could not be attached", undo.ifname, ifname)
+                    raise
+                done.append(attachment)
+                if not swapped:
+                    fresh.append(attachment)
         return done
+
+    def attached_program(self, ifname: str, netns_name: str | None = None) -> tuple[int, int] | None:
+        """(ifindex, id of the XDP program on it or 0) for an interface, None when it does not exist."""
+        with in_netns(netns_name):
+            try:
+                ifindex, _ = _link(ifname)
+            except LoaderError:
+                return None
+            return ifindex, bpfsys.xdp_attached_id(ifindex)
 
     def preflight(self, ifnames: Sequence[str], netns_name: str | None = None, replace: bool = False) -> None:
         """Raise LoaderError now if attach would refuse an interface."""
@@ -147,7 +170,8 @@ class Loader:
             for ifname in ifnames:
                 _attachable(ifname, replace)
 
-    def _attach_one(self, ifname: str, replace: bool, force_generic: bool) -> Attachment:
+    def _attach_one(self, ifname: str, replace: bool, force_generic: bool) -> tuple[Attachment, bool]:
+        """The attachment, and whether it swapped a program of ours."""
         ifindex, mtu, current = _attachable(ifname, replace)
         old_fd = bpfsys.prog_fd_by_id(current) if current else -1
         _disable_rx_vlan_offload(ifname)
@@ -169,7 +193,7 @@ class Loader:
                         continue
                     raise LoaderError(f"cannot attach to {ifname}: {exc}") from exc
                 prog_id, _ = bpfsys.prog_info(self.prog_fd)
-                return Attachment(ifname, ifindex, prog_id, mode)
+                return Attachment(ifname, ifindex, prog_id, mode), bool(current)
         finally:
             if old_fd >= 0:
                 os.close(old_fd)

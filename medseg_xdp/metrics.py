@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from medseg_xdp import abi
 from medseg_xdp.classify import UNKNOWN
 from medseg_xdp.config import Config, protocol_name
+from medseg_xdp.events import RATE_LIMITED_KINDS
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -183,6 +184,24 @@ class DaemonCollector(Collector):
         if "unassigned" not in cfg.segments:  # what the policy gives a segment nobody configured
             segments.add_metric(["unassigned", "false", abi.Mode.monitor.name], 1)
         yield segments
+        enforcing = GaugeMetricFamily("medseg_port_enforcing", "1 while the port carries the daemon's XDP program, 0 when it lost it (checked every few seconds): traffic on it crosses unfiltered.", labels=["interface"])
+        for ifname, ok in sorted(self.daemon.enforcing.items()):
+            enforcing.add_metric([ifname], int(ok))
+        yield enforcing
+        yield CounterMetricFamily("medseg_port_reattached", "Times a port lost the XDP program (removed by someone else, or the interface re-created) and the daemon attached it again.", value=self.daemon.reattached)
+        events = self.daemon.events.counters
+        sent = CounterMetricFamily("medseg_events_sent", "SIEM events delivered, by destination ([events]).", labels=["destination"])
+        failures = CounterMetricFamily("medseg_events_send_failures", "Failed attempts to deliver a SIEM event (each is retried).", labels=["destination"])
+        lost = CounterMetricFamily("medseg_events_lost", "SIEM events never delivered: queue full while the destination was down, or still queued at exit.", labels=["destination", "reason"])
+        suppressed = CounterMetricFamily("medseg_events_suppressed", "Drop and would-drop events over events.drop_events_per_minute, counted instead of sent.", labels=["kind"])
+        for destination in self.daemon.events.destinations:
+            sent.add_metric([destination], events.sent[destination])
+            failures.add_metric([destination], events.failures[destination])
+            for reason in ("queue_full", "unsent_at_exit"):
+                lost.add_metric([destination, reason], events.dropped[destination, reason])
+        for kind in RATE_LIMITED_KINDS:
+            suppressed.add_metric([kind], events.suppressed[kind])
+        yield from (sent, failures, lost, suppressed)
         attached = GaugeMetricFamily("medseg_attachment_info", "The XDP attach mode of each bridge port (native or generic); value 1.", labels=["interface", "mode"])
         for attachment in list(self.daemon.attachments):
             attached.add_metric([attachment.ifname, attachment.mode], 1)

@@ -262,6 +262,16 @@ class InlineBridge:
         _disable_vlan_offload(ns, HOST_IFNAME)
         return int(port_index)
 
+    def replug(self, host_name: str) -> int:
+        """Unplug a host's cable and plug in a new one, as a re-plugged NIC: its port is deleted and
+        made again (same name, new ifindex, no XDP program). Returns the new ifindex."""
+        host = next(h for h in self.hosts if h.name == host_name)
+        with self.bridge_ns.iproute() as ipr:
+            ipr.link("del", index=self._ports[host_name])  # takes the host's eth0, its veth peer, along
+            (bridge_index,) = ipr.link_lookup(ifname=BRIDGE)
+            self._ports[host_name] = self._plug(ipr, bridge_index, self.bridge_ns, host, self.namespace(host_name))
+        return self._ports[host_name]
+
     def namespace(self, role: str) -> Namespace:
         """The namespace of a host by its name, or of the bridge by "bridge"."""
         return self._namespaces[role]

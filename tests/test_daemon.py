@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,3 +288,132 @@ def test_exceptions_expire_by_themselves(running: Running) -> None:
     assert never.returncode == 1 and "needs --expires" in never.stderr
     audit = [json.loads(line) for line in subprocess.run([*cli, "audit", "--json", *state], capture_output=True, text=True, check=True).stdout.splitlines()]
     assert [e["action"] for e in audit if e["action"].startswith("exception")] == ["exception add", "exception expired", "exception add", "exception expired"]
+
+
+HL7_WITH_PATIENT = "MSH|^~\\&|MONITOR|ICU|ADT|HOSP|202611281200||ORU^R01|1|P|2.5\rPID|1||MRN4711^^^HOSP||DOE^JOHN||19400101|M\r"
+SEND_UDP = "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[2].encode(), (sys.argv[1], 2575))"
+
+
+def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_path: Path) -> None:
+    """rsyslog (RFC 5424 on a unix socket) and a JSON-lines file receive the daemon's events."""
+    from rsyslog import Rsyslog
+
+    from medseg_xdp.events import SD_ID
+
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    events_file = tmp_path / "events.jsonl"
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    with Rsyslog(tmp_path / "rsyslog") as rsyslog, InlineBridge() as ward:
+        write_policy(config, state_dir)
+        with config.open("a") as out:
+            out.write(f'\n[events]\nsyslog = "unix:{rsyslog.socket}"\njson_lines = "{events_file}"\ndrop_events_per_minute = 600\n')
+        start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [22])
+        process = start_daemon(ward, config, state_dir, tmp_path / "daemon.log")
+        try:
+            assert ssh_attempt(Running(ward, config, state_dir, process, tmp_path / "daemon.log"))  # unassigned -> pacs (monitor): would-drop
+            subprocess.run([*cli, "pin", DEFAULT_CLIENT.mac, "--segment", "modalities", "--reason", "CT 2", "--state-dir", str(state_dir)], check=True, capture_output=True)
+            ward.client_ns.run([sys.executable, "-c", SEND_UDP, SERVER, HL7_WITH_PATIENT])  # dropped: modalities enforce
+            glass = subprocess.run([*cli, "break-glass", "on", "--reason", "code blue", "-c", str(config)], capture_output=True, text=True)
+            assert glass.returncode == 0, glass.stderr
+            subprocess.run([*cli, "break-glass", "off", "--reason", "over", "-c", str(config)], check=True, capture_output=True)
+
+            def kinds() -> set[str]:
+                return {r.msgid for r in rsyslog.received()}
+
+            assert wait_until(lambda: {"device-new", "would-drop", "pin", "drop", "break-glass-on", "break-glass-off"} <= kinds(), timeout=15), kinds()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+            subprocess.run([*cli, "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+        received = rsyslog.received()
+
+    by_kind: dict[str, list[Any]] = {}
+    for record in received:
+        by_kind.setdefault(record.msgid, []).append(record)
+    new_devices = " ".join(r.structured_data for r in by_kind["device-new"])
+    assert f'mac="{DEFAULT_CLIENT.mac}"' in new_devices and f'mac="{DEFAULT_SERVER.mac}"' in new_devices
+    drop = next(r for r in by_kind["drop"] if 'dport="2575"' in r.structured_data)
+    assert drop.pri == 20 * 8 + 4 and drop.structured_data.startswith(f"[{SD_ID} ")
+    for field in (f'src_ip="{DEFAULT_CLIENT.ipv4.split("/")[0]}"', f'dst_ip="{SERVER}"', 'proto="17"', 'src_segment="modalities"', 'dst_segment="pacs"', 'rule="default:modalities"'):  # type: ignore[union-attr]
+        assert field in drop.structured_data, drop
+    assert 'dport="22"' in " ".join(r.structured_data for r in by_kind["would-drop"])
+    assert 'uid="0"' in by_kind["pin"][0].structured_data and 'reason="CT 2"' in by_kind["pin"][0].structured_data
+    assert by_kind["break-glass-on"][0].pri == 20 * 8 + 2 and 'reason="code blue"' in by_kind["break-glass-on"][0].structured_data
+
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert {"device-new", "would-drop", "pin", "drop", "break-glass-on"} <= {line["kind"] for line in lines}  # break-glass: from the CLI, same config
+    everything = rsyslog.output.read_text() + events_file.read_text()
+    for patient_data in ("DOE", "JOHN", "MRN4711", "19400101"):
+        assert patient_data not in everything
+
+
+def test_a_port_that_loses_the_program_gets_it_back_and_it_is_reported(running: Running) -> None:
+    """`ip link set dev portA xdp off` behind the daemon's back: within seconds the port enforces again."""
+    from medseg_xdp import bpfsys
+    from medseg_xdp.loader import in_netns
+
+    running.ask("pin", mac=DEFAULT_CLIENT.mac, segment="modalities")
+    assert not ssh_attempt(running)
+    port = DEFAULT_CLIENT.port_name
+    with in_netns(running.ward.bridge_ns.name):
+        bpfsys.xdp_detach(running.ward.port_a_ifindex, bpfsys.XDP_FLAGS_DRV_MODE)
+    assert wait_until(lambda: running.ask("status")["ports_reattached"] == 1, timeout=15)  # type: ignore[index]
+    assert running.ask("status")["enforcing"] == {DEFAULT_CLIENT.port_name: True, DEFAULT_SERVER.port_name: True}  # type: ignore[index]
+    assert not ssh_attempt(running)
+    assert f"{port}: its XDP program was removed (not by medseg-xdp); attached it again" in running.log.read_text()
+
+    # a re-plugged NIC: the same name with a new ifindex, which the ports map is keyed by
+    generation = running.ask("status")["generation"]  # type: ignore[index]
+    running.ward.replug(DEFAULT_CLIENT.name)
+    assert wait_until(lambda: running.ask("status")["ports_reattached"] == 2, timeout=15)  # type: ignore[index]
+    assert running.ask("status")["generation"] == generation + 1  # type: ignore[index]
+    assert store_image(running)  # enforced again on the new interface: DICOM passes, ssh does not
+    assert not ssh_attempt(running)
+
+
+def test_a_foreign_program_on_a_port_is_reported_not_replaced(running: Running) -> None:
+    from bcc import BPF
+
+    from medseg_xdp import bpfsys
+    from medseg_xdp.loader import in_netns
+
+    other = BPF(text=b"int xdp_other(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        with in_netns(running.ward.bridge_ns.name):
+            bpfsys.xdp_detach(running.ward.port_b_ifindex, bpfsys.XDP_FLAGS_DRV_MODE)
+            bpfsys.xdp_attach(running.ward.port_b_ifindex, other.load_func(b"xdp_other", BPF.XDP).fd, bpfsys.XDP_FLAGS_DRV_MODE)
+        assert wait_until(lambda: running.ask("status")["enforcing"][DEFAULT_SERVER.port_name] is False, timeout=15)  # type: ignore[index]
+        assert running.ask("status")["ports_reattached"] == 0  # type: ignore[index]
+        assert f"{DEFAULT_SERVER.port_name}: NOT ENFORCING: it carries another XDP program" in running.log.read_text()
+        with in_netns(running.ward.bridge_ns.name):
+            bpfsys.xdp_detach(running.ward.port_b_ifindex, bpfsys.XDP_FLAGS_DRV_MODE)  # the other program's owner gives the port back
+        assert wait_until(lambda: running.ask("status")["enforcing"][DEFAULT_SERVER.port_name] is True, timeout=15)  # type: ignore[index]
+    finally:
+        other.cleanup()
+
+
+def test_the_daemon_refuses_to_start_half_working_and_attaches_nothing(tmp_path: Path) -> None:
+    """One port carries another program: the daemon names it and leaves the other port alone too."""
+    from bcc import BPF
+
+    from medseg_xdp import bpfsys
+    from medseg_xdp.loader import in_netns
+
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    write_policy(config, state_dir)
+    other = BPF(text=b"int xdp_other(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        with InlineBridge() as ward:
+            with in_netns(ward.bridge_ns.name):
+                bpfsys.xdp_attach(ward.port_b_ifindex, other.load_func(b"xdp_other", BPF.XDP).fd, bpfsys.XDP_FLAGS_SKB_MODE)
+            run = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "run", "-c", str(config), "--netns", ward.bridge_ns.name], capture_output=True, text=True, timeout=60)
+            assert run.returncode == 1
+            assert "refusing to start, enforcement would not work as configured" in run.stderr
+            assert f"{DEFAULT_SERVER.port_name} already carries another XDP program (xdp_other" in run.stderr
+            with in_netns(ward.bridge_ns.name):
+                assert bpfsys.xdp_attached_id(ward.port_a_ifindex) == 0
+    finally:
+        other.cleanup()
+    assert not (DEFAULT_PIN_ROOT / f"dtest{os.getpid()}").exists()

@@ -49,3 +49,26 @@ def test_doctor_reports_a_broken_then_a_healthy_set_up(tmp_path: Path) -> None:
             assert "[  ok] pinned state" in healthy.stdout
         finally:
             subprocess.run([*cli, "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+
+
+@pytest.mark.root
+def test_the_daemon_refuses_to_start_on_a_host_check_failure(tmp_path: Path) -> None:
+    """A kernel update without headers: the daemon says so and what to do, before compiling anything."""
+    from medseg_xdp.daemon import Daemon, StartRefused
+    from medseg_xdp.doctor import Check
+
+    config = tmp_path / "policy.toml"
+    config.write_text(f'[bridge]\nname = "refuse{os.getpid()}"\nports = ["portZ"]\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    headers_gone = Check("kernel headers", Status.FAIL, "no kernel headers at /lib/modules/7.0.0/build", "run scripts/setup.sh")
+    daemon = Daemon(config, host_checks=lambda: [Check("kernel", Status.OK, "7.0.0"), headers_gone])
+    with pytest.raises(StartRefused) as refused:
+        daemon.start()
+    daemon.events.close()
+    assert str(refused.value).splitlines() == [
+        "refusing to start, enforcement would not work as configured:",
+        "[FAIL] kernel headers: no kernel headers at /lib/modules/7.0.0/build",
+        "       fix: run scripts/setup.sh",
+        "[FAIL] ports: no interface portZ",
+        "       fix: check bridge.ports; `medseg-xdp doctor -c CONFIG` shows every port",
+    ]
+    assert daemon.loader.prog_fd < 0 and not daemon.loader.pin_dir.exists()

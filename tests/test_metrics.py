@@ -62,6 +62,12 @@ PINNED: dict[str, tuple[str, frozenset[str]]] = {
     "medseg_policy_apply_duration_seconds": ("histogram", frozenset()),
     "medseg_segment_info": ("gauge", frozenset({"segment", "life_critical", "mode"})),
     "medseg_attachment_info": ("gauge", frozenset({"interface", "mode"})),
+    "medseg_port_enforcing": ("gauge", frozenset({"interface"})),
+    "medseg_port_reattached_total": ("counter", frozenset()),
+    "medseg_events_sent_total": ("counter", frozenset({"destination"})),
+    "medseg_events_send_failures_total": ("counter", frozenset({"destination"})),
+    "medseg_events_lost_total": ("counter", frozenset({"destination", "reason"})),
+    "medseg_events_suppressed_total": ("counter", frozenset({"kind"})),
     "medseg_up": ("gauge", frozenset()),
     "medseg_build_info": ("gauge", frozenset({"version", "abi"})),
 }
@@ -90,6 +96,9 @@ flows = {flows}
 [daemon]
 state_dir = "{state_dir}"
 metrics = "127.0.0.1:{port}"
+
+[events]
+json_lines = "{state_dir}/events.jsonl"
 
 [segments.clients]
 macs = ["{client_mac}"]
@@ -411,6 +420,13 @@ def test_prometheus_sees_exactly_the_traffic_sent(live: Live) -> None:
     assert (prom.value("medseg_flows_active") or 0) >= 1
     assert prom.value("medseg_break_glass") == 0
     assert prom.value("medseg_up") == 1
+    for port in cfg.ports:
+        assert prom.value(f'medseg_port_enforcing{{interface="{port}"}}') == 1
+    assert prom.value("medseg_port_reattached_total") == 0
+    # SIEM events: every one the daemon sent is a line in the file
+    events_file = live.state_dir / "events.jsonl"
+    prom.wait_value('medseg_events_sent_total{destination="json_lines"}', lambda: len(events_file.read_text().splitlines()))
+    assert prom.value('sum(medseg_events_lost_total{destination="json_lines"})') == 0
     assert prom.value('medseg_build_info{version="0.1.0"}') == 1
 
 
