@@ -270,8 +270,13 @@ decided:
 static __always_inline void account(struct flow_entry *e, int dir,
 				    struct packet *pkt, u64 now)
 {
-	__sync_fetch_and_add(&e->packets[dir & 1], 1);
-	__sync_fetch_and_add(&e->bytes[dir & 1], pkt->len);
+	/* Plain adds, not atomics (15 of the established path's ~90 ns): each
+	 * direction's counters are written by the CPU whose RX queue gets that
+	 * direction (RSS hashes the 5-tuple to one queue), so two writers of one
+	 * counter at once are rare, and they cost a count, never a verdict.
+	 * The verdict counters (stats, per CPU) stay exact. */
+	e->packets[dir & 1] += 1;
+	e->bytes[dir & 1] += pkt->len;
 	if (e->last_seen_ns != now)
 		e->last_seen_ns = now;
 	/* Plain OR: a lost flag bit between two CPUs costs less than an
