@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,11 @@ def _unicast(mac: str) -> bool:
 
 
 def _usable_ip(address: str | None) -> bool:
-    if not address:
-        return False
+    return bool(address) and _usable_address(address)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=65536)  # a sample's addresses are mostly ones seen before
+def _usable_address(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return not (ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"))
 

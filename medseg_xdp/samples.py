@@ -16,7 +16,13 @@ from medseg_xdp import abi
 HEADER_SIZE = ctypes.sizeof(abi.SampleHeader)
 
 
-@dataclass(frozen=True)
+# IntEnum(value) is slow (microseconds); the daemon decodes every sample.
+_KINDS = {int(k): k for k in abi.SampleKind}
+_VERDICTS = {int(v): v for v in abi.Verdict}
+_REASONS = {int(r): r for r in abi.Reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     kind: abi.SampleKind
     verdict: abi.Verdict
@@ -36,10 +42,14 @@ class Sample:
             raise ValueError(f"sample of {len(record)} bytes is shorter than its {HEADER_SIZE}-byte header")
         header = abi.SampleHeader.from_buffer_copy(record)
         captured = min(header.captured_len, len(record) - HEADER_SIZE)
+        try:
+            kind, verdict, reason = _KINDS[header.kind], _VERDICTS[header.verdict], _REASONS[header.reason]
+        except KeyError as exc:
+            raise ValueError(f"sample header with an unknown kind, verdict or reason: {exc}") from None
         return cls(
-            kind=abi.SampleKind(header.kind),
-            verdict=abi.Verdict(header.verdict),
-            reason=abi.Reason(header.reason),
+            kind=kind,
+            verdict=verdict,
+            reason=reason,
             rule_id=header.rule_id,
             src_segment=header.src_segment,
             dst_segment=header.dst_segment,

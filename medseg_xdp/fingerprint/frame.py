@@ -8,9 +8,11 @@ which holds whatever L4 payload bytes were captured.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -72,7 +74,17 @@ class Frame:
 
 
 def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")
+
+
+def _ipv4_text(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET, raw)
+
+
+@lru_cache(maxsize=4096)
+def _ipv6_text(raw: bytes) -> str:
+    """RFC 5952 text as ipaddress writes it (inet_ntop writes ::a.b.c.d forms ipaddress does not)."""
+    return str(ipaddress.IPv6Address(raw))
 
 
 def decode(data: bytes) -> Frame:
@@ -110,8 +122,8 @@ def _ipv4(frame: Frame, l3: bytes) -> None:
     frame.ip_version = 4
     frame.ttl, frame.proto = l3[8], l3[9]
     frame.dont_fragment = bool(frag & 0x4000)
-    frame.src_ip = str(ipaddress.IPv4Address(l3[12:16]))
-    frame.dst_ip = str(ipaddress.IPv4Address(l3[16:20]))
+    frame.src_ip = _ipv4_text(l3[12:16])
+    frame.dst_ip = _ipv4_text(l3[16:20])
     if header_len < 20 or frag & 0x1FFF:
         return  # bad header, or a later fragment: no L4 header here
     end = min(total_len, len(l3)) if total_len >= header_len else len(l3)  # drop Ethernet padding
@@ -124,8 +136,8 @@ def _ipv6(frame: Frame, l3: bytes) -> None:
         return
     frame.ip_version = 6
     frame.ttl = l3[7]
-    frame.src_ip = str(ipaddress.IPv6Address(l3[8:24]))
-    frame.dst_ip = str(ipaddress.IPv6Address(l3[24:40]))
+    frame.src_ip = _ipv6_text(l3[8:24])
+    frame.dst_ip = _ipv6_text(l3[24:40])
     next_header, offset = l3[6], 40
     for _ in range(8):
         if next_header in IPV6_EXTENSION_HEADERS and offset + 2 <= len(l3):
