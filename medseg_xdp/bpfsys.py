@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import TypeVar
 
+import numpy as np
 from bcc import libbcc  # Debian's python3-bpfcc
 
 _lib = libbcc.lib
@@ -213,6 +214,15 @@ class Map:
         if _lib.bpf_map_update_batch(self.fd, key_buf, value_buf, ctypes.byref(done), ctypes.byref(opts)) < 0:
             _check(-1, f"batch update in {self.name} (written: {done.value} of {count})")
         return count
+
+    def summed_counters(self) -> Iterator[tuple[bytes, int, int]]:
+        """(key bytes, packets, bytes) of every non-zero struct counter in a per-CPU map,
+        summed over CPUs: one batch syscall per chunk instead of one per key."""
+        key_size = ctypes.sizeof(self.key_type)
+        for count, keys, values in self.lookup_batch_raw():
+            summed = np.frombuffer(values, dtype=np.uint64).reshape(count, self._ncpus, self._slot // 8)[:, :, :2].sum(axis=1)
+            for i in np.flatnonzero(summed.any(axis=1)):
+                yield keys[i * key_size : (i + 1) * key_size], int(summed[i, 0]), int(summed[i, 1])
 
     def sum_percpu(self, key: ctypes.Structure | ctypes._SimpleCData) -> list[int] | None:
         """Sum of a per-CPU value over CPUs, field by field (counters)."""

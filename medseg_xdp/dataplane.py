@@ -184,19 +184,20 @@ class Dataplane:
     def stats(self) -> dict[tuple[abi.Verdict, abi.Reason], CounterValue]:
         """Non-zero packet/byte counters by (verdict, reason), summed over CPUs."""
         result = {}
-        for verdict in abi.Verdict:
-            for reason in abi.Reason:
-                summed = self.maps["stats"].sum_percpu(U32(abi.stats_index(verdict, reason)))
-                if summed and summed[0]:
-                    result[(verdict, reason)] = CounterValue(*summed)
+        for key, packets, octets in self.maps["stats"].summed_counters():
+            verdict, reason = divmod(int.from_bytes(key, "little"), abi.REASON_MAX)
+            if packets and verdict < len(abi.Verdict):
+                result[(abi.Verdict(verdict), abi.Reason(reason))] = CounterValue(packets, octets)
         return result
 
     def rule_hits(self, rule_ids: list[int]) -> dict[int, CounterValue]:
+        """Non-zero counters of these rule ids, summed over CPUs."""
+        wanted = set(rule_ids)
         result = {}
-        for rule_id in rule_ids:
-            summed = self.maps["rule_hits"].sum_percpu(U32(rule_id))
-            if summed and summed[0]:
-                result[rule_id] = CounterValue(*summed)
+        for key, packets, octets in self.maps["rule_hits"].summed_counters():
+            rule_id = int.from_bytes(key, "little")
+            if packets and rule_id in wanted:
+                result[rule_id] = CounterValue(packets, octets)
         return result
 
     def pressure(self) -> dict[abi.Pressure, int]:
@@ -209,10 +210,9 @@ class Dataplane:
     def pair_stats(self) -> dict[tuple[int, int, abi.Verdict], CounterValue]:
         """Packets and bytes by (src segment id, dst segment id, verdict), summed over CPUs."""
         result = {}
-        for key in list(self.maps["pair_stats"].keys()):
-            summed = self.maps["pair_stats"].sum_percpu(key)
-            if summed:
-                result[(key.src_segment, key.dst_segment, abi.Verdict(key.verdict))] = CounterValue(*summed)
+        for key, packets, octets in self.maps["pair_stats"].summed_counters():
+            pair = abi.PairStatsKey.from_buffer_copy(key)
+            result[(pair.src_segment, pair.dst_segment, abi.Verdict(pair.verdict))] = CounterValue(packets, octets)
         return result
 
     def last_decisions(self) -> list[abi.Decision]:  # type: ignore[valid-type]

@@ -21,6 +21,7 @@ from medseg_xdp.baseline import Baseline
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, load_catalog
 from medseg_xdp.config import Config, protocol_name
 from medseg_xdp.dataplane import CounterValue
+from medseg_xdp.events import EventExporter
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.propose import propose
 from medseg_xdp.samples import Sample, SampleReader
@@ -221,6 +222,9 @@ class _MetricsView:
         self.xray = xray
         self.inventory = xray.inventory
         self.last_apply = None
+        self.enforcing = {attachment.ifname: True for attachment in program.attachments}  # the demo does not watch its ports
+        self.reattached = 0
+        self.events = EventExporter([], drop_events_per_minute=0)  # no SIEM in the demo
 
     def __getattr__(self, name: str) -> Any:  # attachments, config, dataplane, loader, rule_names
         return getattr(self._program, name)
