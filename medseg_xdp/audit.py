@@ -93,5 +93,10 @@ def _export(events: EventExporter, entry: AuditEntry) -> None:
             fields[f"{key}_count"] = len(value)
         else:
             fields[key] = value
-    severity = Severity.critical if entry.action == "break-glass on" else Severity.warning if entry.action == "policy revert" else Severity.notice
+    if entry.action == "break-glass on":
+        severity = Severity.critical
+    elif entry.action == "policy revert" or (entry.action == "class change" and entry.details.get("old_class") != "unknown"):
+        severity = Severity.warning  # a classified device turning into another class is worth a look
+    else:
+        severity = Severity.notice
     events.emit(entry.action.replace(" ", "-"), severity, entry.line(), **fields)

@@ -375,7 +375,7 @@ class Daemon:
                 self._device_event(mac)
             self._new_devices.clear()
         for change in changes:
-            self._class_change_event(change.mac, change.old, change.new, change.confidence)
+            self._audit_class_change(change.mac, change.old, change.new, change.confidence)
         if sample.verdict in (abi.Verdict.drop, abi.Verdict.audit):
             self._drop_event(sample)
         if changes and any(segment.classes for segment in self.config.segments.values()):
@@ -389,12 +389,13 @@ class Daemon:
         self.events.emit("device-new", Severity.notice, f"new device {mac} ({device.vendor or 'unknown vendor'}, {ips}) in segment {device.segment or 'none'}",
                          mac=mac, ip=next(iter(device.ips), ""), vendor=device.vendor or "", segment=device.segment or "")
 
-    def _class_change_event(self, mac: str, old: str, new: str, confidence: float) -> None:
+    def _audit_class_change(self, mac: str, old: str, new: str, confidence: float) -> None:
+        """The classifier's own changes are audited (and so reach the SIEM) like a person's pin."""
         device = self.inventory.devices.get(mac)
-        severity = Severity.notice if old == "unknown" else Severity.warning  # a known device turning into another class is worth a look
-        self.events.emit("class-change", severity, f"device {mac} changed class {old} -> {new} (confidence {confidence:.2f})",
-                         mac=mac, ip=next(iter(device.ips), "") if device else "", old_class=old, new_class=new, confidence=round(confidence, 2),
-                         criticality=self.inventory.classifier.catalog.criticality(new))
+        self.audit.append("class change", os.getuid(), "classifier evidence", {
+            "mac": mac, "ip": next(iter(device.ips), "") if device else "", "old_class": old, "new_class": new,
+            "confidence": round(confidence, 2), "criticality": self.inventory.classifier.catalog.criticality(new),
+        })
 
     def _drop_event(self, sample: Sample) -> None:
         frame = decode(sample.data)

@@ -150,6 +150,9 @@ def test_a_device_is_classified_and_lands_in_its_segment_live(running: Running) 
         return bool(client) and client["class"] == "imaging_modality" and client["segment"] == "modalities"
 
     assert wait_until(classified, timeout=10), running.log.read_text()
+    audit = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "audit", "--json", "--state-dir", str(running.state_dir)], capture_output=True, text=True, check=True)
+    changes = [json.loads(line) for line in audit.stdout.splitlines() if json.loads(line)["action"] == "class change"]
+    assert any(c["details"]["mac"] == DEFAULT_CLIENT.mac and c["details"]["new_class"] == "imaging_modality" and c["reason"] == "classifier evidence" for c in changes), changes
     # now in "modalities": DICOM to the pacs passes, anything else is dropped, without a restart
     assert store_image(running)
     assert not ssh_attempt(running)
