@@ -38,8 +38,8 @@
 #ifndef SEGMENT_TABLE_SIZE
 #define SEGMENT_TABLE_SIZE 1024
 #endif
-#ifndef PAIR_STATS_SIZE
-#define PAIR_STATS_SIZE 16384
+#ifndef PAIR_SEGMENTS
+#define PAIR_SEGMENTS PAIR_SEGMENTS_DEFAULT
 #endif
 #ifndef FRAG_TABLE_SIZE
 #define FRAG_TABLE_SIZE 4096
@@ -102,10 +102,11 @@ BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, stats,
 		 VERDICT_MAX * REASON_MAX, PINNED(stats));
 
-/* Packets and bytes by (src segment, dst segment, verdict): bounded by the
+/* Packets and bytes by (src segment, dst segment, verdict), at
+ * pair_index * VERDICT_MAX + verdict (see medseg_abi.h): bounded by the
  * configured segments, never by traffic. */
-BPF_TABLE_PINNED("percpu_hash", struct pair_stats_key, struct counter,
-		 pair_stats, PAIR_STATS_SIZE, PINNED(pair_stats));
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, pair_stats,
+		 PAIR_SEGMENTS * PAIR_SEGMENTS * VERDICT_MAX, PINNED(pair_stats));
 
 /* Packets and bytes decided by each rule id (defaults have ids too). */
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, rule_hits, MAX_RULE_IDS,

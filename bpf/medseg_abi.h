@@ -76,8 +76,7 @@ enum medseg_pressure {
 	PRESSURE_FRAG_INSERT_FAILED = 2,
 	PRESSURE_RING_FULL = 3,           /* sample wanted, ring buffer full */
 	PRESSURE_EVENT_RATE_LIMITED = 4,  /* drop/flowless sample over budget */
-	PRESSURE_PAIR_STATS_FULL = 5,     /* a segment pair found no counter slot */
-	PRESSURE_MAX = 6,
+	PRESSURE_MAX = 5,
 };
 
 /* Flags in struct decision.flags */
@@ -191,6 +190,8 @@ struct segment_info {
 	u8 default_action;  /* ACTION_* */
 	u8 flags;           /* SEGMENT_* */
 	u8 pad;
+	u16 stats_slot;     /* row/column in pair_stats, 1..PAIR_SEGMENTS-1; stable while the segment lives */
+	u16 pad2;
 };
 
 /* LPM: prefixlen = 80 + matched port bits (0 = any port, 16 = exact port);
@@ -251,7 +252,7 @@ struct flow_entry {
 	u8 flags;          /* DECISION_MIDSTREAM */
 	u8 tcp_flags[2];   /* OR of all TCP flags seen, per direction */
 	u16 policy_port;   /* the initiator's, to re-judge on a new generation */
-	u8 pad[4];
+	u32 pair_index;    /* the decision's segment pair, see pair_stats */
 };
 
 struct frag_key {
@@ -270,18 +271,19 @@ struct frag_verdict {
 	u16 dst_segment;
 	u8 verdict;
 	u8 reason;
-	u16 pad;
+	u8 flags;          /* DECISION_SEGMENTS of the first fragment's decision */
+	u8 pad;
+	u32 pair_index;
 };
 
 /* ---- accounting and trace ---- */
 
-/* Packets and bytes by segment pair and verdict (metrics: the matrix). */
-struct pair_stats_key {
-	u16 src_segment;
-	u16 dst_segment;
-	u8 verdict;
-	u8 pad[3];
-};
+/* Packets and bytes by segment pair and verdict (metrics: the matrix) live
+ * in a per-CPU array, at pair_index * VERDICT_MAX + verdict, where
+ * pair_index = src stats_slot * PAIR_SEGMENTS + dst stats_slot: one
+ * inlined array access per packet, with the index kept in the flow entry.
+ * Slot 0 is for a segment without a segment_info entry. */
+#define PAIR_SEGMENTS_DEFAULT 64
 
 struct counter {
 	u64 packets;
@@ -300,6 +302,8 @@ struct decision {
 	u8 reason;
 	u8 sample_kind;    /* SAMPLE_* wanted for this packet */
 	u8 flags;          /* DECISION_* */
+	u32 pair_index;    /* valid with DECISION_SEGMENTS */
+	u32 pad;
 };
 
 struct event_budget {

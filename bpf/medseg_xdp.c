@@ -38,10 +38,12 @@ static __always_inline void set_decision(struct decision *d, u8 verdict,
 	d->rule_id = rule_id;
 }
 
-static __always_inline void set_segments(struct decision *d, u16 src, u16 dst)
+static __always_inline void set_segments(struct decision *d, u16 src, u16 dst,
+					 u32 pair_index)
 {
 	d->src_segment = src;
 	d->dst_segment = dst;
+	d->pair_index = pair_index;
 	d->flags |= DECISION_SEGMENTS;
 }
 
@@ -117,6 +119,7 @@ static __always_inline void lookup_segment(u32 gen, u16 segment,
 	out->mode = MODE_MONITOR;
 	out->default_action = ACTION_ALLOW;
 	out->flags = 0;
+	out->stats_slot = 0;
 }
 
 static __always_inline u8 verdict_of(u8 action, int enforce)
@@ -165,9 +168,10 @@ static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
 
 	identify(gen, a->vlan, a->src_mac, a->src_addr, a->family, src);
 	identify(gen, a->vlan, a->dst_mac, a->dst_addr, a->family, &dst);
-	set_segments(d, src->segment, dst.segment);
 	lookup_segment(gen, src->segment, src_info);
 	lookup_segment(gen, dst.segment, dst_info);
+	set_segments(d, src->segment, dst.segment,
+		     (u32)src_info->stats_slot * PAIR_SEGMENTS + dst_info->stats_slot);
 	return !a->break_glass &&
 	       (src_info->mode == MODE_ENFORCE || dst_info->mode == MODE_ENFORCE);
 }
@@ -357,7 +361,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
 				     e->rule_id);
-			set_segments(d, e->src_segment, e->dst_segment);
+			set_segments(d, e->src_segment, e->dst_segment,
+				     e->pair_index);
 		} else {
 			/* Re-judge the initiator's direction under the
 			 * active policy. */
@@ -374,6 +379,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			e->rule_id = d->rule_id;
 			e->src_segment = d->src_segment;
 			e->dst_segment = d->dst_segment;
+			e->pair_index = d->pair_index;
 			e->gen = gen;
 		}
 		account(e, dir, pkt, now);
@@ -402,8 +408,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		     d->verdict == VERDICT_DROP)) {
 			set_decision(d, other.verdict, other.reason,
 				     other.rule_id);
-			d->src_segment = other.src_segment;
-			d->dst_segment = other.dst_segment;
+			set_segments(d, other.src_segment, other.dst_segment,
+				     other.pair_index);
 			initiator_is_lo = !src_is_lo;
 			initiator_port = reply_port;
 		}
@@ -422,6 +428,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		.verdict = d->verdict,
 		.reason = d->reason,
 		.initiator_is_lo = initiator_is_lo,
+		.pair_index = d->pair_index,
 		.flags = d->flags & DECISION_MIDSTREAM,
 		.policy_port = initiator_port,
 	};
@@ -449,7 +456,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);
 		set_decision(d, e->verdict,
 			     dir ? REASON_REPLY : REASON_ESTABLISHED, e->rule_id);
-		set_segments(d, e->src_segment, e->dst_segment);
+		set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
 		account(e, dir, pkt, now);
 		want_sample(d, flow_sample_kind(e, s));
 		return;
@@ -568,7 +575,9 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 	struct frag_verdict *first = frags.lookup(&key);
 	if (first) {
 		set_decision(d, first->verdict, REASON_FRAGMENT, first->rule_id);
-		set_segments(d, first->src_segment, first->dst_segment);
+		if (first->flags & DECISION_SEGMENTS)  /* not after a rail */
+			set_segments(d, first->src_segment,
+				     first->dst_segment, first->pair_index);
 		return;
 	}
 
@@ -593,6 +602,8 @@ static __always_inline void record_first_fragment(struct packet *pkt,
 		.dst_segment = d->dst_segment,
 		.verdict = d->verdict,
 		.reason = d->reason,
+		.flags = d->flags & DECISION_SEGMENTS,
+		.pair_index = d->pair_index,
 	};
 
 	make_frag_key(pkt, &key);
@@ -676,7 +687,7 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	if (!e)
 		return 0;
 	set_decision(d, e->verdict, REASON_RELATED_ICMP, e->rule_id);
-	set_segments(d, e->src_segment, e->dst_segment);
+	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
 	return 1;
 }
 
@@ -767,25 +778,13 @@ static __always_inline void emit_sample(struct xdp_md *ctx, struct packet *pkt,
 
 static __always_inline void count_pair(struct decision *d, u32 len)
 {
-	struct pair_stats_key key = { .src_segment = d->src_segment,
-				      .dst_segment = d->dst_segment,
-				      .verdict = d->verdict };
-	struct counter *c = pair_stats.lookup(&key);
+	u32 index = d->pair_index * VERDICT_MAX + d->verdict;
+	struct counter *c = pair_stats.lookup(&index);
 
-	if (!c) {
-		struct counter first = { .packets = 1, .bytes = len };
-		/* -EEXIST: the other CPU's first packet of this pair; count
-		 * into the slot it made. */
-		if (pair_stats.insert(&key, &first) == 0)
-			return;
-		c = pair_stats.lookup(&key);
-		if (!c) {
-			count_pressure(PRESSURE_PAIR_STATS_FULL);
-			return;
-		}
+	if (c) {
+		c->packets++;
+		c->bytes += len;
 	}
-	c->packets++;
-	c->bytes += len;
 }
 
 static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,

@@ -224,6 +224,12 @@ class Map:
             for i in np.flatnonzero(summed.any(axis=1)):
                 yield keys[i * key_size : (i + 1) * key_size], int(summed[i, 0]), int(summed[i, 1])
 
+    def zero_percpu(self, indexes: Iterator[int] | list[int]) -> None:
+        """Set entries of a per-CPU array to zero on every CPU."""
+        zeros = self._value_buffer()
+        for index in indexes:
+            _check(_lib.bpf_update_elem(self.fd, ctypes.byref(ctypes.c_uint32(index)), zeros, BPF_ANY), f"zero {self.name}[{index}]")
+
     def sum_percpu(self, key: ctypes.Structure | ctypes._SimpleCData) -> list[int] | None:
         """Sum of a per-CPU value over CPUs, field by field (counters)."""
         values = self.lookup_percpu(key)
@@ -263,6 +269,24 @@ def prog_info(fd: int) -> tuple[int, str]:
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program info")
     return info.id, info.name.decode()
+
+
+class _BpfMapInfo(ctypes.Structure):
+    # The leading fields of the kernel's struct bpf_map_info (uapi, stable).
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+    ]
+
+
+def map_max_entries(fd: int) -> int:
+    info = _BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
+    return int(info.max_entries)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -52,6 +52,7 @@ segment whatever address it claims.
 
     [tables]                          # map capacities (a change means new pinned maps)
     flows = 65536
+    pair_segments = 64                # segments a policy can have, the 3 pseudo-segments included
 
     [daemon]
     state_dir = "/var/lib/medseg-xdp"
@@ -144,6 +145,9 @@ class TableSizes:
     segments: int = 1024
     frags: int = 4096
     ring_pages: int = 256
+    # Segment-pair counters are a per-CPU array of pair_segments^2 * 3 (verdicts) counters of
+    # 16 bytes: 196 KB per CPU at 64. It bounds the segments (pseudo ones included) a policy can have.
+    pair_segments: int = abi.const("PAIR_SEGMENTS_DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -400,6 +404,8 @@ def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
     values = {name: r.integer(data, name, f"tables.{name}", getattr(defaults, name), 1, 1 << 24) for name in defaults.__dataclass_fields__}
     if values["ring_pages"] & (values["ring_pages"] - 1):
         raise r.fail("tables.ring_pages", f"{values['ring_pages']} is not a power of two")
+    if not 4 <= values["pair_segments"] <= 256:
+        raise r.fail("tables.pair_segments", f"{values['pair_segments']} is out of range 4..256 (the pair counters grow with its square)")
     return TableSizes(**values)
 
 

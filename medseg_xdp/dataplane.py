@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_xdp import abi, bpfsys
-from medseg_xdp.policy_image import GENERATIONAL_MAPS, IN_PLACE_MAPS, MapContents
+from medseg_xdp.policy_image import GENERATIONAL_MAPS, IN_PLACE_MAPS, MapContents, live_stats_slots, pair_counters_by_segment, stable_stats_slots
 
 U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
@@ -36,7 +37,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "flows": (abi.FlowKey, abi.FlowEntry, False),
     "frags": (abi.FragKey, abi.FragVerdict, False),
     "stats": (U32, abi.Counter, True),
-    "pair_stats": (abi.PairStatsKey, abi.Counter, True),
+    "pair_stats": (U32, abi.Counter, True),
     "rule_hits": (U32, abi.Counter, True),
     "pressure": (U32, U64, True),
     "last_decision": (U32, abi.Decision, True),
@@ -76,6 +77,8 @@ class Dataplane:
         for name, (key_type, value_type, percpu) in MAP_LAYOUTS.items():
             fd = bpfsys.obj_get(str(pin_dir / name))
             self.maps[name] = bpfsys.Map(fd, name, key_type, value_type, percpu)
+        # pair_stats holds pair_segments^2 * VERDICT_MAX counters
+        self.pair_segments = math.isqrt(bpfsys.map_max_entries(self.maps["pair_stats"].fd) // abi.VERDICT_MAX)
 
     def close(self) -> None:
         for m in self.maps.values():
@@ -106,6 +109,10 @@ class Dataplane:
             old = self.active_generation()
             new = (old + 1) & 0xFFFFFFFF or 1
             contents = _keep_break_glass(compile_for(new), self.break_glass())
+            live = self.active_generation()
+            live_slots = live_stats_slots((k, v) for k, v in self.maps["segments"].items() if k.gen == live)  # type: ignore[attr-defined]
+            contents["segments"], new_owners = stable_stats_slots(contents.get("segments", {}), live_slots, self.pair_segments)
+            self._zero_pair_counters(new_owners)
             # Leftovers of a writer that died mid-apply: never let them go live.
             self.retire_generations(keep=old)
             try:
@@ -186,7 +193,7 @@ class Dataplane:
         result = {}
         for key, packets, octets in self.maps["stats"].summed_counters():
             verdict, reason = divmod(int.from_bytes(key, "little"), abi.REASON_MAX)
-            if packets and verdict < len(abi.Verdict):
+            if packets and verdict < abi.VERDICT_MAX:
                 result[(abi.Verdict(verdict), abi.Reason(reason))] = CounterValue(packets, octets)
         return result
 
@@ -207,13 +214,24 @@ class Dataplane:
             result[what] = summed[0] if summed else 0
         return result
 
+    def stats_slots(self) -> dict[int, int]:
+        """Segment id -> its row and column in pair_stats, in the live generation."""
+        live = self.active_generation()
+        return {key.segment: info.stats_slot for key, info in self.maps["segments"].items() if key.gen == live}  # type: ignore[attr-defined]
+
+    def _zero_pair_counters(self, slots: set[int]) -> None:
+        """A slot that changes owner starts from zero: its row and its column, every verdict."""
+        n, verdicts = self.pair_segments, abi.VERDICT_MAX
+        pairs = {slot * n + other for slot in slots for other in range(n)} | {other * n + slot for slot in slots for other in range(n)}
+        self.maps["pair_stats"].zero_percpu(sorted(pair * verdicts + verdict for pair in pairs for verdict in range(verdicts)))
+
     def pair_stats(self) -> dict[tuple[int, int, abi.Verdict], CounterValue]:
-        """Packets and bytes by (src segment id, dst segment id, verdict), summed over CPUs."""
-        result = {}
-        for key, packets, octets in self.maps["pair_stats"].summed_counters():
-            pair = abi.PairStatsKey.from_buffer_copy(key)
-            result[(pair.src_segment, pair.dst_segment, abi.Verdict(pair.verdict))] = CounterValue(packets, octets)
-        return result
+        """Packets and bytes by (src segment id, dst segment id, verdict), summed over CPUs.
+
+        Only pairs of segments in the live generation: a removed segment's counters go with it."""
+        counters = ((int.from_bytes(key, "little"), packets, octets) for key, packets, octets in self.maps["pair_stats"].summed_counters())
+        pairs = pair_counters_by_segment(counters, self.stats_slots(), self.pair_segments)
+        return {pair: CounterValue(*value) for pair, value in pairs.items()}
 
     def last_decisions(self) -> list[abi.Decision]:  # type: ignore[valid-type]
         """The last decision on each CPU (trace finds the one whose seq moved)."""

@@ -49,6 +49,7 @@ def table_cflags(sizes: TableSizes) -> list[str]:
         "segments": "SEGMENT_TABLE_SIZE",
         "frags": "FRAG_TABLE_SIZE",
         "ring_pages": "RING_PAGES",
+        "pair_segments": "PAIR_SEGMENTS",
     }
     return [f"-D{names[field]}={value}" for field, value in asdict(sizes).items()]
 
@@ -107,7 +108,7 @@ class Loader:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         from bcc import BPF  # imported late: tools that only read maps skip BCC's start-up
 
-        cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *table_cflags(self.sizes), *os.environ.get("MEDSEG_EXP", "").split()]
+        cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *table_cflags(self.sizes)]
         try:
             self._bpf = BPF(src_file=str(PROGRAM_SOURCE).encode(), cflags=cflags)
             self.prog_fd = self._bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP).fd

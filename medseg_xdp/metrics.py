@@ -133,7 +133,7 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("medseg_flows_active", f"Flows with a packet in the last {ACTIVE_FLOW_S} seconds.", value=active)
 
         pressure = dataplane.pressure()
-        events = CounterMetricFamily("medseg_map_pressure", "Map pressure events: failed or raced flow inserts, failed fragment inserts, pairs without a counter slot.", labels=["event"])
+        events = CounterMetricFamily("medseg_map_pressure", "Map pressure events: failed or raced flow inserts, failed fragment inserts.", labels=["event"])
         lost = CounterMetricFamily("medseg_samples_lost", "Samples the program could not send: ring buffer full, or over the drop-event rate limit.", labels=["reason"])
         for what, count in pressure.items():
             if what in SAMPLE_LOSSES:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from medseg_xdp import abi
-from medseg_xdp.config import Config, ConfigError, Rule, Segment
+from medseg_xdp.config import PSEUDO_SEGMENTS, Config, ConfigError, Rule, Segment
 
 MapContents = dict[str, dict[bytes, bytes]]
 
@@ -241,9 +241,15 @@ def _be16(port: int) -> int:
 
 
 def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: dict[int, str], ids: RuleIds) -> None:
+    """Every segment's mode, default and stats slot; multicast and broadcast get an entry for their slot only
+    (the program's default for a segment without one: monitor, allow, no rule)."""
     segments = dict(config.segments)
     if "unassigned" not in segments:
         segments["unassigned"] = Segment(name="unassigned", id=abi.const("SEGMENT_UNASSIGNED"))
+    slots = {segment_id: slot for slot, segment_id in enumerate(sorted({s.id for s in segments.values()} | set(PSEUDO_SEGMENTS.values())), 1)}
+    if len(slots) >= config.tables.pair_segments:
+        raise ConfigError(f"tables.pair_segments: {len(slots)} segments (pseudo-segments included) need more than {config.tables.pair_segments - 1} "
+                          "segment-pair counter slots: raise tables.pair_segments")
     for segment in segments.values():
         name = f"default:{segment.name}"
         rule_id = ids(name)
@@ -251,8 +257,58 @@ def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: 
         flags = (abi.const("SEGMENT_MGMT") if segment.management else 0) | (
             abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0
         )
-        info = abi.SegmentInfo(default_rule_id=rule_id, mode=segment.mode, default_action=segment.default, flags=flags)
+        info = abi.SegmentInfo(default_rule_id=rule_id, mode=segment.mode, default_action=segment.default, flags=flags, stats_slot=slots[segment.id])
         _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment.id), info)
+    for segment_id in set(PSEUDO_SEGMENTS.values()) - {s.id for s in segments.values()}:
+        info = abi.SegmentInfo(mode=abi.Mode.monitor, default_action=abi.Action.allow, stats_slot=slots[segment_id])
+        _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment_id), info)
+
+
+def pair_counters_by_segment(counters: Iterable[tuple[int, int, int]], slots: Mapping[int, int], pair_segments: int) -> dict[tuple[int, int, abi.Verdict], tuple[int, int]]:
+    """(src segment id, dst segment id, verdict) -> (packets, bytes), from (pair_stats index, packets, bytes)
+    and the live generation's segment -> stats slot: pairs of segments that are gone are left out."""
+    segment_of = {slot: segment_id for segment_id, slot in slots.items()}
+    result = {}
+    for index, packets, octets in counters:
+        pair, verdict = divmod(index, abi.VERDICT_MAX)
+        src, dst = divmod(pair, pair_segments)
+        if src in segment_of and dst in segment_of and packets:
+            result[(segment_of[src], segment_of[dst], abi.Verdict(verdict))] = (packets, octets)
+    return result
+
+
+def segment_identity(key: abi.SegmentKey, info: abi.SegmentInfo) -> int:  # type: ignore[valid-type]
+    """What makes a segment the same one across generations: its default rule id, which RuleIds keeps per
+    segment name (ids themselves are positional in the config), or the id of a pseudo-segment without one."""
+    return info.default_rule_id or (1 << 32 | key.segment)  # type: ignore[attr-defined, no-any-return]
+
+
+def live_stats_slots(entries: Iterable[tuple[abi.SegmentKey, abi.SegmentInfo]]) -> dict[int, int]:  # type: ignore[valid-type]
+    """segment_identity -> stats slot, of one generation's segment entries."""
+    return {segment_identity(key, info): info.stats_slot for key, info in entries}  # type: ignore[attr-defined]
+
+
+def stable_stats_slots(segments: dict[bytes, bytes], live: Mapping[int, int], capacity: int) -> tuple[dict[bytes, bytes], set[int]]:
+    """Re-number the stats slots of a generation's segment entries so that a segment keeps the slot it has
+    in the live generation (live_stats_slots: its pair counters stay its own), and a new segment gets a slot
+    nobody uses live if there is one, else one a removed segment left. Returns the entries and the slots
+    that change owner (their counters must be zeroed before the flip)."""
+    entries = sorted(((abi.SegmentKey.from_buffer_copy(k), abi.SegmentInfo.from_buffer_copy(v)) for k, v in segments.items()), key=lambda e: e[0].segment)
+    identities = {segment_identity(key, info) for key, info in entries}
+    taken = set(live.values())
+    fresh = (slot for slot in range(1, capacity) if slot not in taken)
+    freed = sorted(slot for identity, slot in live.items() if identity not in identities)
+    result: dict[bytes, bytes] = {}
+    new_owners: set[int] = set()
+    for key, info in entries:
+        identity = segment_identity(key, info)
+        if identity in live:
+            info.stats_slot = live[identity]
+        else:
+            info.stats_slot = next(fresh, None) or freed.pop(0)
+            new_owners.add(info.stats_slot)
+        result[abi.to_bytes(key)] = abi.to_bytes(info)
+    return result, new_owners
 
 
 def _rails(config: Config, gen: int, contents: MapContents) -> None:

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
 
 from medseg_xdp import abi
+from medseg_xdp.policy_image import live_stats_slots, stable_stats_slots
 
 # medseg_abi.h's #defines and enum members under their C names.
 C = SimpleNamespace(
@@ -488,22 +489,30 @@ class Outcome:
 class ReferenceDataplane:
     """The XDP program with its maps: configuration from load(), state kept."""
 
-    def __init__(self, maps: MapContents) -> None:
+    def __init__(self, maps: MapContents, pair_segments: int = C.PAIR_SEGMENTS_DEFAULT) -> None:
+        self.pair_segments = pair_segments  # [tables] pair_segments of the program it models
         self.flows: dict[bytes, abi.FlowEntry] = {}
         self.frags: dict[bytes, abi.FragVerdict] = {}
         self.stats: dict[int, abi.Counter] = {}
         self.rule_hits: dict[int, abi.Counter] = {}
-        self.pair_stats: dict[bytes, abi.Counter] = {}
+        self.pair_stats: dict[int, abi.Counter] = {}  # by index, as the program's array
         self.pressure: dict[int, int] = {}
         self.last_decision = abi.Decision()
         self.event_budget = abi.EventBudget()
         self.load(maps)
 
     def load(self, maps: MapContents) -> None:
-        """Replaces the configuration maps (a policy update); state maps are kept."""
+        """Replaces the configuration maps (a policy update); state maps are kept.
+
+        As Dataplane.apply does: a segment keeps its stats slot across updates, and a slot that
+        changes owner starts from zero."""
         unknown = maps.keys() - CONFIG_MAPS.keys()
         if unknown:
             raise ValueError(f"not configuration maps: {sorted(unknown)}")
+        live = live_stats_slots((abi.SegmentKey.from_buffer_copy(key), info) for key, info in getattr(self, "segments", {}).items())
+        segments, new_owners = stable_stats_slots(maps.get("segments", {}), live, self.pair_segments)
+        maps = {**maps, "segments": segments}
+        self.pair_stats = {index: c for index, c in self.pair_stats.items() if not set(divmod(index // C.VERDICT_MAX, self.pair_segments)) & new_owners}
         tables = {name: decode_map(name, maps.get(name, {})) for name in CONFIG_MAPS}
         for name in ARRAY_MAPS:  # an array's slot is always there, zero until written
             if set(tables[name]) - {ZERO_KEY}:
@@ -532,16 +541,16 @@ class ReferenceDataplane:
         d.rule_id = rule_id
 
     @staticmethod
-    def set_segments(d: abi.Decision, src: int, dst: int) -> None:
+    def set_segments(d: abi.Decision, src: int, dst: int, pair_index: int) -> None:
         """set_segments()."""
         d.src_segment = src
         d.dst_segment = dst
+        d.pair_index = pair_index
         d.flags |= C.DECISION_SEGMENTS
 
     def count_pair(self, d: abi.Decision, length: int) -> None:
         """count_pair(): packets and bytes by segment pair and verdict."""
-        key = bytes(abi.PairStatsKey(src_segment=d.src_segment, dst_segment=d.dst_segment, verdict=d.verdict))
-        counter = self.pair_stats.setdefault(key, abi.Counter())
+        counter = self.pair_stats.setdefault(d.pair_index * C.VERDICT_MAX + d.verdict, abi.Counter())
         counter.packets += 1
         counter.bytes += length
 
@@ -593,7 +602,7 @@ class ReferenceDataplane:
         if info is not None:
             return info
         return abi.SegmentInfo(
-            default_rule_id=0, mode=C.MODE_MONITOR, default_action=C.ACTION_ALLOW, flags=0
+            default_rule_id=0, mode=C.MODE_MONITOR, default_action=C.ACTION_ALLOW, flags=0, stats_slot=0
         )
 
     @staticmethod
@@ -620,9 +629,9 @@ class ReferenceDataplane:
         """resolve_endpoints(): both segments into d; (enforce, src, src_info, dst_info)."""
         src = self.identify(gen, a.vlan, a.src_mac, a.src_addr, a.family)
         dst = self.identify(gen, a.vlan, a.dst_mac, a.dst_addr, a.family)
-        self.set_segments(d, src.segment, dst.segment)
         src_info = self.lookup_segment(gen, src.segment)
         dst_info = self.lookup_segment(gen, dst.segment)
+        self.set_segments(d, src.segment, dst.segment, src_info.stats_slot * self.pair_segments + dst_info.stats_slot)
         enforce = not a.break_glass and (src_info.mode == C.MODE_ENFORCE or dst_info.mode == C.MODE_ENFORCE)
         return enforce, src, src_info, dst_info
 
@@ -756,7 +765,7 @@ class ReferenceDataplane:
             if e.gen == gen:
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
-                self.set_segments(d, e.src_segment, e.dst_segment)
+                self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
             else:
                 # Re-judge the initiator's direction under the active policy.
                 args = self.fill_judge_args(pkt, s, vlan, bool(direction), e.policy_port)
@@ -771,6 +780,7 @@ class ReferenceDataplane:
                 e.rule_id = d.rule_id
                 e.src_segment = d.src_segment
                 e.dst_segment = d.dst_segment
+                e.pair_index = d.pair_index
                 e.gen = gen
             self.account(e, direction, pkt, now)
             self.want_sample(d, self.flow_sample_kind(e, s))
@@ -797,8 +807,7 @@ class ReferenceDataplane:
                 other.verdict == C.VERDICT_AUDIT and d.verdict == C.VERDICT_DROP
             ):
                 self.set_decision(d, other.verdict, other.reason, other.rule_id)
-                d.src_segment = other.src_segment
-                d.dst_segment = other.dst_segment
+                self.set_segments(d, other.src_segment, other.dst_segment, other.pair_index)
                 initiator_is_lo = not src_is_lo
                 initiator_port = reply_port
             d.flags |= C.DECISION_MIDSTREAM
@@ -817,6 +826,7 @@ class ReferenceDataplane:
             initiator_is_lo=initiator_is_lo,
             flags=d.flags & C.DECISION_MIDSTREAM,
             policy_port=initiator_port,
+            pair_index=d.pair_index,
         )
         direction = 0 if src_is_lo == initiator_is_lo else 1
         fresh.packets[direction] = 1
@@ -893,7 +903,8 @@ class ReferenceDataplane:
         first = self.frags.get(bytes(self.make_frag_key(pkt)))
         if first is not None:
             self.set_decision(d, first.verdict, C.REASON_FRAGMENT, first.rule_id)
-            self.set_segments(d, first.src_segment, first.dst_segment)
+            if first.flags & C.DECISION_SEGMENTS:  # not after a rail
+                self.set_segments(d, first.src_segment, first.dst_segment, first.pair_index)
             return
 
         args = self.fill_judge_args(pkt, s, self.vlan_for_identity(ctx, pkt), False, 0)
@@ -910,6 +921,8 @@ class ReferenceDataplane:
             dst_segment=d.dst_segment,
             verdict=d.verdict,
             reason=d.reason,
+            flags=d.flags & C.DECISION_SEGMENTS,
+            pair_index=d.pair_index,
         )
 
     @staticmethod
@@ -965,7 +978,7 @@ class ReferenceDataplane:
         if e is None:
             return False
         self.set_decision(d, e.verdict, C.REASON_RELATED_ICMP, e.rule_id)
-        self.set_segments(d, e.src_segment, e.dst_segment)
+        self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
         return True
 
     def handle_ip(

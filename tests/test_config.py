@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medseg_xdp import abi, config
-from medseg_xdp.config import ConfigError
-from medseg_xdp.policy_image import compile_policy, port_prefixes
+from medseg_xdp.config import ConfigError, parse
+from medseg_xdp.policy_image import RuleIds, compile_policy, live_stats_slots, pair_counters_by_segment, port_prefixes, stable_stats_slots
 
 FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
 
@@ -152,7 +152,7 @@ action = "allow"
 
 def test_a_table_too_small_is_an_error() -> None:
     text = "[tables]\nsegments = 2\n[segments.a]\n[segments.b]\n[segments.c]\n"
-    with pytest.raises(ConfigError, match=r"tables.segments: 4 segments entries do not fit in 2"):
+    with pytest.raises(ConfigError, match=r"tables.segments: 6 segments entries do not fit in 2"):
         compile_policy(config.parse(text), 1, lambda port: 1)
 
 
@@ -184,3 +184,40 @@ def test_rule_ids_are_stable_across_edits() -> None:
 
     ids = RuleIds({"dicom": 7, "default:pacs": 3})
     assert (ids("dicom"), ids("default:pacs"), ids("new-rule"), ids("new-rule")) == (7, 3, 8, 8)
+
+
+def _slots(contents: dict[str, dict[bytes, bytes]]) -> dict[int, int]:
+    return {abi.SegmentKey.from_buffer_copy(k).segment: abi.SegmentInfo.from_buffer_copy(v).stats_slot for k, v in contents["segments"].items()}
+
+
+def test_segments_keep_their_pair_counter_slots_across_generations() -> None:
+    """Counters follow the segment (by name, through its default rule id), not its positional id."""
+    ids = RuleIds()
+    first = compile_policy(parse("[segments.a]\n[segments.b]\n[segments.c]\n"), 1, lambda port: 0, rule_ids=ids).contents
+    live = live_stats_slots((abi.SegmentKey.from_buffer_copy(k), abi.SegmentInfo.from_buffer_copy(v)) for k, v in first["segments"].items())
+    a, b, c = (parse("[segments.a]\n[segments.b]\n[segments.c]\n").segment_id(n) for n in "abc")
+    assert sorted(_slots(first).values()) == list(range(1, 7))  # a, b, c, unassigned, multicast, broadcast
+    # b removed, d added: a and c keep their slots although c's id moved up; d gets a slot no one used
+    second = compile_policy(parse("[segments.a]\n[segments.c]\n[segments.d]\n"), 2, lambda port: 0, rule_ids=ids).contents
+    restamped, new_owners = stable_stats_slots(second["segments"], live, capacity=64)
+    slots = _slots({"segments": restamped})
+    cfg = parse("[segments.a]\n[segments.c]\n[segments.d]\n")
+    assert slots[cfg.segment_id("a")] == _slots(first)[a] and slots[cfg.segment_id("c")] == _slots(first)[c]
+    assert new_owners == {slots[cfg.segment_id("d")]} == {7}
+    # when every slot is taken, a new segment reuses the one a removed segment left, to be zeroed
+    restamped, new_owners = stable_stats_slots(second["segments"], live, capacity=7)
+    assert new_owners == {_slots(first)[b]}
+
+
+def test_pair_counters_read_back_by_segment_and_only_for_live_segments() -> None:
+    slots = {0: 1, 7: 2}
+    counters = [((1 * 64 + 2) * 3 + 1, 5, 500), ((2 * 64 + 9) * 3 + 0, 1, 60), ((2 * 64 + 2) * 3 + 2, 0, 0)]
+    assert pair_counters_by_segment(counters, slots, 64) == {(0, 7, abi.Verdict.drop): (5, 500)}
+
+
+def test_more_segments_than_pair_counter_slots_is_a_config_error() -> None:
+    text = "[tables]\npair_segments = 8\n" + "".join(f"[segments.s{n}]\n" for n in range(5))
+    with pytest.raises(ConfigError, match=r"tables.pair_segments: 8 segments \(pseudo-segments included\) need more than 7"):
+        compile_policy(parse(text), 1, lambda port: 0)
+    with pytest.raises(ConfigError, match=r"tables.pair_segments: 300 is out of range 4..256"):
+        parse("[tables]\npair_segments = 300\n")

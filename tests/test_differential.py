@@ -23,7 +23,7 @@ from packetgen import FrameGenerator
 
 from medseg_xdp import abi, config
 from medseg_xdp.config import TableSizes
-from medseg_xdp.policy_image import compile_policy
+from medseg_xdp.policy_image import compile_policy, pair_counters_by_segment
 from medseg_xdp.reference import ReferenceDataplane
 from medseg_xdp.trace import Tracer
 
@@ -78,10 +78,8 @@ def _compare_state(tracer: Tracer, ref: ReferenceDataplane, rule_ids: list[int],
     ref_hits = {i: (c.packets, c.bytes) for i, c in ref.rule_hits.items() if c.packets}
     assert kernel_hits == ref_hits, f"rule hits differ {where}"
     kernel_pairs = {(a, b, v): (c.packets, c.bytes) for (a, b, v), c in dp.pair_stats().items()}
-    ref_pairs = {}
-    for raw, c in ref.pair_stats.items():
-        key = abi.PairStatsKey.from_buffer_copy(raw)
-        ref_pairs[(key.src_segment, key.dst_segment, abi.Verdict(key.verdict))] = (c.packets, c.bytes)
+    ref_slots = {abi.SegmentKey.from_buffer_copy(key).segment: info.stats_slot for key, info in ref.segments.items()}
+    ref_pairs = pair_counters_by_segment(((i, c.packets, c.bytes) for i, c in ref.pair_stats.items()), ref_slots, ref.pair_segments)
     assert kernel_pairs == ref_pairs, f"segment-pair counters differ {where}"
     kernel_pressure = {p: n for p, n in dp.pressure().items() if n and p not in KERNEL_ONLY_PRESSURE}
     assert kernel_pressure == {p: n for p, n in ref.pressure.items() if n}, f"pressure differs {where}"
