@@ -41,6 +41,9 @@
 #ifndef PAIR_SEGMENTS
 #define PAIR_SEGMENTS PAIR_SEGMENTS_DEFAULT
 #endif
+#ifndef DENIED_TABLE_SIZE
+#define DENIED_TABLE_SIZE 8192
+#endif
 #ifndef FRAG_TABLE_SIZE
 #define FRAG_TABLE_SIZE 4096
 #endif
@@ -93,6 +96,15 @@ BPF_TABLE_PINNED("hash", struct pair_key, struct rule_verdict, pair_defaults,
  * different ports and so on different CPUs. Denied flows get no entry. */
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_entry, flows,
 		 FLOW_TABLE_SIZE, PINNED(flows));
+
+/* Recent denied judgements (struct deny_key): an LRU of its own, so that a
+ * scan evicts only other denials, never an allowed flow. */
+BPF_TABLE_PINNED("lru_hash", struct deny_key, struct deny_entry, denied,
+		 DENIED_TABLE_SIZE, PINNED(denied));
+
+/* Per CPU: the deny key being built (off the 512-byte stack). Every field
+ * is written for each packet; never read across packets. */
+BPF_PERCPU_ARRAY(denial_scratch, struct deny_key, 1);
 
 /* First fragments' verdicts, for the fragments that follow them. */
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,

@@ -236,6 +236,34 @@ struct flow_key {
 	u8 family;
 };
 
+/* A denied judgement, so that a dropped packet that comes again (a flood, a
+ * device retrying a blocked port) costs one lookup instead of a judgement.
+ * The key holds everything a judgement depends on besides the policy
+ * generation: the flow, which end sent the packet, both MACs (identity),
+ * the ingress port (the spoofing check), the port or ICMP type the policy
+ * looks at (an echo reply shares its request's flow key), and whether the
+ * packet is a TCP segment without SYN (judged from both ends). */
+struct deny_key {
+	struct flow_key flow;
+	u8 src_mac[6];
+	u8 dst_mac[6];
+	u32 ifindex;
+	u16 policy_port;
+	u8 src_is_lo;
+	u8 midstream;
+};
+
+struct deny_entry {
+	u32 gen;          /* valid in this generation only */
+	u32 rule_id;
+	u32 pair_index;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 reason;
+	u8 flags;         /* the decision's DECISION_* */
+	u16 pad;
+};
+
 /* Direction 0 = initiator -> responder, 1 = replies. */
 struct flow_entry {
 	u64 packets[2];

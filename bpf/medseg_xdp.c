@@ -327,23 +327,65 @@ static __always_inline void fill_judge_args(struct judge_args *a,
 	}
 }
 
+/* A denial judged before in this generation, for exactly these inputs
+ * (struct deny_key): the same decision, without judging again. */
+static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
+					 struct packet *pkt,
+					 struct flow_key *key,
+					 struct deny_key *denial, int src_is_lo,
+					 int midstream, struct decision *d)
+{
+	denial->flow = *key;
+	__builtin_memcpy(denial->src_mac, pkt->eth_src, 6);
+	__builtin_memcpy(denial->dst_mac, pkt->eth_dst, 6);
+	denial->ifindex = ctx->ingress_ifindex;
+	denial->policy_port = pkt->policy_port;
+	denial->src_is_lo = src_is_lo;
+	denial->midstream = midstream;
+	struct deny_entry *cached = denied.lookup(denial);
+	if (!cached || cached->gen != gen)
+		return 0;
+	set_decision(d, VERDICT_DROP, cached->reason, cached->rule_id);
+	d->src_segment = cached->src_segment;
+	d->dst_segment = cached->dst_segment;
+	d->pair_index = cached->pair_index;
+	d->flags = cached->flags;
+	return 1;
+}
+
+static __always_inline void remember_denial(u32 gen, struct deny_key *denial,
+					    struct decision *d)
+{
+	struct deny_entry entry = {
+		.gen = gen,
+		.rule_id = d->rule_id,
+		.pair_index = d->pair_index,
+		.src_segment = d->src_segment,
+		.dst_segment = d->dst_segment,
+		.reason = d->reason,
+		.flags = d->flags,
+	};
+	denied.update(denial, &entry);
+}
+
 /* The flow path: hit, stale hit, or a new flow. */
 static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 					struct packet *pkt, struct settings *s,
 					u64 now, struct decision *d)
 {
-	struct flow_key key = {};
+	struct flow_key key_on_stack = {};
+	struct flow_key *key = &key_on_stack;
 	struct judge_args args;
 	u16 vlan = vlan_for_identity(ctx, pkt);
-	int src_is_lo = make_flow_key(pkt, vlan, &key);
-	struct flow_entry *e = flows.lookup(&key);
+	int src_is_lo = make_flow_key(pkt, vlan, key);
+	struct flow_entry *e = flows.lookup(key);
 
 	/* An idle flow is forgotten: an address handed to another device must
 	 * not inherit its flows (TCP comes back through mid-stream pickup). */
 	u32 idle_s = pkt->proto == IPPROTO_TCP ? s->tcp_idle_timeout_s :
 						 s->idle_timeout_s;
 	if (e && idle_s && now - e->last_seen_ns > (u64)idle_s * ONE_SECOND_NS) {
-		flows.delete(&key);
+		flows.delete(key);
 		e = NULL;
 	}
 	if (e) {
@@ -371,7 +413,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			judge(ctx, gen, &args, d);
 			d->flags |= DECISION_REVALIDATED;
 			if (d->verdict == VERDICT_DROP) {
-				flows.delete(&key);
+				flows.delete(key);
 				return;
 			}
 			e->verdict = d->verdict;
@@ -387,6 +429,14 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		return;
 	}
 
+	int midstream = pkt->proto == IPPROTO_TCP &&
+			(pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
+	u32 zero = 0;
+	struct deny_key *denial = denial_scratch.lookup(&zero);
+	if (denial && cached_denial(ctx, gen, pkt, key, denial, src_is_lo,
+				    midstream, d))
+		return;
+
 	fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
 	judge(ctx, gen, &args, d);
 	int initiator_is_lo = src_is_lo;
@@ -395,9 +445,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	/* Mid-stream pickup: a TCP segment without SYN belongs to a flow that
 	 * began before we saw it; judge it from the other side too, and keep
 	 * the more permissive answer (pass > audit > drop). */
-	if (pkt->proto == IPPROTO_TCP &&
-	    (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK &&
-	    d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
+	if (midstream && d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
 		struct decision other = {};
 		u16 reply_port = bpf_ntohs(pkt->sport);
 
@@ -415,8 +463,11 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		}
 		d->flags |= DECISION_MIDSTREAM;
 	}
-	if (d->verdict == VERDICT_DROP)
-		return;  /* denied flows get no entry: a scan cannot evict */
+	if (d->verdict == VERDICT_DROP) {
+		if (denial)
+			remember_denial(gen, denial, d);
+		return;  /* denied flows get no flow entry: a scan cannot evict */
+	}
 
 	struct flow_entry fresh = {
 		.first_seen_ns = now,
@@ -443,14 +494,14 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		fresh.bytes[0] = pkt->len;
 		fresh.tcp_flags[0] = pkt->tcp_flags;
 	}
-	int err = flows.insert(&key, &fresh);
+	int err = flows.insert(key, &fresh);
 	if (err == 0) {
 		d->flags |= DECISION_NEW_FLOW;
 		want_sample(d, flow_sample_kind(&fresh, s));
 		return;
 	}
 	/* Lost the race to the other direction's CPU: count into its entry. */
-	e = flows.lookup(&key);
+	e = flows.lookup(key);
 	if (e) {
 		dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);

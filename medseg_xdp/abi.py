@@ -2,7 +2,8 @@
 
 The C header is the single source of truth. This module parses the small
 subset of C that the header is written in (``#define NAME number``, enums,
-structs of u8/u16/u32/u64 scalars and fixed arrays) into ctypes structures
+structs of u8/u16/u32/u64 scalars, fixed arrays and structs defined before)
+into ctypes structures
 and integer constants, so Python never restates a layout by hand.
 tests/test_abi.py proves that these layouts equal what clang gives the maps.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ABI_HEADER = BPF_DIR / "medseg_abi.h"
+MAPS_HEADER = BPF_DIR / "maps.h"
 
 _C_TYPES: dict[str, Any] = {
     "u8": ctypes.c_uint8,
@@ -31,7 +33,7 @@ _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(\d+|0x[0-9a-fA-F]+)\s*$", re.M)
 _ENUM = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.S)
 _STRUCT = re.compile(r"struct\s+(\w+)\s*\{(.*?)\};", re.S)
-_FIELD = re.compile(r"^(\w+)\s+(\w+)(?:\[(\w+)\])?$")
+_FIELD = re.compile(r"^((?:struct\s+)?\w+)\s+(\w+)(?:\[(\w+)\])?$")
 
 
 class AbiError(ValueError):
@@ -64,10 +66,11 @@ def parse_header(text: str) -> tuple[dict[str, int], dict[str, dict[str, int]], 
         fields = []
         for decl in filter(None, (d.strip() for d in body.split(";"))):
             match = _FIELD.match(" ".join(decl.split()))
-            if not match or match.group(1) not in _C_TYPES:
+            known = {**_C_TYPES, **{f"struct {name}": struct for name, struct in structs.items()}}
+            if not match or match.group(1) not in known:
                 raise AbiError(f"struct {struct_name}: cannot read field {decl!r}")
             ctype, name, count = match.groups()
-            field_type = _C_TYPES[ctype]
+            field_type = known[ctype]
             if count is not None:
                 length = int(count) if count.isdigit() else constants[count]
                 field_type = field_type * length
@@ -81,10 +84,20 @@ def _parsed() -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, type
     return parse_header(ABI_HEADER.read_text())
 
 
+def layout_hash(header_text: str, maps_text: str, extra: str = "") -> str:
+    """Hash of what the pinned maps' layout depends on: the header's constants, enums and struct
+    layouts as parsed, the map declarations (comments and spacing aside), and extra (the table sizes).
+    An edited comment keeps the pins; a changed field, map type or size makes new ones."""
+    defines, enums, structs = parse_header(header_text)
+    layouts = [(name, [(f, t.__name__, ctypes.sizeof(t)) for f, t in struct._fields_]) for name, struct in structs.items()]
+    declarations = " ".join(_COMMENT.sub("", maps_text).split())
+    text = repr((sorted(defines.items()), sorted(enums.items()), layouts, declarations, extra))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def abi_hash(extra: str = "") -> str:
-    """Hash of the header (plus sizes): names the bpffs directory of a layout."""
-    digest = hashlib.sha256(ABI_HEADER.read_bytes() + extra.encode())
-    return digest.hexdigest()[:16]
+    """Names the bpffs directory of this layout (layout_hash of bpf/medseg_abi.h and bpf/maps.h)."""
+    return layout_hash(ABI_HEADER.read_text(), MAPS_HEADER.read_text(), extra)
 
 
 DEFINES, ENUMS, STRUCTS = _parsed()
@@ -125,6 +138,8 @@ RuleVerdict = STRUCTS["rule_verdict"]
 PairKey = STRUCTS["pair_key"]
 FlowKey = STRUCTS["flow_key"]
 FlowEntry = STRUCTS["flow_entry"]
+DenyKey = STRUCTS["deny_key"]
+DenyEntry = STRUCTS["deny_entry"]
 FragKey = STRUCTS["frag_key"]
 FragVerdict = STRUCTS["frag_verdict"]
 Counter = STRUCTS["counter"]

@@ -144,6 +144,7 @@ class TableSizes:
     rules: int = 16384
     segments: int = 1024
     frags: int = 4096
+    denied: int = 8192  # recent denied judgements, so a repeated dropped packet costs a lookup
     ring_pages: int = 256
     # Segment-pair counters are a per-CPU array of pair_segments^2 * 3 (verdicts) counters of
     # 16 bytes: 196 KB per CPU at 64. It bounds the segments (pseudo ones included) a policy can have.

@@ -36,6 +36,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "pair_defaults": (abi.PairKey, abi.RuleVerdict, False),
     "flows": (abi.FlowKey, abi.FlowEntry, False),
     "frags": (abi.FragKey, abi.FragVerdict, False),
+    "denied": (abi.DenyKey, abi.DenyEntry, False),
     "stats": (U32, abi.Counter, True),
     "pair_stats": (U32, abi.Counter, True),
     "rule_hits": (U32, abi.Counter, True),

@@ -48,6 +48,7 @@ def table_cflags(sizes: TableSizes) -> list[str]:
         "rules": "RULE_TABLE_SIZE",
         "segments": "SEGMENT_TABLE_SIZE",
         "frags": "FRAG_TABLE_SIZE",
+        "denied": "DENIED_TABLE_SIZE",
         "ring_pages": "RING_PAGES",
         "pair_segments": "PAIR_SEGMENTS",
     }

@@ -20,6 +20,10 @@ How the maps are modelled:
   has room (PRESSURE_RING_FULL), and a flow insert after a missed lookup
   always succeeds (PRESSURE_FLOW_INSERT_RACE, PRESSURE_FLOW_INSERT_FAILED,
   DECISION_NO_FLOW_ENTRY);
+- the deny cache (cached_denial, remember_denial) is left out: a cached denial
+  is, by its key, the decision a judgement in the same generation gives, so
+  the model judges every time and the differential test checks that the two
+  agree;
 - the host is little-endian, like the BPF target BCC compiles for on x86-64
   and arm64: a __be16 field holds the network-order bytes, read as a native
   u16 (see raw16).

@@ -70,3 +70,12 @@ def test_no_implicit_padding() -> None:
 def test_parser_refuses_what_it_cannot_read(text: str) -> None:
     with pytest.raises((AbiError, KeyError)):
         parse_header(text)
+
+
+def test_the_pin_directory_changes_with_the_layout_not_with_comments() -> None:
+    header, maps = abi.ABI_HEADER.read_text(), abi.MAPS_HEADER.read_text()
+    same = abi.layout_hash(header, maps, "sizes")
+    assert abi.layout_hash(header.replace("struct flow_entry {", "/* reworded */\nstruct  flow_entry {"), maps.replace("/*", "/* note:", 1), "sizes") == same
+    assert abi.layout_hash(header.replace("u16 policy_port;   /* the initiator's", "u16 policy_port2;   /* the initiator's"), maps, "sizes") != same
+    assert abi.layout_hash(header, maps.replace('"lru_hash", struct flow_key', '"hash", struct flow_key'), "sizes") != same
+    assert abi.layout_hash(header, maps, "other sizes") != same

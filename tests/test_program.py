@@ -339,6 +339,28 @@ def test_denied_flow_gets_no_entry(tracer: Tracer) -> None:
     assert sum(1 for _ in tracer.dataplane.flows()) == flows_before
 
 
+def test_a_repeated_denial_is_served_from_the_deny_cache_within_its_generation() -> None:
+    """The second identical dropped packet takes the cached judgement: the same decision and counters;
+    a policy flip that allows it is obeyed at once (the cache holds one generation)."""
+    cfg = config.load(FIXTURE_CONFIG)
+    with Tracer(cfg) as t:
+        assert t.dataplane is not None
+        telnet = b(modality() / TCP(sport=43000, dport=23, flags="S"))
+        first = t.run_frame(telnet, "portA")[0]
+        cached = list(t.dataplane.maps["denied"].items())
+        assert len(cached) == 1 and cached[0][1].gen == t.dataplane.active_generation()
+        second = t.run_frame(telnet, "portA")[0]
+        fields = [name for name, _ in abi.Decision._fields_ if name != "seq"]
+        assert [getattr(second, f) for f in fields] == [getattr(first, f) for f in fields]
+        assert t.explain(second, 1).verdict == "drop"
+        # the same flow from another port is another key (the spoofing check depends on the port)
+        t.run_frame(telnet, "portB")
+        assert len(list(t.dataplane.maps["denied"].items())) == 2
+        opened = config.parse(FIXTURE_CONFIG.read_text() + '\n[[rules]]\nid = "telnet"\nfrom = "modalities"\nto = "pacs"\nproto = "tcp"\nports = [23]\naction = "allow"\n', "opened")
+        t.load_config(opened)
+        assert t.trace(telnet, "portA").verdict == "pass"
+
+
 def test_new_generation_rejudges_established_flows() -> None:
     """A policy flip applies to flows already in the table, at their next packet."""
     cfg = config.load(FIXTURE_CONFIG)
