@@ -104,6 +104,8 @@ def test_kernel_and_reference_agree(on_cpu0: None) -> None:
         ref = ReferenceDataplane(_reference_contents(policies[0], tracer.dataplane.active_generation(), tracer.ifindex))  # type: ignore[union-attr]
         flip_every = PACKETS // CHECKPOINTS
         policy_index = 0
+        dropped_before: set[tuple[bytes, str]] = set()  # this generation's drops: a repeat is a deny-cache hit
+        cache_hits = 0
         for number in range(PACKETS):
             if number and number % flip_every == 0:
                 _compare_state(tracer, ref, list(tracer.rule_names), f"before packet {number} (seed {seed})")
@@ -113,12 +115,19 @@ def test_kernel_and_reference_agree(on_cpu0: None) -> None:
                 tracer.dataplane.set_break_glass(break_glass)  # type: ignore[union-attr]  # re-stamps: one more generation
                 gen = tracer.dataplane.active_generation()  # type: ignore[union-attr]
                 ref.load(_reference_contents(policies[policy_index], gen, tracer.ifindex, break_glass))
+                dropped_before.clear()
             frame = generator.frame()
             ingress = choose.choice(ports)
+            if dropped_before and choose.random() < 0.05:  # a denied packet again: the deny cache's path
+                frame, ingress = choose.choice(sorted(dropped_before))
             kernel, action, _ = tracer.run_frame(frame, ingress)
             expected = ref.run(frame, tracer.ifindex[ingress])
             got = (action, _fields(kernel, ("seq",)))
             want = (expected.action, _fields(expected.decision, ("seq",)))
             assert got == want, f"packet {number} (seed {seed}) on {ingress}: {frame.hex()}\nkernel    {got}\nreference {want}"
+            if expected.decision.verdict == abi.Verdict.drop and expected.decision.flags & abi.const("DECISION_SEGMENTS"):
+                cache_hits += (frame, ingress) in dropped_before
+                dropped_before.add((frame, ingress))
         _compare_state(tracer, ref, list(tracer.rule_names), f"at the end (seed {seed})")
         assert sum(c.packets for c in ref.stats.values()) == PACKETS
+        assert cache_hits >= PACKETS // 1000, f"only {cache_hits} repeated denials: the deny cache was hardly exercised"
