@@ -353,9 +353,17 @@ static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
 	return 1;
 }
 
+/* One denial in DENY_CACHE_ONE_IN is kept: an LRU insert costs about as much
+ * as the judgement it saves, so a scan (every packet a new flow) would pay
+ * twice, while a flood (the same packet again and again) is cached after a
+ * few packets all the same. */
+#define DENY_CACHE_ONE_IN 8
+
 static __always_inline void remember_denial(u32 gen, struct deny_key *denial,
 					    struct decision *d)
 {
+	if (bpf_get_prandom_u32() % DENY_CACHE_ONE_IN)
+		return;
 	struct deny_entry entry = {
 		.gen = gen,
 		.rule_id = d->rule_id,
