@@ -64,6 +64,10 @@ BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PINNED(settings));
 BPF_TABLE_PINNED("hash", struct port_key, struct port_info, ports, 256,
 		 PINNED(ports));
 
+/* The tagged VLANs a port with vlan_filter may carry (value 1). */
+BPF_TABLE_PINNED("hash", struct port_vlan_key, u8, port_vlans, 4096,
+		 PINNED(port_vlans));
+
 /* Devices by (generation, MAC) -> segment and the port they live behind. */
 BPF_TABLE_PINNED("hash", struct device_key, struct endpoint_info, devices,
 		 2 * DEVICE_TABLE_SIZE, PINNED(devices));

@@ -44,7 +44,8 @@ enum medseg_reason {
 	REASON_MALFORMED = 14,        /* a frame the receiver's stack must discard */
 	REASON_UNSUPPORTED_ETHERTYPE = 15,
 	REASON_SPOOFED = 16,          /* MAC or prefix seen behind the wrong port */
-	REASON_MAX = 17,
+	REASON_VLAN_NOT_ALLOWED = 17, /* a tag the port's allowed_vlans does not list */
+	REASON_MAX = 18,
 };
 
 /* Rule and default actions (config words allow / drop / audit). */
@@ -99,6 +100,7 @@ enum medseg_pressure {
 #define SETTING_DHCP_SERVERS_LISTED 2  /* server replies only from rail_hosts */
 #define SETTING_ROUTERS_LISTED 4       /* RAs only from rail_hosts */
 #define SETTING_BREAK_GLASS 8          /* every segment in monitor mode: nothing is dropped by policy */
+#define SETTING_VLAN_FILTER 16         /* some port has allowed_vlans (port_info.vlan_filter) */
 
 /* Pseudo-segments that policy can name. */
 #define SEGMENT_UNASSIGNED 0
@@ -165,7 +167,14 @@ struct port_key {
 };
 
 struct port_info {
-	u16 pvid;  /* VLAN of untagged frames on this port, for identity */
+	u16 pvid;         /* VLAN of untagged frames on this port, for identity */
+	u8 vlan_filter;   /* 1: tagged frames only of the VLANs in port_vlans */
+	u8 pad;
+};
+
+struct port_vlan_key {
+	u32 ifindex;
+	u16 vlan;
 	u16 pad;
 };
 

@@ -141,6 +141,24 @@ static __always_inline u16 vlan_for_identity(struct xdp_md *ctx,
 	return port ? port->pvid : 0;
 }
 
+/* A port with allowed_vlans takes tagged frames of those VLANs only, so a
+ * device cannot choose its identity VLAN by tagging its own frames (nor hop
+ * into another VLAN with a double tag). Untagged frames always enter: they
+ * get the port's PVID. */
+static __always_inline int vlan_allowed(struct xdp_md *ctx,
+					struct packet *pkt, struct settings *s)
+{
+	if (!pkt->vlan || !(s->flags & SETTING_VLAN_FILTER))
+		return 1;
+	struct port_key port = { .ifindex = ctx->ingress_ifindex };
+	struct port_info *info = ports.lookup(&port);
+	if (!info || !info->vlan_filter)
+		return 1;
+	struct port_vlan_key key = { .ifindex = ctx->ingress_ifindex,
+				     .vlan = pkt->vlan };
+	return port_vlans.lookup(&key) != NULL;
+}
+
 /* ---- policy ---- */
 
 struct judge_args {
@@ -905,7 +923,14 @@ int xdp_medseg(struct xdp_md *ctx)
 		s = *configured;
 	u64 now = bpf_ktime_get_coarse_ns();
 
-	switch (parse_packet(ctx, &pkt)) {
+	int parsed = parse_packet(ctx, &pkt);
+	if (parsed != PARSE_MALFORMED && !vlan_allowed(ctx, &pkt, &s)) {
+		set_decision(&d, s.flags & SETTING_BREAK_GLASS ? VERDICT_AUDIT :
+								 VERDICT_DROP,
+			     REASON_VLAN_NOT_ALLOWED, 0);
+		return finish(ctx, &pkt, &d, &s, now);
+	}
+	switch (parsed) {
 	case PARSE_IP:
 		handle_ip(ctx, d.gen, &pkt, &s, now, &d);
 		break;

@@ -16,6 +16,7 @@ segment whatever address it claims.
     name = "br0"
     ports = ["portA", "portB"]
     pvid = { portA = 20 }            # VLAN of untagged frames, per port
+    allowed_vlans = { portB = [20, 30] }  # the only tags a port takes (untagged frames always enter)
 
     [settings]
     sample_first_packets = 8          # K
@@ -215,6 +216,7 @@ class Config:
     bridge: str = "br0"
     ports: tuple[str, ...] = ()
     pvid: dict[str, int] = field(default_factory=dict)
+    allowed_vlans: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per port; absent: any tag
     settings: Settings = Settings()
     dhcp_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     routers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
@@ -330,7 +332,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon", "events"}, "")
 
     bridge = r.table(data, "bridge", "bridge")
-    r.unknown_keys(bridge, {"name", "ports", "pvid"}, "bridge")
+    r.unknown_keys(bridge, {"name", "ports", "pvid", "allowed_vlans"}, "bridge")
     ports = tuple(_strings(r, bridge, "ports", "bridge.ports"))
     pvid_table = r.table(bridge, "pvid", "bridge.pvid")
     pvid = {}
@@ -338,6 +340,15 @@ def parse(text: str, source: str = "<config>") -> Config:
         if port not in ports:
             raise r.fail(f"bridge.pvid.{port}", "not a port listed in bridge.ports")
         pvid[port] = r.integer(pvid_table, port, f"bridge.pvid.{port}", 0, 1, 4094)
+    vlans_table = r.table(bridge, "allowed_vlans", "bridge.allowed_vlans")
+    allowed_vlans = {}
+    for port, vlans in vlans_table.items():
+        path = f"bridge.allowed_vlans.{port}"
+        if port not in ports:
+            raise r.fail(path, "not a port listed in bridge.ports")
+        if not isinstance(vlans, list) or not vlans or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4094 for v in vlans):
+            raise r.fail(path, "must be a non-empty list of VLAN ids 1..4094")
+        allowed_vlans[port] = tuple(sorted(set(vlans)))
 
     settings = _settings(r, r.table(data, "settings", "settings"))
     rails = r.table(data, "rails", "rails")
@@ -360,6 +371,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         bridge=r.get(bridge, "name", "bridge.name", str, "br0"),
         ports=ports,
         pvid=pvid,
+        allowed_vlans=allowed_vlans,
         settings=settings,
         dhcp_servers=dhcp_servers,
         routers=routers,

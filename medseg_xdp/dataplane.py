@@ -27,6 +27,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "active_gen": (U32, U32, False),
     "settings": (U32, abi.Settings, False),
     "ports": (abi.PortKey, abi.PortInfo, False),
+    "port_vlans": (abi.PortVlanKey, ctypes.c_uint8, False),
     "devices": (abi.DeviceKey, abi.EndpointInfo, False),
     "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo, False),
     "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo, False),

@@ -21,7 +21,7 @@ MapContents = dict[str, dict[bytes, bytes]]
 # Maps whose keys start with the generation (LPM keys right after prefixlen).
 GENERATIONAL_MAPS = ("devices", "prefixes_v4", "prefixes_v6", "rail_hosts", "segments", "rules", "pair_defaults")
 # Maps written in place: not part of a policy generation.
-IN_PLACE_MAPS = ("ports", "settings")
+IN_PLACE_MAPS = ("ports", "port_vlans", "settings")
 RULE_KEY_FIXED_BITS = 80  # gen + segments + proto + pad, before the port
 
 
@@ -324,11 +324,15 @@ def _rails(config: Config, gen: int, contents: MapContents) -> None:
 
 
 def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
-    for port, vlan in config.pvid.items():
-        _put(contents, "ports", abi.PortKey(ifindex=ifindex_of(port)), abi.PortInfo(pvid=vlan))
+    for port in sorted(config.pvid.keys() | config.allowed_vlans.keys()):
+        info = abi.PortInfo(pvid=config.pvid.get(port, 0), vlan_filter=int(port in config.allowed_vlans))
+        _put(contents, "ports", abi.PortKey(ifindex=ifindex_of(port)), info)
+        for vlan in config.allowed_vlans.get(port, ()):
+            _put(contents, "port_vlans", abi.PortVlanKey(ifindex=ifindex_of(port), vlan=vlan), ctypes.c_uint8(1))
     s = config.settings
     flags = (
-        (abi.const("SETTING_DROP_UNKNOWN_ETHERTYPE") if s.drop_unknown_ethertype else 0)
+        (abi.const("SETTING_VLAN_FILTER") if config.allowed_vlans else 0)
+        | (abi.const("SETTING_DROP_UNKNOWN_ETHERTYPE") if s.drop_unknown_ethertype else 0)
         | (abi.const("SETTING_DHCP_SERVERS_LISTED") if config.dhcp_servers else 0)
         | (abi.const("SETTING_ROUTERS_LISTED") if config.routers else 0)
     )

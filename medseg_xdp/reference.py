@@ -135,6 +135,7 @@ CONFIG_MAPS: dict[str, tuple[Any, Any]] = {
     "active_gen": (ctypes.c_uint32, ctypes.c_uint32),
     "settings": (ctypes.c_uint32, abi.Settings),
     "ports": (abi.PortKey, abi.PortInfo),
+    "port_vlans": (abi.PortVlanKey, ctypes.c_uint8),
     "devices": (abi.DeviceKey, abi.EndpointInfo),
     "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo),
     "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo),
@@ -525,6 +526,7 @@ class ReferenceDataplane:
         self.active_gen: dict[bytes, ctypes.c_uint32] = tables["active_gen"]
         self.settings: dict[bytes, abi.Settings] = tables["settings"]
         self.ports: dict[bytes, abi.PortInfo] = tables["ports"]
+        self.port_vlans: dict[bytes, ctypes.c_uint8] = tables["port_vlans"]
         self.devices: dict[bytes, abi.EndpointInfo] = tables["devices"]
         self.prefixes_v4: LpmTrie[abi.EndpointInfo] = LpmTrie(tables["prefixes_v4"])
         self.prefixes_v6: LpmTrie[abi.EndpointInfo] = LpmTrie(tables["prefixes_v6"])
@@ -624,6 +626,15 @@ class ReferenceDataplane:
             return pkt.vlan
         port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
         return port.pvid if port is not None else 0
+
+    def vlan_allowed(self, ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bool:
+        """vlan_allowed(): a port with allowed_vlans takes tagged frames of those VLANs only."""
+        if not pkt.vlan or not s.flags & C.SETTING_VLAN_FILTER:
+            return True
+        port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
+        if port is None or not port.vlan_filter:
+            return True
+        return bytes(abi.PortVlanKey(ifindex=ctx.ingress_ifindex, vlan=pkt.vlan)) in self.port_vlans
 
     # ---- policy ----
 
@@ -1092,6 +1103,10 @@ class ReferenceDataplane:
         now = now_ns
 
         result = parse_packet(ctx, pkt)
+        if result != ParseResult.MALFORMED and not self.vlan_allowed(ctx, pkt, s):
+            verdict = C.VERDICT_AUDIT if s.flags & C.SETTING_BREAK_GLASS else C.VERDICT_DROP
+            self.set_decision(d, verdict, C.REASON_VLAN_NOT_ALLOWED, 0)
+            return self.finish(ctx, pkt, d, s, now)
         if result == ParseResult.IP:
             self.handle_ip(ctx, d.gen, pkt, s, now, d)
         elif result == ParseResult.ARP:

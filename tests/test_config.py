@@ -221,3 +221,15 @@ def test_more_segments_than_pair_counter_slots_is_a_config_error() -> None:
         compile_policy(parse(text), 1, lambda port: 0)
     with pytest.raises(ConfigError, match=r"tables.pair_segments: 300 is out of range 4..256"):
         parse("[tables]\npair_segments = 300\n")
+
+
+def test_allowed_vlans_per_port() -> None:
+    cfg = parse('[bridge]\nports = ["portA", "portB"]\nallowed_vlans = { portA = [30, 20, 30] }\n')
+    assert cfg.allowed_vlans == {"portA": (20, 30)}
+    contents = compile_policy(cfg, 1, {"portA": 5, "portB": 6}.__getitem__).contents
+    assert [(abi.PortVlanKey.from_buffer_copy(k).ifindex, abi.PortVlanKey.from_buffer_copy(k).vlan) for k in contents["port_vlans"]] == [(5, 20), (5, 30)]
+    settings = abi.Settings.from_buffer_copy(contents["settings"][bytes(4)])
+    assert settings.flags & abi.const("SETTING_VLAN_FILTER")
+    for bad, message in (("{ portZ = [20] }", "not a port listed"), ("{ portA = [] }", "non-empty list"), ("{ portA = [4095] }", "1..4094")):
+        with pytest.raises(ConfigError, match=message):
+            parse(f'[bridge]\nports = ["portA"]\nallowed_vlans = {bad}\n')

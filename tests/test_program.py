@@ -100,6 +100,26 @@ CASES = [
         "pass", "rail_mgmt", "-", "mgmt", "pacs",
     ),
     Case("ARP", [(b(Ether(src=MODALITY, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.1.5", pdst="10.0.1.1")), "portA")], "pass", "rail_arp", sample="flowless"),
+    Case(
+        "a tag the port's allowed_vlans lists is judged as usual",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=30) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=15, dport=80, flags="S")), "portC")],
+        "drop", "segment_default", "default:lab", "lab", "pacs", sample="drop_event",
+    ),
+    Case(
+        "a tag the port does not carry is dropped, whoever is behind it",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=99) / IP(src="10.0.99.5", dst="10.0.2.5") / TCP(sport=16, dport=22, flags="S")), "portC")],
+        "drop", "vlan_not_allowed", sample="drop_event",
+    ),
+    Case(
+        "a tag the port does not carry is dropped, rails too",
+        [(b(Ether(src=OTHER, dst="ff:ff:ff:ff:ff:ff") / Dot1Q(vlan=31) / ARP(psrc="10.9.1.1", pdst="10.9.1.2")), "portC")],
+        "drop", "vlan_not_allowed", sample="drop_event",
+    ),
+    Case(
+        "a double tag cannot hop into a VLAN the port does not carry",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1AD(vlan=31) / Dot1Q(vlan=30) / IP(src="10.9.1.1", dst="10.0.2.5") / UDP(sport=17, dport=53)), "portC")],
+        "drop", "vlan_not_allowed", sample="drop_event",
+    ),
     Case("LLDP", [(b(Ether(src=MODALITY, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07\x04" + bytes(40))), "portA")], "pass", "rail_l2_control"),
     Case("STP BPDU (802.3 length, LLC)", [(b(Dot3(src=MODALITY, dst="01:80:c2:00:00:00") / LLC() / STP()), "portA")], "pass", "rail_l2_control"),
     Case("unknown EtherType passes, counted", [(b(Ether(src=MODALITY, dst=ROUTER, type=0x88B5) / Raw(bytes(46))), "portA")], "pass", "unsupported_ethertype"),
