@@ -115,7 +115,7 @@ class Daemon:
         self.baseline_store = BaselineStore(self.state_dir)
         self.events = EventExporter.from_settings(self.config.events, clock)
         self._new_devices: list[str] = []
-        self.xray = Xray.default(learner=self.baseline, on_discovered=self._new_devices.append)
+        self.xray = Xray.default(learner=self.baseline, on_discovered=self._new_devices.append, max_devices=self.config.daemon.max_devices)
         self.inventory = self.xray.inventory
         self.inventory_store = InventoryStore(self.state_dir)
         self.rule_ids_file = StateFile(self.state_dir / "rule-ids.msgpack", RULE_IDS_VERSION)

@@ -113,11 +113,22 @@ def _add_bounded(items: list[str], value: str, limit: int) -> None:
         items.append(value)
 
 
+MAX_DEVICES = 65536
+
+
 class Inventory:
-    def __init__(self, classifier: Classifier, clock: Callable[[], float] = time.time, on_discovered: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        clock: Callable[[], float] = time.time,
+        on_discovered: Callable[[str], None] | None = None,
+        max_devices: int = MAX_DEVICES,
+    ) -> None:
         self.classifier = classifier
         self.clock = clock
         self.on_discovered = on_discovered  # called with the MAC of each device seen for the first time
+        self.max_devices = max_devices
+        self.evicted = 0  # unknown devices forgotten to make room (see _make_room)
         self.devices: dict[str, Device] = {}
         self.changes: list[ClassChange] = []
         # Monotonic, for the metrics (changes keeps only the last MAX_CHANGES): devices first seen
@@ -128,12 +139,29 @@ class Inventory:
     def device(self, mac: str, now: float) -> Device:
         found = self.devices.get(mac)
         if found is None:
+            if len(self.devices) >= self.max_devices:
+                self._make_room()
             found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
             self.discovered += 1
             if self.on_discovered is not None:
                 self.on_discovered(mac)
         found.last_seen = max(found.last_seen, now)
         return found
+
+    def _make_room(self) -> None:
+        """A full inventory forgets the least recently seen tenth of its unpinned devices of class unknown.
+
+        A MAC flood (random source MACs) must not exhaust the manager, and the devices it adds are all
+        unknown. Classified and pinned devices are never forgotten: policy places them. An inventory full
+        of those grows past max_devices (logged): raise [daemon] max_devices."""
+        unknown = sorted((d for d in self.devices.values() if d.device_class == UNKNOWN and not d.pinned_class and not d.pinned_segment), key=lambda d: d.last_seen)
+        if not unknown:
+            if len(self.devices) % 1000 == 0:
+                log.warning("inventory: %d devices, all classified or pinned, over max_devices %d: growing", len(self.devices), self.max_devices)
+            return
+        for device in unknown[: max(1, self.max_devices // 10)]:
+            del self.devices[device.mac]
+            self.evicted += 1
 
     def observe(self, frame: Frame, observations: Iterable[Observation], now: float | None = None) -> list[ClassChange]:
         """Fold one sampled frame and its observations in; returns the class changes it caused."""

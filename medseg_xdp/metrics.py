@@ -170,6 +170,7 @@ class DaemonCollector(Collector):
             devices.add_metric(list(labels), count)
         yield devices
         yield CounterMetricFamily("medseg_devices_discovered", f"Devices seen for the first time by this daemon (each starts as class {UNKNOWN}).", value=inventory.discovered)
+        yield CounterMetricFamily("medseg_devices_evicted", f"Unpinned devices of class {UNKNOWN} forgotten because the inventory was full ([daemon] max_devices): a MAC flood.", value=inventory.evicted)
         changes = CounterMetricFamily("medseg_classification_changes", "Device class changes by old and new class (a first classification is a change from unknown).", labels=["from_class", "to_class"])
         for (old, new), count in sorted(dict(inventory.change_counts).items()):
             changes.add_metric([old, new], count)

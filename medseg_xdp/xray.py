@@ -19,7 +19,7 @@ from medseg_xdp.classify import Classifier, load_catalog
 from medseg_xdp.config import Config
 from medseg_xdp.fingerprint.frame import Frame
 from medseg_xdp.fingerprint.registry import ParserRegistry, default_registry
-from medseg_xdp.inventory import ClassChange, Inventory
+from medseg_xdp.inventory import MAX_DEVICES, ClassChange, Inventory
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.reference import ReferenceDataplane
 
@@ -39,8 +39,8 @@ class Xray:
     changes: list[ClassChange] = field(default_factory=list)
 
     @classmethod
-    def default(cls, learner: FlowLearner | None = None, on_discovered: Callable[[str], None] | None = None) -> Xray:
-        return cls(default_registry(), Inventory(Classifier(load_catalog()), on_discovered=on_discovered), learner)
+    def default(cls, learner: FlowLearner | None = None, on_discovered: Callable[[str], None] | None = None, max_devices: int = MAX_DEVICES) -> Xray:
+        return cls(default_registry(), Inventory(Classifier(load_catalog()), on_discovered=on_discovered, max_devices=max_devices), learner)
 
     def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
         """One sample (the first bytes of a frame) into the inventory and the baseline."""

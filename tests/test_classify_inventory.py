@@ -134,3 +134,18 @@ def test_exports(classifier: Classifier) -> None:
     assert {"mac", "ips", "vendor", "hostname", "class", "confidence", "evidence"} <= set(document["devices"][0])
     rows = list(csv.DictReader(io.StringIO(inventory.to_csv())))
     assert rows[0]["mac"] == CT and "dicom.role=scu" in rows[0]["evidence"]
+
+
+def test_a_mac_flood_cannot_exhaust_the_inventory(classifier: Classifier) -> None:
+    """Random source MACs fill it with unknown devices: the oldest are forgotten, counted; classified and
+    pinned devices stay."""
+    inventory = Inventory(classifier, max_devices=100)
+    inventory.observe(frame(), DICOM_STORE, now=1.0)
+    inventory.pin("02:aa:00:00:00:01", segment="pacs")
+    assert inventory.devices[CT].device_class != "unknown"
+    for n in range(1000):
+        inventory.observe(frame(src=f"02:ff:00:00:{n >> 8:02x}:{n & 0xFF:02x}", dst="ff:ff:ff:ff:ff:ff"), [], now=2.0 + n)
+    assert len(inventory.devices) <= 100
+    assert inventory.evicted == inventory.discovered - len(inventory.devices) > 900
+    assert {CT, PACS, "02:aa:00:00:00:01"} <= inventory.devices.keys()
+    assert "02:ff:00:00:03:e7" in inventory.devices  # the newest stays

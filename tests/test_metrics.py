@@ -55,6 +55,7 @@ PINNED: dict[str, tuple[str, frozenset[str]]] = {
     "medseg_samples_lost_total": ("counter", frozenset({"reason"})),
     "medseg_devices": ("gauge", frozenset({"class", "segment", "criticality"})),
     "medseg_devices_discovered_total": ("counter", frozenset()),
+    "medseg_devices_evicted_total": ("counter", frozenset()),
     "medseg_classification_changes_total": ("counter", frozenset({"from_class", "to_class"})),
     "medseg_policy_generation": ("gauge", frozenset()),
     "medseg_break_glass": ("gauge", frozenset()),
