@@ -80,7 +80,27 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     return removed
 
 
-class Namespace:
+class Scoped:
+    """A context manager whose set-up registers its own undoing: _set_up(stack) puts a callback on the
+    stack for each thing it makes, exit undoes them in reverse, and a set-up that fails halfway undoes
+    what it did before raising."""
+
+    _stack: ExitStack
+
+    def _set_up(self, stack: ExitStack) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        with ExitStack() as stack:
+            self._set_up(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stack.close()
+
+
+class Namespace(Scoped):
     """A uniquely named network namespace with loopback up.
 
     Processes started with `popen` are stopped before the namespace goes, and
@@ -93,26 +113,14 @@ class Namespace:
         self.role = role
         self.name = f"{prefix}{os.getpid()}-{next(_counter)}-{role}"
         self._processes: list[subprocess.Popen[Any]] = []
-        self._stack = ExitStack()
 
-    def __enter__(self) -> Self:
-        with ExitStack() as stack:
-            netns.create(self.name)
-            stack.callback(_remove_namespace, self.name)
-            stack.callback(self._stop_processes)
-            with self.iproute() as ipr:
-                (lo,) = ipr.link_lookup(ifname="lo")
-                ipr.link("set", index=lo, state="up")
-            self._stack = stack.pop_all()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.close()
+    def _set_up(self, stack: ExitStack) -> None:
+        netns.create(self.name)
+        stack.callback(_remove_namespace, self.name)
+        stack.callback(self._stop_processes)
+        with self.iproute() as ipr:
+            (lo,) = ipr.link_lookup(ifname="lo")
+            ipr.link("set", index=lo, state="up")
 
     def iproute(self) -> IPRoute:
         """A netlink handle bound to this namespace (use it as a context manager)."""
@@ -184,7 +192,7 @@ DEFAULT_SERVER = HostSpec("server", "02:77:00:00:00:02", "10.77.0.2/24", "fd77::
 
 
 @dataclass
-class InlineBridge:
+class InlineBridge(Scoped):
     """client -- portA [br0 in the bridge namespace] portB -- server, plus optional devices.
 
     Every host gets its own namespace whose eth0 is a veth peered with a port
@@ -211,31 +219,20 @@ class InlineBridge:
     def hosts(self) -> tuple[HostSpec, ...]:
         return (self.client, self.server, *self.devices)
 
-    def __enter__(self) -> Self:
-        with ExitStack() as stack:
-            # Registered first so that it runs last: no stale handles after teardown.
-            stack.callback(self._namespaces.clear)
-            stack.callback(self._ports.clear)
-            bridge = stack.enter_context(Namespace(BRIDGE_ROLE))
-            self._namespaces[BRIDGE_ROLE] = bridge
-            with bridge.iproute() as ipr:
-                ipr.link("add", ifname=BRIDGE, kind="bridge", mtu=self.mtu)
-                (bridge_index,) = ipr.link_lookup(ifname=BRIDGE)
-                for host in self.hosts:
-                    ns = stack.enter_context(Namespace(host.name))
-                    self._namespaces[host.name] = ns
-                    self._ports[host.name] = self._plug(ipr, bridge_index, bridge, host, ns)
-                ipr.link("set", index=bridge_index, state="up")
-            self._stack = stack.pop_all()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.close()
+    def _set_up(self, stack: ExitStack) -> None:
+        # Registered first so that it runs last: no stale handles after teardown.
+        stack.callback(self._namespaces.clear)
+        stack.callback(self._ports.clear)
+        bridge = stack.enter_context(Namespace(BRIDGE_ROLE))
+        self._namespaces[BRIDGE_ROLE] = bridge
+        with bridge.iproute() as ipr:
+            ipr.link("add", ifname=BRIDGE, kind="bridge", mtu=self.mtu)
+            (bridge_index,) = ipr.link_lookup(ifname=BRIDGE)
+            for host in self.hosts:
+                ns = stack.enter_context(Namespace(host.name))
+                self._namespaces[host.name] = ns
+                self._ports[host.name] = self._plug(ipr, bridge_index, bridge, host, ns)
+            ipr.link("set", index=bridge_index, state="up")
 
     def _plug(
         self, ipr: IPRoute, bridge_index: int, bridge: Namespace, host: HostSpec, ns: Namespace

@@ -29,11 +29,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from medseg_xdp import ward_apps
-from medseg_xdp.topology import BRIDGE, HostSpec, InlineBridge, Namespace
+from medseg_xdp.topology import BRIDGE, HostSpec, InlineBridge, Namespace, Scoped
 
 SUBNET4 = "10.70.0.0/24"
 SUBNET6 = "fd70::/64"
@@ -199,7 +198,7 @@ class WardError(RuntimeError):
     """A ward server failed to start."""
 
 
-class Ward:
+class Ward(Scoped):
     """The ward's hosts on one namespace bridge, servers running; see the module docstring."""
 
     def __init__(self, *, timeout: float = 5.0) -> None:
@@ -213,28 +212,16 @@ class Ward:
         self._workdir = Path()
         self._servers: dict[str, _Server] = {}
         self._round = 0
-        self._stack = ExitStack()
 
     # --- lifecycle ---
 
-    def __enter__(self) -> Self:
-        with ExitStack() as stack:
-            self._workdir = Path(tempfile.mkdtemp(prefix="medseg-ward-"))
-            # Registered first so that it runs last, after every process is gone.
-            stack.callback(shutil.rmtree, self._workdir, ignore_errors=True)
-            stack.callback(self._servers.clear)
-            stack.enter_context(self.topology)
-            self._start_servers()
-            self._stack = stack.pop_all()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.close()
+    def _set_up(self, stack: ExitStack) -> None:
+        self._workdir = Path(tempfile.mkdtemp(prefix="medseg-ward-"))
+        # Registered first so that it runs last, after every process is gone.
+        stack.callback(shutil.rmtree, self._workdir, ignore_errors=True)
+        stack.callback(self._servers.clear)
+        stack.enter_context(self.topology)
+        self._start_servers()
 
     @property
     def workdir(self) -> Path:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import pytest
 
-from medseg_xdp.topology import Namespace
+from medseg_xdp.topology import Namespace, Scoped
 
 UDP_PORT = 5514
 TCP_PORT = 5515
@@ -59,7 +58,7 @@ class Received:
     msg: str
 
 
-class Rsyslog:
+class Rsyslog(Scoped):
     """rsyslogd in its own namespace; `socket` is reachable from any namespace (it is a file)."""
 
     def __init__(self, workdir: Path) -> None:
@@ -71,18 +70,10 @@ class Rsyslog:
         self.namespace = Namespace("syslog")
         self._process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Self:
-        self.namespace.__enter__()
-        try:
-            self.start()
-        except BaseException:
-            self.namespace.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-        self.namespace.__exit__(exc_type, exc, tb)
+    def _set_up(self, stack: ExitStack) -> None:
+        stack.enter_context(self.namespace)
+        stack.callback(self.stop)
+        self.start()
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
