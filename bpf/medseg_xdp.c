@@ -640,8 +640,9 @@ static __always_inline void make_frag_key(struct packet *pkt,
 }
 
 /* A non-first fragment follows its first fragment's verdict. An orphan
- * (first fragment never seen, or evicted) carries no ports to judge: it is
- * dropped where an endpoint's segment enforces, audited elsewhere. */
+ * (first fragment never seen, evicted, or of another generation) carries no
+ * ports to judge: it is dropped where an endpoint's segment enforces, audited
+ * elsewhere. */
 static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 					   struct packet *pkt, struct settings *s,
 					   struct decision *d)
@@ -650,7 +651,10 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 
 	make_frag_key(pkt, &key);
 	struct frag_verdict *first = frags.lookup(&key);
-	if (first) {
+	/* A first fragment judged under another generation is as good as
+	 * unseen: a policy flip or the end of break-glass must not let later
+	 * fragments (an IP ID is easily guessed) ride an old verdict. */
+	if (first && first->gen == gen) {
 		set_decision(d, first->verdict, REASON_FRAGMENT, first->rule_id);
 		if (first->flags & DECISION_SEGMENTS)  /* not after a rail */
 			set_segments(d, first->src_segment,
