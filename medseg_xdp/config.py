@@ -60,6 +60,8 @@ segment whatever address it claims.
     on_stop = "detach"                # or "keep": leave enforcement running on SIGTERM
     learning_days = 14
     max_devices = 65536               # inventory size; a MAC flood's unknown devices are forgotten first
+    reclassify = "report"             # a classified device that looks like another class is reported
+                                      # (audit, SIEM, alert), not moved; "move" moves it
     metrics = "127.0.0.1:9479"        # Prometheus endpoint, read at start; another address must be
                                       # set explicitly ("0.0.0.0:9479", "[::1]:9479"); "" turns it off
 
@@ -160,6 +162,7 @@ class DaemonSettings:
     learning_days: int = 14
     metrics: str = "127.0.0.1:9479"  # host:port of the Prometheus endpoint; "" turns it off
     max_devices: int = 65536  # the inventory's size; a MAC flood's unknown devices are forgotten first
+    reclassify: str = "report"  # a classified device that looks like another class: "report", or "move" it
 
     def metrics_listen(self) -> tuple[str, int] | None:
         """(address, port) the metrics endpoint binds, or None when it is off."""
@@ -425,13 +428,14 @@ def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
 
 
 def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
-    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days", "metrics", "max_devices"}, "daemon")
+    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days", "metrics", "max_devices", "reclassify"}, "daemon")
     defaults = DaemonSettings()
     return DaemonSettings(
         state_dir=Path(r.get(data, "state_dir", "daemon.state_dir", str, str(defaults.state_dir))),
         on_stop=r.choice(data, "on_stop", "daemon.on_stop", {"detach": "detach", "keep": "keep"}, defaults.on_stop),
         learning_days=r.integer(data, "learning_days", "daemon.learning_days", defaults.learning_days, 1, 365),
         max_devices=r.integer(data, "max_devices", "daemon.max_devices", defaults.max_devices, 100, 10_000_000),
+        reclassify=r.choice(data, "reclassify", "daemon.reclassify", {"report": "report", "move": "move"}, defaults.reclassify),
         metrics=_listen_address(r, r.get(data, "metrics", "daemon.metrics", str, defaults.metrics), "daemon.metrics"),
     )
 

@@ -304,7 +304,8 @@ class Daemon:
     # ---- policy ----
 
     def _class_of(self) -> dict[str, str]:
-        return {mac: d.device_class for mac, d in self.inventory.devices.items()}
+        """The classes segment placement follows (Device.placement_class)."""
+        return {mac: d.placement_class for mac, d in self.inventory.devices.items()}
 
     def _live_pins(self, cfg: Config) -> dict[str, str]:
         pins = {}
@@ -374,11 +375,15 @@ class Daemon:
             for mac in self._new_devices:
                 self._device_event(mac)
             self._new_devices.clear()
+        moved = False
         for change in changes:
-            self._audit_class_change(change.mac, change.old, change.new, change.confidence)
+            device = self.inventory.devices[change.mac]
+            followed = device.follow(change, self.config.daemon.reclassify == "move")
+            moved |= followed
+            self._audit_class_change(change.mac, change.old, change.new, change.confidence, followed, device.placement_class)
         if sample.verdict in (abi.Verdict.drop, abi.Verdict.audit):
             self._drop_event(sample)
-        if changes and any(segment.classes for segment in self.config.segments.values()):
+        if moved and any(segment.classes for segment in self.config.segments.values()):
             self._apply_due = self._apply_due or self.clock() + APPLY_DEBOUNCE_S
 
     # ---- SIEM events (medseg_xdp.events): addresses, classes and names only, never payload or hostnames ----
@@ -389,12 +394,16 @@ class Daemon:
         self.events.emit("device-new", Severity.notice, f"new device {mac} ({device.vendor or 'unknown vendor'}, {ips}) in segment {device.segment or 'none'}",
                          mac=mac, ip=next(iter(device.ips), ""), vendor=device.vendor or "", segment=device.segment or "")
 
-    def _audit_class_change(self, mac: str, old: str, new: str, confidence: float) -> None:
+    def _audit_class_change(self, mac: str, old: str, new: str, confidence: float, followed: bool, placed_as: str) -> None:
         """The classifier's own changes are audited (and so reach the SIEM) like a person's pin."""
         device = self.inventory.devices.get(mac)
+        if not followed and placed_as != new:
+            log.warning("device %s now looks like %s, but stays placed as %s: a classified device is not moved by the classifier "
+                        "([daemon] reclassify = \"report\"); `medseg-xdp pin %s --class %s` moves it", mac, new, placed_as, mac, new)
         self.audit.append("class change", os.getuid(), "classifier evidence", {
             "mac": mac, "ip": next(iter(device.ips), "") if device else "", "old_class": old, "new_class": new,
             "confidence": round(confidence, 2), "criticality": self.inventory.classifier.catalog.criticality(new),
+            "placed_as": placed_as,
         })
 
     def _drop_event(self, sample: Sample) -> None:

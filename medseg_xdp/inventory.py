@@ -62,6 +62,25 @@ class Device:
     segment: str | None = None
     pinned_segment: bool = False
     asset: dict[str, str] = field(default_factory=dict)  # model, location, owner from an asset import
+    placed_class: str | None = None  # the class its segment placement follows (see placement_class)
+
+    @property
+    def placement_class(self) -> str:
+        """The class that places the device in a class-based segment: a pinned class; else the class it
+        was placed by (a classified device that looks like another class later is reported, not moved,
+        unless [daemon] reclassify = "move"); else its class."""
+        if self.pinned_class:
+            return self.device_class
+        return self.placed_class or self.device_class
+
+    def follow(self, change: ClassChange, move_classified: bool) -> bool:
+        """Take a class change into the placement, or not: a first classification (from unknown) always;
+        a classified device's change only with move_classified. Returns whether the placement moved."""
+        if self.pinned_class or move_classified or self.placed_class in (None, UNKNOWN):
+            moved = self.placed_class != change.new
+            self.placed_class = change.new
+            return moved
+        return False
 
     def summary(self) -> dict[str, Any]:
         """The exported view (JSON, CSV, `devices`)."""
@@ -71,6 +90,7 @@ class Device:
             "vendor": self.vendor,
             "hostname": self.hostname,
             "class": self.device_class,
+            "placed_as": self.placement_class,
             "confidence": self.confidence,
             "evidence": self.evidence,
             "protocols_client": self.protocols_client,

@@ -262,7 +262,7 @@ class _Simulation:
         self.config = config
         self.inventory = inventory
         self.catalog = catalog
-        class_of = {mac: device.device_class for mac, device in inventory.devices.items()}
+        class_of = {mac: device.placement_class for mac, device in inventory.devices.items()}
         compiled = compile_policy(config, 1, lambda port: 0, class_of)
         contents = compiled.contents
         contents["active_gen"] = {bytes(ctypes.c_uint32(0)): bytes(ctypes.c_uint32(1))}

@@ -13,7 +13,7 @@ import pytest
 
 from medseg_xdp.classify import Classifier, load_catalog
 from medseg_xdp.fingerprint.frame import Frame, Observation, Side
-from medseg_xdp.inventory import MAX_VALUES_PER_SIGNAL, Inventory, InventoryStore
+from medseg_xdp.inventory import MAX_VALUES_PER_SIGNAL, ClassChange, Inventory, InventoryStore
 
 CT = "00:1b:2c:00:00:01"
 PACS = "00:1b:2c:00:00:02"
@@ -149,3 +149,18 @@ def test_a_mac_flood_cannot_exhaust_the_inventory(classifier: Classifier) -> Non
     assert inventory.evicted == inventory.discovered - len(inventory.devices) > 900
     assert {CT, PACS, "02:aa:00:00:00:01"} <= inventory.devices.keys()
     assert "02:ff:00:00:03:e7" in inventory.devices  # the newest stays
+
+
+def test_a_classified_device_that_looks_like_another_class_is_reported_not_moved(classifier: Classifier) -> None:
+    """A compromised modality faking a pump's fingerprint must not walk into the pumps' segment by itself."""
+    inventory = Inventory(classifier)
+    device = inventory.device(CT, 1.0)
+    first = ClassChange(1.0, CT, "unknown", "imaging_modality", 0.9, ())
+    assert device.follow(first, move_classified=False) and device.placement_class == "imaging_modality"
+    device.device_class = "infusion_pump"
+    later = ClassChange(2.0, CT, "imaging_modality", "infusion_pump", 0.9, ())
+    assert not device.follow(later, move_classified=False)
+    assert device.placement_class == "imaging_modality" and device.summary()["placed_as"] == "imaging_modality"
+    assert device.follow(later, move_classified=True) and device.placement_class == "infusion_pump"
+    inventory.pin(CT, device_class="workstation")  # a person's word moves it, whatever was placed
+    assert device.placement_class == "workstation"
