@@ -928,13 +928,11 @@ int xdp_medseg(struct xdp_md *ctx)
 	u64 now = bpf_ktime_get_coarse_ns();
 
 	int parsed = parse_packet(ctx, &pkt);
-	if (parsed != PARSE_MALFORMED && !vlan_allowed(ctx, &pkt, &s)) {
+	if (pkt.vlan && parsed != PARSE_MALFORMED && !vlan_allowed(ctx, &pkt, &s))
 		set_decision(&d, s.flags & SETTING_BREAK_GLASS ? VERDICT_AUDIT :
 								 VERDICT_DROP,
 			     REASON_VLAN_NOT_ALLOWED, 0);
-		return finish(ctx, &pkt, &d, &s, now);
-	}
-	switch (parsed) {
+	else switch (parsed) {
 	case PARSE_IP:
 		handle_ip(ctx, d.gen, &pkt, &s, now, &d);
 		break;
