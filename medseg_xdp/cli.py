@@ -343,6 +343,28 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_test(args: argparse.Namespace) -> int:
+    """Commissioning a SIEM: one test event to every [events] destination, and whether it arrived."""
+    from medseg_xdp.events import EventExporter, Severity
+
+    cfg = config_mod.load(args.config)
+    if not cfg.events.enabled:
+        raise CliError(f"{args.config}: [events] sets no destination (syslog or json_lines)")
+    events = EventExporter.from_settings(cfg.events)
+    destinations = events.destinations
+    events.emit("test", Severity.notice, f"medseg-xdp test event for bridge {cfg.bridge}", bridge=cfg.bridge, note=args.note)
+    events.close(timeout=args.timeout)
+    failed = False
+    for destination in destinations:
+        if events.counters.sent[destination]:
+            print(f"{destination}: delivered")
+        else:
+            failed = True
+            tries = events.counters.failures[destination]
+            print(f"{destination}: NOT delivered within {args.timeout:g} s ({tries} failed attempts; the log says why)")
+    return 1 if failed else 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     import datetime
 
@@ -534,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     glass.add_argument("-c", "--config", type=Path, required=True)
     glass.add_argument("--state-dir", type=Path, help="audit log directory (default: the config's daemon.state_dir)")
     glass.set_defaults(func=cmd_break_glass)
+
+    events = sub.add_parser("events-test", help="send one test event to every [events] destination (SIEM commissioning)")
+    events.add_argument("-c", "--config", type=Path, required=True)
+    events.add_argument("--note", default="", help="a text to find the event by in the SIEM")
+    events.add_argument("--timeout", type=float, default=5.0)
+    events.set_defaults(func=cmd_events_test)
 
     audit = sub.add_parser("audit", help="the change audit trail")
     audit.add_argument("--since", help="ISO 8601 date or time")

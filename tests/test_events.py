@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import threading
@@ -205,3 +206,22 @@ def test_events_wait_through_a_syslog_outage_and_none_is_lost(tmp_path: Path) ->
     assert [r.msg.lstrip("\ufeff") for r in got] == [f"event {n}" for n in range(50)]
     assert exporter.counters.sent["syslog"] == 50 and not exporter.counters.dropped
     assert not os.path.exists(rsyslog.socket) or rsyslog.socket.is_socket()
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_events_test_command_says_what_arrived(tmp_path: Path) -> None:
+    """Commissioning: `medseg-xdp events-test` reaches rsyslog and the file, and names a destination that is down."""
+    with Rsyslog(tmp_path / "rsyslog") as rsyslog:
+        config = tmp_path / "policy.toml"
+        jsonl = tmp_path / "events.jsonl"
+        config.write_text(f'[events]\nsyslog = "unix:{rsyslog.socket}"\njson_lines = "{jsonl}"\n')
+        run = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "events-test", "-c", str(config), "--note", "CHG-77"], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.splitlines() == ["syslog: delivered", "json_lines: delivered"]
+        (received,) = rsyslog.wait_for(1)
+        assert received.msgid == "test" and 'note="CHG-77"' in received.structured_data
+        assert json.loads(jsonl.read_text())["note"] == "CHG-77"
+    config.write_text(f'[events]\nsyslog = "unix:{tmp_path}/nobody.sock"\n')
+    down = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "events-test", "-c", str(config), "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "syslog: NOT delivered within 1 s" in down.stdout
