@@ -348,7 +348,7 @@ static __always_inline void fill_judge_args(struct judge_args *a,
 /* A denial judged before in this generation, for exactly these inputs
  * (struct deny_key): the same decision, without judging again. */
 static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
-					 struct packet *pkt,
+					 struct packet *pkt, struct settings *s,
 					 struct flow_key *key,
 					 struct deny_key *denial, int src_is_lo,
 					 int midstream, struct decision *d)
@@ -360,6 +360,11 @@ static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
 	denial->policy_port = pkt->policy_port;
 	denial->src_is_lo = src_is_lo;
 	denial->midstream = midstream;
+	/* Under break-glass nothing is dropped: the flag is written before the
+	 * generation that re-stamps the policy, and no cached denial may
+	 * outlive that moment. */
+	if (s->flags & SETTING_BREAK_GLASS)
+		return 0;
 	struct deny_entry *cached = denied.lookup(denial);
 	if (!cached || cached->gen != gen)
 		return 0;
@@ -459,7 +464,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			(pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
 	u32 zero = 0;
 	struct deny_key *denial = denial_scratch.lookup(&zero);
-	if (denial && cached_denial(ctx, gen, pkt, key, denial, src_is_lo,
+	if (denial && cached_denial(ctx, gen, pkt, s, key, denial, src_is_lo,
 				    midstream, d))
 		return;
 
@@ -640,7 +645,7 @@ static __always_inline void make_frag_key(struct packet *pkt,
 }
 
 /* A non-first fragment follows its first fragment's verdict. An orphan
- * (first fragment never seen, evicted, or of another generation) carries no
+ * (first fragment never seen, evicted, or two generations old) carries no
  * ports to judge: it is dropped where an endpoint's segment enforces, audited
  * elsewhere. */
 static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
@@ -651,10 +656,11 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 
 	make_frag_key(pkt, &key);
 	struct frag_verdict *first = frags.lookup(&key);
-	/* A first fragment judged under another generation is as good as
-	 * unseen: a policy flip or the end of break-glass must not let later
-	 * fragments (an IP ID is easily guessed) ride an old verdict. */
-	if (first && first->gen == gen) {
+	/* A first fragment judged under this generation or the one before:
+	 * a datagram in flight at a flip completes, while an older verdict is
+	 * as good as unseen, so later fragments (an IP ID is easily guessed)
+	 * cannot ride it for long. */
+	if (first && (first->gen == gen || first->gen + 1 == gen)) {
 		set_decision(d, first->verdict, REASON_FRAGMENT, first->rule_id);
 		if (first->flags & DECISION_SEGMENTS)  /* not after a rail */
 			set_segments(d, first->src_segment,

@@ -221,7 +221,10 @@ class Daemon:
             self._retire_expired_exceptions()
         if now >= self._next_enforcement_check:
             self._next_enforcement_check = now + ENFORCEMENT_CHECK_S
-            self.check_enforcement()
+            try:
+                self.check_enforcement()
+            except Exception:  # an interface vanishing mid-check: the next check sees it settled
+                log.exception("the enforcement check failed; trying again in %.0f s", ENFORCEMENT_CHECK_S)
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
 
@@ -250,16 +253,16 @@ class Daemon:
     def _reattach(self, index: int, ifindex: int) -> bool:
         old = self.attachments[index]
         try:
+            if ifindex != old.ifindex:  # a re-created interface: the port maps are keyed by ifindex, write them first
+                self.apply(f"port {old.ifname} re-created", ifindex=self._port_indexes(self.config))
             (new,) = self.loader.attach([old.ifname], netns_name=self.netns)
-        except LoaderError as exc:
+        except Exception as exc:  # any failure leaves the port reported as not enforcing
             log.error("%s: lost its XDP program and cannot get it back: %s", old.ifname, exc)
             return False
         self.attachments[index] = new
         self.reattached += 1
         log.error("%s: its XDP program was removed (not by medseg-xdp); attached it again", old.ifname)
         self.events.emit("enforcement-reattached", Severity.critical, f"port {old.ifname} lost its XDP program; attached it again", port=old.ifname)
-        if ifindex != old.ifindex:  # a re-created interface: the ports map is keyed by ifindex
-            self.apply(f"port {old.ifname} re-created", ifindex=self._port_indexes(self.config))
         return True
 
     def stop(self) -> None:
@@ -371,13 +374,15 @@ class Daemon:
         changes = self.xray.ingest(sample.data, self.clock())
         self._dirty = True
         if self._new_devices:
+            new, self._new_devices[:] = list(self._new_devices), []
             self._update_device_segments()  # a new device: its MAC or a pin may place it already
-            for mac in self._new_devices:
+            for mac in new:
                 self._device_event(mac)
-            self._new_devices.clear()
         moved = False
         for change in changes:
-            device = self.inventory.devices[change.mac]
+            device = self.inventory.devices.get(change.mac)
+            if device is None:
+                continue
             followed = device.follow(change, self.config.daemon.reclassify == "move")
             moved |= followed
             self._audit_class_change(change.mac, change.old, change.new, change.confidence, followed, device.placement_class)
@@ -389,7 +394,9 @@ class Daemon:
     # ---- SIEM events (medseg_xdp.events): addresses, classes and names only, never payload or hostnames ----
 
     def _device_event(self, mac: str) -> None:
-        device = self.inventory.devices[mac]
+        device = self.inventory.devices.get(mac)
+        if device is None:
+            return  # forgotten already (a full inventory)
         ips = ", ".join(device.ips) or "no IP yet"
         self.events.emit("device-new", Severity.notice, f"new device {mac} ({device.vendor or 'unknown vendor'}, {ips}) in segment {device.segment or 'none'}",
                          mac=mac, ip=next(iter(device.ips), ""), vendor=device.vendor or "", segment=device.segment or "")

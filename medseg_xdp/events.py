@@ -226,7 +226,7 @@ class _Outbox:
                     self.destination.send(event)
                     self.counters.sent[self.destination.name] += 1
                     break
-                except OSError as exc:
+                except Exception as exc:  # OSError mostly; anything else must not end the thread unseen
                     self.counters.failures[self.destination.name] += 1
                     if attempt == 0:
                         log.warning("events: %s cannot take events (%s); retrying, queued events wait", self.destination.name, exc)
@@ -255,6 +255,8 @@ class _Outbox:
         if self.thread.is_alive():
             self._closing.set()
             self.thread.join(1.0)
+        if self.thread.is_alive():  # stuck in a send: what it holds and what waits were not delivered
+            self._count_unsent(1)
         self.destination.close()
 
 

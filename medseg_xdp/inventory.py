@@ -76,7 +76,8 @@ class Device:
     def follow(self, change: ClassChange, move_classified: bool) -> bool:
         """Take a class change into the placement, or not: a first classification (from unknown) always;
         a classified device's change only with move_classified. Returns whether the placement moved."""
-        if self.pinned_class or move_classified or self.placed_class in (None, UNKNOWN):
+        placed = self.placed_class or change.old  # an inventory saved before placed_class: placed as it was
+        if self.pinned_class or move_classified or placed == UNKNOWN:
             moved = self.placed_class != change.new
             self.placed_class = change.new
             return moved
@@ -160,7 +161,7 @@ class Inventory:
         found = self.devices.get(mac)
         if found is None:
             if len(self.devices) >= self.max_devices:
-                self._make_room()
+                self._make_room(now)
             found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
             self.discovered += 1
             if self.on_discovered is not None:
@@ -168,13 +169,17 @@ class Inventory:
         found.last_seen = max(found.last_seen, now)
         return found
 
-    def _make_room(self) -> None:
+    def _make_room(self, now: float) -> None:
         """A full inventory forgets the least recently seen tenth of its unpinned devices of class unknown.
 
         A MAC flood (random source MACs) must not exhaust the manager, and the devices it adds are all
         unknown. Classified and pinned devices are never forgotten: policy places them. An inventory full
         of those grows past max_devices (logged): raise [daemon] max_devices."""
-        unknown = sorted((d for d in self.devices.values() if d.device_class == UNKNOWN and not d.pinned_class and not d.pinned_segment), key=lambda d: d.last_seen)
+        # never a device of the sample being folded in (seen at now): its caller still holds it
+        unknown = sorted(
+            (d for d in self.devices.values() if d.device_class == UNKNOWN and not d.pinned_class and not d.pinned_segment and d.last_seen < now),
+            key=lambda d: d.last_seen,
+        )
         if not unknown:
             if len(self.devices) % 1000 == 0:
                 log.warning("inventory: %d devices, all classified or pinned, over max_devices %d: growing", len(self.devices), self.max_devices)
@@ -204,7 +209,7 @@ class Inventory:
         changes = []
         for mac, new_facts in touched.items():
             if new_facts:
-                change = self._classify(self.devices[mac], now)
+                change = self._classify(self.devices[mac], now) if mac in self.devices else None
                 if change:
                     changes.append(change)
         return changes

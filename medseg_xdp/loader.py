@@ -147,10 +147,13 @@ class Loader:
             for ifname in ifnames:
                 try:
                     attachment, swapped = self._attach_one(ifname, replace, force_generic)
-                except LoaderError:
+                except Exception:
                     for undo in fresh:
-                        bpfsys.xdp_detach(undo.ifindex, MODE_FLAGS[undo.mode])
-                        log.warning("%s: detached again, because %s could not be attached", undo.ifname, ifname)
+                        try:
+                            bpfsys.xdp_detach(undo.ifindex, MODE_FLAGS[undo.mode])
+                            log.warning("%s: detached again, because %s could not be attached", undo.ifname, ifname)
+                        except OSError as exc:
+                            log.error("%s: could not detach it again (%s): it enforces alone", undo.ifname, exc)
                     raise
                 done.append(attachment)
                 if not swapped:

@@ -916,7 +916,7 @@ class ReferenceDataplane:
     def later_fragment(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> None:
         """later_fragment(): the first fragment's verdict, else an orphan (drop where enforced)."""
         first = self.frags.get(bytes(self.make_frag_key(pkt)))
-        if first is not None and first.gen == gen:  # another generation's verdict is as good as unseen
+        if first is not None and (first.gen == gen or (first.gen + 1) & 0xFFFFFFFF == gen):  # this or the previous generation
             self.set_decision(d, first.verdict, C.REASON_FRAGMENT, first.rule_id)
             if first.flags & C.DECISION_SEGMENTS:  # not after a rail
                 self.set_segments(d, first.src_segment, first.dst_segment, first.pair_index)

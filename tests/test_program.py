@@ -387,7 +387,8 @@ def test_a_repeated_denial_is_served_from_the_deny_cache_within_its_generation()
         assert t.trace(telnet, "portA").verdict == "pass"
 
 
-def test_a_later_fragment_does_not_ride_a_verdict_of_another_generation() -> None:
+def test_a_later_fragment_follows_its_first_across_one_flip_not_two() -> None:
+    """A datagram in flight at a flip completes; a verdict two generations old is an orphan's."""
     cfg = config.load(FIXTURE_CONFIG)
     with Tracer(cfg) as t:
         first = Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=79, flags="MF", proto=17) / Raw(bytes(UDP(sport=13, dport=5000, len=48)) + bytes(32))
@@ -395,6 +396,8 @@ def test_a_later_fragment_does_not_ride_a_verdict_of_another_generation() -> Non
         assert t.trace(b(first), "portA").verdict == "pass"
         assert (t.trace(b(later), "portA").reason) == "fragment"
         t.load_config(cfg)  # the same policy, a new generation
+        assert t.trace(b(later), "portA").reason == "fragment"
+        t.load_config(cfg)
         result = t.trace(b(later), "portA")
         assert (result.verdict, result.reason) == ("drop", "fragment_orphan")
 
