@@ -142,9 +142,9 @@ static __always_inline u16 vlan_for_identity(struct xdp_md *ctx,
 }
 
 /* A port with allowed_vlans takes tagged frames of those VLANs only, so a
- * device cannot choose its identity VLAN by tagging its own frames (nor hop
- * into another VLAN with a double tag). Untagged frames always enter: they
- * get the port's PVID. */
+ * device cannot choose its identity VLAN by tagging its own frames. Only
+ * the outer tag is checked (README, Known limits). Untagged frames always
+ * enter: they get the port's PVID. */
 static __always_inline int vlan_allowed(struct xdp_md *ctx,
 					struct packet *pkt, struct settings *s)
 {
