@@ -69,7 +69,7 @@ segment whatever address it claims.
     syslog = "udp://127.0.0.1:514"    # RFC 5424: udp://host:port, tcp://host:port (octet counting), unix:/dev/log
     json_lines = "/var/log/medseg-xdp/events.jsonl"
     facility = "local4"
-    drop_events_per_minute = 60       # drop and would-drop events; the rest are counted, not sent
+    drop_events_per_minute = 60       # drop and audit events; the rest are counted, not sent
 
     [[rules]]
     id = "pumps-to-server"            # stable name: counters and metrics follow it across edits

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 10.0
 ENFORCEMENT_CHECK_S = 5.0  # how often the ports are checked for our program
+REPORT_FLOW_EVERY_S = 60.0  # a drop or audit event per flow at most this often
+REPORTED_FLOWS = 4096
 APPLY_DEBOUNCE_S = 0.5  # class changes arrive in bursts: one apply for the burst
 POLL_MS = 100
 RULE_IDS_VERSION = 1
@@ -115,6 +118,7 @@ class Daemon:
         self.baseline_store = BaselineStore(self.state_dir)
         self.events = EventExporter.from_settings(self.config.events, clock)
         self._new_devices: list[str] = []
+        self._reported_flows: OrderedDict[tuple[Any, ...], float] = OrderedDict()  # drop/audit events: flow -> when
         self.xray = Xray.default(learner=self.baseline, on_discovered=self._new_devices.append, max_devices=self.config.daemon.max_devices)
         self.inventory = self.xray.inventory
         self.inventory_store = InventoryStore(self.state_dir)
@@ -414,8 +418,18 @@ class Daemon:
         })
 
     def _drop_event(self, sample: Sample) -> None:
+        """One event per flow and minute: a flow's first packets are all sampled, a retried SYN comes again."""
         frame = decode(sample.data)
-        kind = "drop" if sample.verdict is abi.Verdict.drop else "would-drop"
+        kind = "drop" if sample.verdict is abi.Verdict.drop else "audit"
+        flow = (kind, frame.src_ip or frame.src_mac, frame.dst_ip or frame.dst_mac, frame.proto, frame.dport)
+        now = self.clock()
+        if now - self._reported_flows.get(flow, -REPORT_FLOW_EVERY_S) < REPORT_FLOW_EVERY_S:
+            self.events.counters.suppressed[kind] += 1
+            return
+        self._reported_flows[flow] = now
+        self._reported_flows.move_to_end(flow)
+        if len(self._reported_flows) > REPORTED_FLOWS:
+            self._reported_flows.popitem(last=False)
         src_segment, dst_segment = self.config.segment_name(sample.src_segment), self.config.segment_name(sample.dst_segment)
         rule = self.rule_names.get(sample.rule_id, "-")
         protocol = config_mod.protocol_name(frame.proto) if frame.proto else f"ethertype 0x{frame.ethertype:04x}"

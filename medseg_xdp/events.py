@@ -1,7 +1,8 @@
 """Security events for a SIEM: RFC 5424 syslog and JSON lines.
 
 What a security operations centre wants from a segmentation gateway: drops
-(and would-drops, in monitor mode), devices seen for the first time, devices
+(and audits: packets passed but recorded, would-drops in monitor mode or
+audit rules), devices seen for the first time, devices
 that change class, break-glass, and every audited change (policy applies,
 reverts, pins, exceptions, asset imports). `[events]` in the config turns on
 either destination or both.
@@ -64,7 +65,7 @@ class Severity(IntEnum):
 @dataclass(frozen=True)
 class Event:
     time: float
-    kind: str  # the MSGID: drop, would-drop, device-new, class-change, break-glass, policy-apply, ...
+    kind: str  # the MSGID: drop, audit, device-new, class-change, break-glass, policy-apply, ...
     severity: Severity
     message: str
     fields: dict[str, str | int | float] = field(default_factory=dict)
@@ -287,7 +288,7 @@ class RateLimit:
         return False
 
 
-RATE_LIMITED_KINDS = ("drop", "would-drop")
+RATE_LIMITED_KINDS = ("drop", "audit")
 
 
 class EventExporter:

@@ -194,7 +194,7 @@ class DaemonCollector(Collector):
         sent = CounterMetricFamily("medseg_events_sent", "SIEM events delivered, by destination ([events]).", labels=["destination"])
         failures = CounterMetricFamily("medseg_events_send_failures", "Failed attempts to deliver a SIEM event (each is retried).", labels=["destination"])
         lost = CounterMetricFamily("medseg_events_lost", "SIEM events never delivered: queue full while the destination was down, or still queued at exit.", labels=["destination", "reason"])
-        suppressed = CounterMetricFamily("medseg_events_suppressed", "Drop and would-drop events over events.drop_events_per_minute, counted instead of sent.", labels=["kind"])
+        suppressed = CounterMetricFamily("medseg_events_suppressed", "Drop and audit events over events.drop_events_per_minute, or repeating a flow reported in the last minute: counted instead of sent.", labels=["kind"])
         for destination in self.daemon.events.destinations:
             sent.add_metric([destination], events.sent[destination])
             failures.add_metric([destination], events.failures[destination])

@@ -314,7 +314,7 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
         start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [22])
         process = start_daemon(ward, config, state_dir, tmp_path / "daemon.log")
         try:
-            assert ssh_attempt(Running(ward, config, state_dir, process, tmp_path / "daemon.log"))  # unassigned -> pacs (monitor): would-drop
+            assert ssh_attempt(Running(ward, config, state_dir, process, tmp_path / "daemon.log"))  # unassigned -> pacs (monitor): an audit event
             subprocess.run([*cli, "pin", DEFAULT_CLIENT.mac, "--segment", "modalities", "--reason", "CT 2", "--state-dir", str(state_dir)], check=True, capture_output=True)
             ward.client_ns.run([sys.executable, "-c", SEND_UDP, SERVER, HL7_WITH_PATIENT])  # dropped: modalities enforce
             glass = subprocess.run([*cli, "break-glass", "on", "--reason", "code blue", "-c", str(config)], capture_output=True, text=True)
@@ -324,7 +324,7 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
             def kinds() -> set[str]:
                 return {r.msgid for r in rsyslog.received()}
 
-            assert wait_until(lambda: {"device-new", "would-drop", "pin", "drop", "break-glass-on", "break-glass-off"} <= kinds(), timeout=15), kinds()
+            assert wait_until(lambda: {"device-new", "audit", "pin", "drop", "break-glass-on", "break-glass-off"} <= kinds(), timeout=15), kinds()
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=20)
@@ -340,12 +340,12 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
     assert drop.pri == 20 * 8 + 4 and drop.structured_data.startswith(f"[{SD_ID} ")
     for field in (f'src_ip="{DEFAULT_CLIENT.ipv4.split("/")[0]}"', f'dst_ip="{SERVER}"', 'proto="17"', 'src_segment="modalities"', 'dst_segment="pacs"', 'rule="default:modalities"'):  # type: ignore[union-attr]
         assert field in drop.structured_data, drop
-    assert 'dport="22"' in " ".join(r.structured_data for r in by_kind["would-drop"])
+    assert 'dport="22"' in " ".join(r.structured_data for r in by_kind["audit"])
     assert 'uid="0"' in by_kind["pin"][0].structured_data and 'reason="CT 2"' in by_kind["pin"][0].structured_data
     assert by_kind["break-glass-on"][0].pri == 20 * 8 + 2 and 'reason="code blue"' in by_kind["break-glass-on"][0].structured_data
 
     lines = [json.loads(line) for line in events_file.read_text().splitlines()]
-    assert {"device-new", "would-drop", "pin", "drop", "break-glass-on"} <= {line["kind"] for line in lines}  # break-glass: from the CLI, same config
+    assert {"device-new", "audit", "pin", "drop", "break-glass-on"} <= {line["kind"] for line in lines}  # break-glass: from the CLI, same config
     everything = rsyslog.output.read_text() + events_file.read_text()
     for patient_data in ("DOE", "JOHN", "MRN4711", "19400101"):
         assert patient_data not in everything
