@@ -109,6 +109,15 @@ def ours_counters(program: ProgramOnBridge) -> dict[str, int]:
     return {f"{v.name}/{r.name}": c.packets for (v, r), c in program.dataplane.stats().items()}
 
 
+def with_ours(result: dict[str, Any], program: ProgramOnBridge, samples: list[int]) -> dict[str, Any]:
+    """A measurement of our program, with what it consumed, its map pressure and its attach modes."""
+    assert program.dataplane is not None
+    result["samples_consumed"] = samples[0]
+    result["pressure"] = {p.name: v for p, v in program.dataplane.pressure().items() if v}
+    result["attach_modes"] = [a.mode for a in program.attachments]
+    return result
+
+
 @contextlib.contextmanager
 def consuming(program: ProgramOnBridge) -> Iterator[list[int]]:
     """The manager's part while traffic runs: drain the sample ring buffer in a thread."""
@@ -231,12 +240,7 @@ def run_case(case: Case, bench: Bench, programs: dict[str, int], port_a: int, ar
         return result
     if case.kind == "ours":
         with ProgramOnBridge(bench.topology, policy(case.mode)) as program, consuming(program) as samples:
-            result = bench.measure(case, extra=lambda: ours_counters(program))
-            result["samples_consumed"] = samples[0]
-            assert program.dataplane is not None
-            result["pressure"] = {p.name: v for p, v in program.dataplane.pressure().items() if v}
-            result["attach_modes"] = [a.mode for a in program.attachments]
-        return result
+            return with_ours(bench.measure(case, extra=lambda: ours_counters(program)), program, samples)
     raise ValueError(case.kind)
 
 

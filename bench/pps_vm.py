@@ -111,12 +111,7 @@ def run_case(case: pps.Case, window: float, programs: dict[str, int], bridge: Ho
             return measure(case, window, extra=lambda: B.nft_counters(host))
     if case.kind == "ours":
         with ProgramOnBridge(bridge, policy(case.mode)) as program, pps.consuming(program) as samples:  # type: ignore[arg-type]
-            result = measure(case, window, extra=lambda: pps.ours_counters(program))
-            result["samples_consumed"] = samples[0]
-            assert program.dataplane is not None
-            result["pressure"] = {p.name: v for p, v in program.dataplane.pressure().items() if v}
-            result["attach_modes"] = [a.mode for a in program.attachments]
-        return result
+            return pps.with_ours(measure(case, window, extra=lambda: pps.ours_counters(program)), program, samples)
     raise ValueError(case.kind)
 
 
