@@ -105,6 +105,18 @@ def start_daemon(ward: InlineBridge, config: Path, state_dir: Path, log: Path) -
     return process
 
 
+def stop_and_unload(process: subprocess.Popen[bytes], config: Path, ward: InlineBridge) -> None:
+    """Teardown, also after a failure: stop the daemon (SIGTERM, then kill), remove program and pinned maps."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     state_dir = tmp_path / "state"
@@ -118,14 +130,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         try:
             yield daemon
         finally:
-            for proc in (daemon.process,):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-            subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+            stop_and_unload(daemon.process, config, ward)
     assert not (DEFAULT_PIN_ROOT / f"dtest{os.getpid()}").exists()
 
 
@@ -218,10 +223,7 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
             assert "resumed bridge" in log.read_text()
             assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+            stop_and_unload(process, config, ward)
 
 
 def test_an_unconfirmed_apply_reverts_and_everything_is_audited(running: Running, tmp_path: Path) -> None:
@@ -326,9 +328,7 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
 
             assert wait_until(lambda: {"device-new", "audit", "pin", "drop", "break-glass-on", "break-glass-off"} <= kinds(), timeout=15), kinds()
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
-            subprocess.run([*cli, "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+            stop_and_unload(process, config, ward)
         received = rsyslog.received()
 
     by_kind: dict[str, list[Any]] = {}
