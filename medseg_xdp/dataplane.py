@@ -111,10 +111,9 @@ class Dataplane:
             old = self.active_generation()
             new = (old + 1) & 0xFFFFFFFF or 1
             contents = _keep_break_glass(compile_for(new), self.break_glass())
-            live = self.active_generation()
-            live_slots = live_stats_slots((k, v) for k, v in self.maps["segments"].items() if k.gen == live)  # type: ignore[attr-defined]
-            contents["segments"], new_owners = stable_stats_slots(contents.get("segments", {}), live_slots, self.pair_segments)
-            self._zero_pair_counters(new_owners)
+            contents["segments"], new_owners = stable_stats_slots(contents.get("segments", {}), live_stats_slots(self._live_segments()), self.pair_segments)
+            if old:  # fresh maps (no generation yet) hold zeros already
+                self._zero_pair_counters(new_owners)
             # Leftovers of a writer that died mid-apply: never let them go live.
             self.retire_generations(keep=old)
             try:
@@ -216,10 +215,13 @@ class Dataplane:
             result[what] = summed[0] if summed else 0
         return result
 
+    def _live_segments(self) -> list[tuple[abi.SegmentKey, abi.SegmentInfo]]:  # type: ignore[valid-type]
+        live = self.active_generation()
+        return [(key, info) for key, info in self.maps["segments"].items() if key.gen == live]  # type: ignore[attr-defined]
+
     def stats_slots(self) -> dict[int, int]:
         """Segment id -> its row and column in pair_stats, in the live generation."""
-        live = self.active_generation()
-        return {key.segment: info.stats_slot for key, info in self.maps["segments"].items() if key.gen == live}  # type: ignore[attr-defined]
+        return {key.segment: info.stats_slot for key, info in self._live_segments()}  # type: ignore[attr-defined]
 
     def _zero_pair_counters(self, slots: set[int]) -> None:
         """A slot that changes owner starts from zero: its row and its column, every verdict."""
