@@ -351,11 +351,10 @@ def cmd_events_test(args: argparse.Namespace) -> int:
     if not cfg.events.enabled:
         raise CliError(f"{args.config}: [events] sets no destination (syslog or json_lines)")
     events = EventExporter.from_settings(cfg.events)
-    destinations = events.destinations
     events.emit("test", Severity.notice, f"medseg-xdp test event for bridge {cfg.bridge}", bridge=cfg.bridge, note=args.note)
     events.close(timeout=args.timeout)
     failed = False
-    for destination in destinations:
+    for destination in events.destinations:
         if events.counters.sent[destination]:
             print(f"{destination}: delivered")
         else:

@@ -41,7 +41,7 @@ from medseg_xdp.doctor import Check, Status
 from medseg_xdp.events import EventExporter, Severity
 from medseg_xdp.exceptions import ExceptionStore, PolicyException, device_moves, validate, with_exceptions
 from medseg_xdp.fingerprint.frame import decode
-from medseg_xdp.inventory import InventoryStore
+from medseg_xdp.inventory import ClassChange, Device, InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, in_netns
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
@@ -389,7 +389,7 @@ class Daemon:
                 continue
             followed = device.follow(change, self.config.daemon.reclassify == "move")
             moved |= followed
-            self._audit_class_change(change.mac, change.old, change.new, change.confidence, followed, device.placement_class)
+            self._audit_class_change(device, change, followed)
         if sample.verdict in (abi.Verdict.drop, abi.Verdict.audit):
             self._drop_event(sample)
         if moved and any(segment.classes for segment in self.config.segments.values()):
@@ -405,15 +405,15 @@ class Daemon:
         self.events.emit("device-new", Severity.notice, f"new device {mac} ({device.vendor or 'unknown vendor'}, {ips}) in segment {device.segment or 'none'}",
                          mac=mac, ip=next(iter(device.ips), ""), vendor=device.vendor or "", segment=device.segment or "")
 
-    def _audit_class_change(self, mac: str, old: str, new: str, confidence: float, followed: bool, placed_as: str) -> None:
+    def _audit_class_change(self, device: Device, change: ClassChange, followed: bool) -> None:
         """The classifier's own changes are audited (and so reach the SIEM) like a person's pin."""
-        device = self.inventory.devices.get(mac)
+        mac, new, placed_as = change.mac, change.new, device.placement_class
         if not followed and placed_as != new:
             log.warning("device %s now looks like %s, but stays placed as %s: a classified device is not moved by the classifier "
                         "([daemon] reclassify = \"report\"); `medseg-xdp pin %s --class %s` moves it", mac, new, placed_as, mac, new)
         self.audit.append("class change", os.getuid(), "classifier evidence", {
-            "mac": mac, "ip": next(iter(device.ips), "") if device else "", "old_class": old, "new_class": new,
-            "confidence": round(confidence, 2), "criticality": self.inventory.classifier.catalog.criticality(new),
+            "mac": mac, "ip": next(iter(device.ips), ""), "old_class": change.old, "new_class": new,
+            "confidence": round(change.confidence, 2), "criticality": self.inventory.classifier.catalog.criticality(new),
             "placed_as": placed_as,
         })
 

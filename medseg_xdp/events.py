@@ -85,6 +85,11 @@ def _header_token(text: str, limit: int) -> str:
     return token or "-"
 
 
+def _timestamp(when: float) -> str:
+    """RFC 3339 in UTC with microseconds, as RFC 5424 section 6.2.3 allows."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1e6):06d}Z"
+
+
 def _sd_name(key: str) -> str:
     """An SD-NAME: up to 32 PRINTUSASCII characters except '=', ']', '"' and space."""
     return "".join(c for c in key if 33 <= ord(c) <= 126 and c not in '=]"')[:32] or "_"
@@ -92,7 +97,7 @@ def _sd_name(key: str) -> str:
 
 def rfc5424(event: Event, facility: int, hostname: str, procid: int) -> bytes:
     """One syslog message (RFC 5424): the fields as structured data, the message after a BOM."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.time)) + f".{int(event.time % 1 * 1e6):06d}Z"
+    stamp = _timestamp(event.time)
     params = " ".join(f'{_sd_name(key)}="{_sd_escape(_clip(str(value), MAX_VALUE))}"' for key, value in event.fields.items())
     structured = f"[{SD_ID}{' ' + params if params else ''}]"
     header = f"<{facility * 8 + event.severity}>1 {stamp} {_header_token(hostname, 255)} {APP_NAME} {procid} {_header_token(event.kind, 32)}"
@@ -100,7 +105,7 @@ def rfc5424(event: Event, facility: int, hostname: str, procid: int) -> bytes:
 
 
 def json_line(event: Event, hostname: str) -> bytes:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.time)) + f".{int(event.time % 1 * 1e6):06d}Z"
+    stamp = _timestamp(event.time)
     record: dict[str, str | int | float] = {"time": stamp, "host": hostname, "app": APP_NAME, "kind": event.kind, "severity": event.severity.name, "message": _clip(event.message, MAX_MESSAGE)}
     record.update({key: _clip(value, MAX_VALUE) if isinstance(value, str) else value for key, value in event.fields.items()})
     return (json.dumps(record, sort_keys=False) + "\n").encode()
@@ -298,6 +303,7 @@ class EventExporter:
         self.counters = EventCounters()
         self.clock = clock
         self._outboxes = [_Outbox(d, queue_capacity, self.counters) for d in destinations]
+        self.destinations = [outbox.destination.name for outbox in self._outboxes]  # also after close()
         self._limits = {kind: RateLimit(drop_events_per_minute, clock) for kind in RATE_LIMITED_KINDS}
         self._pending_suppressed: Counter[str] = Counter()
 
@@ -310,10 +316,6 @@ class EventExporter:
         if settings.json_lines is not None:
             destinations.append(JsonLinesDestination(settings.json_lines, name))
         return cls(destinations, settings.drop_events_per_minute, settings.queue, clock)
-
-    @property
-    def destinations(self) -> list[str]:
-        return [outbox.destination.name for outbox in self._outboxes]
 
     def emit(self, kind: str, severity: Severity, message: str, **fields: str | int | float) -> None:
         if not self._outboxes:
