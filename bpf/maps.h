@@ -19,6 +19,7 @@
 #define MEDSEG_MAPS_H
 
 #include "medseg_abi.h"
+#include "parse.h"
 
 #ifndef MEDSEG_PIN_DIR
 #error "MEDSEG_PIN_DIR must name the bpffs directory for pinned maps"
@@ -109,6 +110,10 @@ BPF_TABLE_PINNED("lru_hash", struct deny_key, struct deny_entry, denied,
 /* Per CPU: the deny key being built (off the 512-byte stack). Every field
  * is written for each packet; never read across packets. */
 BPF_PERCPU_ARRAY(denial_scratch, struct deny_key, 1);
+
+/* Per CPU: the ICMP error being matched to its flow (struct icmp_quote);
+ * written for each ICMP error, never read across packets. */
+BPF_PERCPU_ARRAY(icmp_quote_scratch, struct icmp_quote, 1);
 
 /* First fragments' verdicts, for the fragments that follow them. */
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,

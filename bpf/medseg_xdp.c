@@ -708,41 +708,53 @@ static __always_inline int is_icmp_error(u8 proto, u8 type)
 
 /* An ICMP error quotes the header of the packet it is about: when that
  * packet's flow is in the table, the error passes with the flow (path-MTU
- * discovery must work). Returns 1 when it found the flow. */
+ * discovery must work). Returns 1 when it found the flow.
+ * The quote is copied out of the packet rather than read in place: each
+ * bounds check against data_end would leave the verifier a differently
+ * bounded packet, and the whole flow path after a miss here was verified
+ * once per such state (two thirds of the program's verifier budget). */
 static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 					struct packet *pkt, struct settings *s,
 					u16 vlan, struct decision *d)
 {
-	void *end = (void *)(long)ctx->data_end;
-	u8 *quoted = pkt->l4 + 8;
+	u32 zero = 0;
+	struct icmp_quote *quote = icmp_quote_scratch.lookup(&zero);
 	struct packet inner = {};
-	u8 *l4;
+	u32 quoted = pkt->l4_off + 8;  /* after the ICMP header */
+	u32 l4;
 
+	if (!quote)
+		return 0;
 	if (pkt->family == FAMILY_IPV4) {
-		struct iphdr *ip = (void *)quoted;
-		if (BEYOND(ip + 1, end, pkt->l4_end) || ip->ihl < 5)
+		struct iphdr *ip = (void *)quote->ip;
+		if (quoted + sizeof(*ip) > pkt->l4_end_off ||
+		    bpf_xdp_load_bytes(ctx, quoted, ip, sizeof(*ip)) || ip->ihl < 5)
 			return 0;
 		l4 = quoted + ip->ihl * 4;
 		inner.proto = ip->protocol;
 		__builtin_memcpy(inner.src, &ip->saddr, 4);
 		__builtin_memcpy(inner.dst, &ip->daddr, 4);
 	} else {
-		struct ipv6hdr *ip6 = (void *)quoted;
-		if (BEYOND(ip6 + 1, end, pkt->l4_end))
+		struct ipv6hdr *ip6 = (void *)quote->ip;
+		if (quoted + sizeof(*ip6) > pkt->l4_end_off ||
+		    bpf_xdp_load_bytes(ctx, quoted, ip6, sizeof(*ip6)))
 			return 0;
-		l4 = (u8 *)(ip6 + 1);
+		l4 = quoted + sizeof(*ip6);
 		inner.proto = ip6->nexthdr;
 		__builtin_memcpy(inner.src, &ip6->saddr, 16);
 		__builtin_memcpy(inner.dst, &ip6->daddr, 16);
 	}
 	/* RFC 792 guarantees 8 bytes of the quoted L4 header */
-	if (BEYOND(l4 + 8, end, pkt->l4_end))
+	if (l4 + sizeof(quote->l4) > pkt->l4_end_off ||
+	    bpf_xdp_load_bytes(ctx, l4, quote->l4, sizeof(quote->l4)))
 		return 0;
+	u8 *quoted_l4 = quote->l4;
 	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
-		inner.sport = *(__be16 *)l4;
-		inner.dport = *(__be16 *)(l4 + 2);
-	} else if (IS_ICMP_PROTO(inner.proto) && is_icmp_echo(inner.proto, l4[0])) {
-		inner.sport = *(__be16 *)(l4 + 4);
+		inner.sport = *(__be16 *)quoted_l4;
+		inner.dport = *(__be16 *)(quoted_l4 + 2);
+	} else if (IS_ICMP_PROTO(inner.proto) &&
+		   is_icmp_echo(inner.proto, quoted_l4[0])) {
+		inner.sport = *(__be16 *)(quoted_l4 + 4);
 		inner.dport = inner.sport;
 	} else if (!IS_ICMP_PROTO(inner.proto)) {
 		return 0;

@@ -78,8 +78,18 @@ struct packet {
 	u8 is_later_fragment; /* offset > 0: no L4 header */
 	u8 frag_proto;      /* the protocol every fragment names (IPv6: after the fragment header) */
 	u32 frag_id;
-	u8 *l4;             /* start of the L4 header (ICMP errors quote from it) */
-	u8 *l4_end;         /* end of the datagram (or of this fragment) */
+	/* Offsets from the frame's start, not pointers: the ICMP error path
+	 * copies its quote out with bpf_xdp_load_bytes (see related_icmp). */
+	u16 l4_off;         /* start of the L4 header */
+	u16 l4_end_off;     /* end of the datagram (or of this fragment) */
+};
+
+/* An ICMP error's quote, copied out of the packet (see related_icmp): the
+ * quoted IP header (IPv6's fixed 40 bytes, or IPv4's first 20) and the
+ * first 8 bytes of the L4 header it quotes. */
+struct icmp_quote {
+	u8 ip[40];
+	u8 l4[8];
 };
 
 /* The verifier learns packet bounds only from comparisons with data_end;
@@ -98,11 +108,11 @@ static __always_inline int is_icmp_echo(u8 proto, u8 type)
 
 /* L4 header at l4, bounded by end: ports, flags, ICMP type. The L4 header of
  * a first fragment must be whole (RFC 1858, RFC 7112): else malformed. */
-static __always_inline int parse_l4(struct packet *pkt, u8 *l4, void *end,
-					    void *dgram_end)
+static __always_inline int parse_l4(struct packet *pkt, void *data, u8 *l4,
+				    void *end, void *dgram_end)
 {
-	pkt->l4 = l4;
-	pkt->l4_end = dgram_end;
+	pkt->l4_off = (u8 *)l4 - (u8 *)data;
+	pkt->l4_end_off = (u8 *)dgram_end - (u8 *)data;
 	if (pkt->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)l4;
 		if (BEYOND(tcp + 1, end, dgram_end) || tcp->doff < 5)
@@ -141,7 +151,8 @@ static __always_inline int parse_l4(struct packet *pkt, u8 *l4, void *end,
 	return PARSE_IP;
 }
 
-static __always_inline int parse_ipv4(struct packet *pkt, void *l3, void *end)
+static __always_inline int parse_ipv4(struct packet *pkt, void *data, void *l3,
+				      void *end)
 {
 	struct iphdr *ip = l3;
 
@@ -171,10 +182,11 @@ static __always_inline int parse_ipv4(struct packet *pkt, void *l3, void *end)
 	}
 	/* The datagram (this fragment of it) ends at tot_len, not at the
 	 * frame's end: Ethernet pads short frames. */
-	return parse_l4(pkt, l3 + hdr_len, end, l3 + tot_len);
+	return parse_l4(pkt, data, l3 + hdr_len, end, l3 + tot_len);
 }
 
-static __always_inline int parse_ipv6(struct packet *pkt, void *l3, void *end)
+static __always_inline int parse_ipv6(struct packet *pkt, void *data, void *l3,
+				      void *end)
 {
 	struct ipv6hdr *ip6 = l3;
 
@@ -234,7 +246,7 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *l3, void *end)
 				pkt->has_l4 = 1;
 				return PARSE_IP;
 			}
-			return parse_l4(pkt, cursor, end, dgram_end);
+			return parse_l4(pkt, data, cursor, end, dgram_end);
 		}
 	}
 	/* more extension headers than we walk (RFC 9098): malformed here */
@@ -273,9 +285,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		return PARSE_MALFORMED;
 
 	if (proto == ETH_P_IP)
-		return parse_ipv4(pkt, cursor, end);
+		return parse_ipv4(pkt, data, cursor, end);
 	if (proto == ETH_P_IPV6)
-		return parse_ipv6(pkt, cursor, end);
+		return parse_ipv6(pkt, data, cursor, end);
 	if (proto == ETH_P_ARP_)
 		return PARSE_ARP;
 	if (proto == ETH_P_LLDP_ || proto == ETH_P_SLOW_ || proto == ETH_P_PAE_)
