@@ -219,7 +219,8 @@ PARSE_PROGRAM = """
 int xdp_parse_only(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
-	int r = parse_packet(ctx, &pkt);
+	u8 vlan_tags = 0;
+	int r = parse_packet(ctx, &pkt, &vlan_tags);
 
 	if (r == PARSE_MALFORMED || (pkt.proto == 255 && pkt.sport == pkt.dport && pkt.vlan == 4095))
 		return XDP_DROP;

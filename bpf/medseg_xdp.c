@@ -142,17 +142,24 @@ static __always_inline u16 vlan_for_identity(struct xdp_md *ctx,
 }
 
 /* A port with allowed_vlans takes tagged frames of those VLANs only, so a
- * device cannot choose its identity VLAN by tagging its own frames. Only
- * the outer tag is checked (README, Known limits). Untagged frames always
- * enter: they get the port's PVID. */
+ * device cannot choose its identity VLAN by tagging its own frames. It takes
+ * no second tag at all: behind an allowed (or a priority) outer tag, a
+ * second one would surface on any switch that strips the outer tag further
+ * on (double-tagging VLAN hopping). Untagged and priority-tagged frames
+ * always enter: they get the port's PVID. */
 static __always_inline int vlan_allowed(struct xdp_md *ctx,
-					struct packet *pkt, struct settings *s)
+					struct packet *pkt, u8 vlan_tags,
+					struct settings *s)
 {
-	if (!pkt->vlan || !(s->flags & SETTING_VLAN_FILTER))
+	if (!vlan_tags || !(s->flags & SETTING_VLAN_FILTER))
 		return 1;
 	struct port_key port = { .ifindex = ctx->ingress_ifindex };
 	struct port_info *info = ports.lookup(&port);
 	if (!info || !info->vlan_filter)
+		return 1;
+	if (vlan_tags > 1)
+		return 0;
+	if (!pkt->vlan)
 		return 1;
 	struct port_vlan_key key = { .ifindex = ctx->ingress_ifindex,
 				     .vlan = pkt->vlan };
@@ -945,8 +952,10 @@ int xdp_medseg(struct xdp_md *ctx)
 		s = *configured;
 	u64 now = bpf_ktime_get_coarse_ns();
 
-	int parsed = parse_packet(ctx, &pkt);
-	if (pkt.vlan && parsed != PARSE_MALFORMED && !vlan_allowed(ctx, &pkt, &s))
+	u8 vlan_tags = 0;
+	int parsed = parse_packet(ctx, &pkt, &vlan_tags);
+	if (vlan_tags && parsed != PARSE_MALFORMED &&
+	    !vlan_allowed(ctx, &pkt, vlan_tags, &s))
 		set_decision(&d, s.flags & SETTING_BREAK_GLASS ? VERDICT_AUDIT :
 								 VERDICT_DROP,
 			     REASON_VLAN_NOT_ALLOWED, 0);

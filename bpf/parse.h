@@ -253,7 +253,12 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *data, void *l3,
 	return PARSE_MALFORMED;
 }
 
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+/* vlan_tags: how many tags the frame carries (0, 1 or 2). An out-parameter,
+ * not a field of struct packet: it is read once, by the VLAN check, and a
+ * field would keep each parse path's count alive to the end of the program,
+ * doubling the states the verifier walks. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt,
+					u8 *vlan_tags)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -277,6 +282,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 			return PARSE_MALFORMED;
 		if (i == 0)
 			pkt->vlan = bpf_ntohs(tag->tci) & VLAN_VID_MASK_;
+		*vlan_tags = i + 1;
 		proto = bpf_ntohs(tag->encapsulated_proto);
 		cursor = tag + 1;
 	}

@@ -16,7 +16,7 @@ segment whatever address it claims.
     name = "br0"
     ports = ["portA", "portB"]
     pvid = { portA = 20 }            # VLAN of untagged frames, per port
-    allowed_vlans = { portB = [20, 30] }  # the only outer tags a port takes (untagged frames always enter)
+    allowed_vlans = { portB = [20, 30] }  # the only tags a port takes, and no second tag (untagged frames always enter)
 
     [settings]
     sample_first_packets = 8          # K

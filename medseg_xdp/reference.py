@@ -253,6 +253,7 @@ class Packet:
     eth_dst: bytes = b""
     len: int = 0
     vlan: int = 0
+    vlan_tags: int = 0  # C: parse_packet's out-parameter, kept off struct packet (fewer verifier states)
     family: int = 0
     proto: int = 0
     src: bytes = ZERO_ADDR
@@ -444,6 +445,7 @@ def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
             return ParseResult.MALFORMED
         if i == 0:
             pkt.vlan = be16(frame, cursor) & VLAN_VID_MASK
+        pkt.vlan_tags = i + 1
         proto = be16(frame, cursor + 2)
         cursor += VLAN_HLEN
     if proto in (ETH_P_8021Q, ETH_P_8021AD):
@@ -628,11 +630,15 @@ class ReferenceDataplane:
         return port.pvid if port is not None else 0
 
     def vlan_allowed(self, ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bool:
-        """vlan_allowed(): a port with allowed_vlans takes tagged frames of those VLANs only."""
-        if not pkt.vlan or not s.flags & C.SETTING_VLAN_FILTER:
+        """vlan_allowed(): a port with allowed_vlans takes tagged frames of those VLANs only, and no second tag."""
+        if not pkt.vlan_tags or not s.flags & C.SETTING_VLAN_FILTER:
             return True
         port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
         if port is None or not port.vlan_filter:
+            return True
+        if pkt.vlan_tags > 1:
+            return False
+        if not pkt.vlan:
             return True
         return bytes(abi.PortVlanKey(ifindex=ctx.ingress_ifindex, vlan=pkt.vlan)) in self.port_vlans
 

@@ -120,6 +120,26 @@ CASES = [
         [(b(Ether(src=OTHER, dst=ROUTER) / Dot1AD(vlan=31) / Dot1Q(vlan=30) / IP(src="10.9.1.1", dst="10.0.2.5") / UDP(sport=17, dport=53)), "portC")],
         "drop", "vlan_not_allowed", sample="drop_event",
     ),
+    Case(
+        "a second tag behind an allowed outer tag is dropped (double-tagging VLAN hopping)",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=30) / Dot1Q(vlan=20) / IP(src="10.9.1.1", dst="10.0.2.5") / UDP(sport=18, dport=53)), "portC")],
+        "drop", "vlan_not_allowed", sample="drop_event",
+    ),
+    Case(
+        "a second tag behind a priority tag is dropped",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=0, prio=5) / Dot1Q(vlan=20) / IP(src="10.9.1.1", dst="10.0.2.5") / UDP(sport=19, dport=53)), "portC")],
+        "drop", "vlan_not_allowed", sample="drop_event",
+    ),
+    Case(
+        "a priority tag alone enters like an untagged frame, on the port's PVID",
+        [(b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=0, prio=5) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=20, dport=80, flags="S")), "portC")],
+        "drop", "segment_default", "default:lab", "lab", "pacs", sample="drop_event",
+    ),
+    Case(
+        "a port without allowed_vlans takes a double tag, judged on the outer one",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / Dot1Q(vlan=5) / Dot1Q(vlan=20) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=21, dport=104, flags="S")), "portA")],
+        "pass", "rule", "dicom", "modalities", "pacs", ("new_flow",), "first_packets",
+    ),
     Case("LLDP", [(b(Ether(src=MODALITY, dst="01:80:c2:00:00:0e", type=0x88CC) / Raw(b"\x02\x07\x04" + bytes(40))), "portA")], "pass", "rail_l2_control"),
     Case("STP BPDU (802.3 length, LLC)", [(b(Dot3(src=MODALITY, dst="01:80:c2:00:00:00") / LLC() / STP()), "portA")], "pass", "rail_l2_control"),
     Case("unknown EtherType passes, counted", [(b(Ether(src=MODALITY, dst=ROUTER, type=0x88B5) / Raw(bytes(46))), "portA")], "pass", "unsupported_ethertype"),
