@@ -367,6 +367,11 @@ def report(data: dict[str, Any]) -> list[str]:
         "",
         *_class_table(classes["syscall"], with_method=False),
     ]
+    verifier = data.get("verifier", {})
+    if verifier.get("verified_insns"):
+        used, limit = verifier["verified_insns"], verifier["limit"]
+        lines += ["", f"**Verifier**: loading our program took {used:,} processed instructions of the kernel's {limit:,} "
+                  f"({used / limit:.0%}); `tests/test_program.py` fails above half."]
     tables = data["tables"]
     if tables:
         base = tables[0]
@@ -465,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("packet classes", flush=True)
         with Tracer(cfg, sizes=cfg.tables) as tracer:
             data["classes"] = packet_classes(args, {**programs, "ours": tracer.loader.prog_fd}, tracer, rotator)
+            data["verifier"] = {"verified_insns": bpfsys.prog_verified_insns(tracer.loader.prog_fd), "limit": bpfsys.VERIFIER_INSN_LIMIT}
         print("flow table fill", flush=True)
         data["tables"] = table_fill(args, programs["empty"], rotator)
         print("policy size", flush=True)

@@ -246,7 +246,8 @@ class Map:
 
 
 class _BpfProgInfo(ctypes.Structure):
-    # The leading fields of the kernel's struct bpf_prog_info (uapi, stable).
+    # The kernel's struct bpf_prog_info (uapi, stable) up to verified_insns
+    # (Linux 5.16); older kernels fill less and leave the rest zero.
     _fields_ = [
         ("type", ctypes.c_uint32),
         ("id", ctypes.c_uint32),
@@ -260,15 +261,53 @@ class _BpfProgInfo(ctypes.Structure):
         ("nr_map_ids", ctypes.c_uint32),
         ("map_ids", ctypes.c_uint64),
         ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),
+        ("verified_insns", ctypes.c_uint32),
     ]
+
+
+# The verifier's budget of processed instructions per program (BPF_COMPLEXITY_LIMIT_INSNS).
+VERIFIER_INSN_LIMIT = 1_000_000
+
+
+def _prog_info(fd: int) -> _BpfProgInfo:
+    info = _BpfProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program info")
+    return info
 
 
 def prog_info(fd: int) -> tuple[int, str]:
     """(id, name) of a loaded program."""
-    info = _BpfProgInfo()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program info")
+    info = _prog_info(fd)
     return info.id, info.name.decode()
+
+
+def prog_verified_insns(fd: int) -> int:
+    """Instructions the verifier processed to load the program (0 before Linux 5.16)."""
+    return int(_prog_info(fd).verified_insns)
 
 
 class _BpfMapInfo(ctypes.Structure):

@@ -28,7 +28,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, LLC, STP, Dot1AD, Dot1Q, Dot3, Ether
 from scapy.packet import Raw
 
-from medseg_xdp import abi, config
+from medseg_xdp import abi, bpfsys, config
 from medseg_xdp.trace import Tracer
 
 pytestmark = pytest.mark.root
@@ -369,6 +369,16 @@ def test_fixture(tracer: Tracer, case: Case) -> None:
     hits_after = _hits(tracer)
     moved_rules = {tracer.rule_names[r] for r in hits_after if hits_after[r] != hits_before.get(r)}
     assert moved_rules == ({case.rule} if case.rule != "-" else set())
+
+
+def test_the_verifier_has_room_to_spare(tracer: Tracer) -> None:
+    """Half the verifier's budget at most: a change that multiplies the verified paths (a new field kept alive
+    across the parse, a packet read that leaves differently bounded pointers) fails here, with room left, and not
+    as E2BIG at load time on a kernel that verifies a little differently."""
+    used = bpfsys.prog_verified_insns(tracer.loader.prog_fd)
+    if not used:
+        pytest.skip("this kernel reports no verified_insns (before Linux 5.16)")
+    assert used < bpfsys.VERIFIER_INSN_LIMIT // 2, f"the verifier processed {used:,} instructions"
 
 
 def test_denied_flow_gets_no_entry(tracer: Tracer) -> None:
