@@ -9,7 +9,8 @@ as ratios to the other programs measured in the same run, on the same frames:
 - xdp-filter from Debian's xdp-tools (allow policy, all features, one
   `xdp-filter port 22` rule), loaded on a veth in a private namespace and
   run by program id,
-- ours, on private maps (Tracer), with the sampling a deployment uses.
+- ours, on private maps (Tracer), with the sampling a deployment uses and,
+  while timed, without the tracer's decision record (Tracer.deployed()).
 
 Methods, applied to every program alike:
 - repeated: one frame, repeat=R, median of 3 interleaved rounds; every run
@@ -128,7 +129,7 @@ def packet_classes(args: argparse.Namespace, programs: dict[str, int], tracer: T
         "sampled packet (established flow, every packet sampled)": B.tcp_frame(B.MODALITY_MAC, B.PACS_MAC, 40003, B.DICOM_PORT, "A"),
     }
     repeat_rows = []
-    with in_netns(tracer.namespace.name):
+    with in_netns(tracer.namespace.name), tracer.deployed():
         for name, frame in frames.items():
             sampled = name.startswith("sampled")
             repeat = min(args.repeat, args.sampled_repeat) if sampled else args.repeat
@@ -157,7 +158,7 @@ def packet_classes(args: argparse.Namespace, programs: dict[str, int], tracer: T
         "audit, new flow (monitor segment)": B.tcp_frame(B.WATCHED_MAC, B.OTHER_MAC, 1, B.SSH_PORT, "S", dst_ip=B.OTHER_IP),
     }
     rotated_rows, syscall_rows = [], []
-    with in_netns(tracer.namespace.name):
+    with in_netns(tracer.namespace.name), tracer.deployed():
         for method, offset in (("rotated", 1_000_000), ("syscall", 2_000_000)):
             sets = {name: [B.flow_variant(t, offset + 100_000 * k + i) for i in range(n)] for k, (name, t) in enumerate(templates.items())}
             sets["established flow (the new flows again)"] = sets["new flow (TCP SYN, allowed)"]
@@ -208,7 +209,7 @@ def table_fill(args: argparse.Namespace, empty_fd: int, rotator: B.Rotator) -> l
             row: dict[str, Any] = {"entries": entries, "capacity": capacity, "stored": stored, "prefill_s": round(fill.elapsed, 2),
                                    "check_last_flow": f"{check.verdict}/{check.reason}"}
             repeat = max(args.rotate_repeat, entries)
-            with in_netns(tracer.namespace.name):
+            with in_netns(tracer.namespace.name), tracer.deployed():
                 # every flow of the table in turn
                 rotator.load([B.flow_variant(ack_tmpl, i) for i in range(entries)])
                 every = interleaved({"empty": partial(rotator.run, empty_fd, ifindex, repeat), "ours": partial(rotator.run, ours, ifindex, repeat)},
@@ -286,7 +287,7 @@ def policy_scale(args: argparse.Namespace, empty_fd: int, rotator: B.Rotator) ->
                 "devices": scale, "rules": scale, "segments": segments, "rule_trie_entries": rule_entries,
                 "apply_s": round(apply.elapsed, 2), "checks": {k: f"{v.verdict}/{v.reason}" for k, v in checks.items()},
             }
-            with in_netns(tracer.namespace.name):
+            with in_netns(tracer.namespace.name), tracer.deployed():
                 bpfsys.prog_test_run(ours, allowed, ifindex)
                 hot = interleaved({"established": partial(repeat_ns, ours, allowed, ifindex, args.repeat),
                                    "drop": partial(repeat_ns, ours, denied, ifindex, args.repeat)}, args.rounds)

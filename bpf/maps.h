@@ -61,8 +61,9 @@ BPF_TABLE_PINNED("array", u32, u32, active_gen, 1, PINNED(active_gen));
 /* Sampling and rail settings, changed at run time. */
 BPF_TABLE_PINNED("array", u32, struct settings, settings, 1, PINNED(settings));
 
-/* Bridge ports: the PVID that gives untagged frames their VLAN. */
-BPF_TABLE_PINNED("hash", struct port_key, struct port_info, ports, 256,
+/* Bridge ports by ifindex: the PVID that gives untagged frames their VLAN,
+ * and whether the port filters tags. Zero for a port without either. */
+BPF_TABLE_PINNED("array", u32, struct port_info, ports, PORT_IFINDEX_LIMIT,
 		 PINNED(ports));
 
 /* The tagged VLANs a port with vlan_filter may carry (value 1). */
@@ -137,7 +138,8 @@ BPF_TABLE_PINNED("percpu_array", u32, struct counter, rule_hits, MAX_RULE_IDS,
 BPF_TABLE_PINNED("percpu_array", u32, u64, pressure, PRESSURE_MAX,
 		 PINNED(pressure));
 
-/* Per CPU: what happened to the last packet (read by trace). */
+/* Per CPU: what happened to the last packet, written under
+ * SETTING_RECORD_DECISION (read by trace). */
 BPF_TABLE_PINNED("percpu_array", u32, struct decision, last_decision, 1,
 		 PINNED(last_decision));
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import itertools
 import os
 from collections.abc import Iterator
@@ -201,6 +202,29 @@ class Map:
                     self.value_type.from_buffer_copy(values, i * value_stride),
                 )
 
+    @functools.cached_property
+    def is_array(self) -> bool:
+        """Arrays hold every index from creation: an entry is zeroed, never deleted."""
+        return _map_info(self.fd).type in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY)
+
+    def present_raw(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) bytes of every entry; of an array, every entry that is not all zeros (CPU 0's, per CPU)."""
+        key_size = ctypes.sizeof(self.key_type)
+        value_size = ctypes.sizeof(self.value_type)
+        stride = self._slot * self._ncpus if self.percpu else value_size
+        for count, keys, values in self.lookup_batch_raw():
+            rows = np.frombuffer(values, dtype=np.uint8).reshape(count, stride)[:, :value_size]
+            chosen = np.flatnonzero(rows.any(axis=1)) if self.is_array else range(count)
+            for i in chosen:
+                yield keys[i * key_size : (i + 1) * key_size], rows[i].tobytes()
+
+    def erase(self, key: bytes) -> None:
+        """Delete an entry; an array's is set to zeros."""
+        if self.is_array:
+            self.update_raw(key, bytes(self._slot * self._ncpus))
+        else:
+            self.delete(key)
+
     def update_batch_raw(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY) -> int:
         """Write count packed keys and values (per-CPU maps: every CPU's slot) in one BPF_MAP_UPDATE_BATCH.
 
@@ -321,11 +345,21 @@ class _BpfMapInfo(ctypes.Structure):
     ]
 
 
-def map_max_entries(fd: int) -> int:
+def _map_info(fd: int) -> _BpfMapInfo:
     info = _BpfMapInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "map info")
-    return int(info.max_entries)
+    return info
+
+
+def map_max_entries(fd: int) -> int:
+    return int(_map_info(fd).max_entries)
+
+
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+
+
 
 
 def prog_fd_by_id(prog_id: int) -> int:

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg_xdp import abi, bpfsys
-from medseg_xdp.policy_image import GENERATIONAL_MAPS, IN_PLACE_MAPS, MapContents, live_stats_slots, pair_counters_by_segment, stable_stats_slots
+from medseg_xdp.policy_image import (
+    GENERATIONAL_MAPS,
+    IN_PLACE_MAPS,
+    MapContents,
+    live_stats_slots,
+    pair_counters_by_segment,
+    stable_stats_slots,
+    with_setting_flags,
+)
 
 U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
@@ -26,7 +34,7 @@ U64 = ctypes.c_uint64
 MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "active_gen": (U32, U32, False),
     "settings": (U32, abi.Settings, False),
-    "ports": (abi.PortKey, abi.PortInfo, False),
+    "ports": (U32, abi.PortInfo, False),
     "port_vlans": (abi.PortVlanKey, ctypes.c_uint8, False),
     "devices": (abi.DeviceKey, abi.EndpointInfo, False),
     "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo, False),
@@ -55,14 +63,7 @@ class CounterValue:
 
 def _keep_break_glass(contents: MapContents, on: bool) -> MapContents:
     """A policy apply never ends a break-glass: the operator ends it."""
-    if not on:
-        return contents
-    raw = contents.get("settings", {}).get(bytes(U32(0)))
-    if raw is not None:
-        settings = abi.Settings.from_buffer_copy(raw)
-        settings.flags |= abi.const("SETTING_BREAK_GLASS")
-        contents["settings"][bytes(U32(0))] = abi.to_bytes(settings)
-    return contents
+    return with_setting_flags(contents, abi.const("SETTING_BREAK_GLASS")) if on else contents
 
 
 def key_generation(key: ctypes.Structure) -> int:
@@ -125,15 +126,18 @@ class Dataplane:
                 self.retire_generations(keep=old)
                 raise
             for name in IN_PLACE_MAPS:
-                m = self.maps[name]
-                wanted = contents.get(name, {})
-                for key, value in wanted.items():
-                    m.update_raw(key, value)
-                for key in list(m.keys()):
-                    if abi.to_bytes(key) not in wanted:
-                        m.delete(key)
+                self._replace(self.maps[name], contents.get(name, {}))
             self._flip(new, grace_s)
         return new
+
+    @staticmethod
+    def _replace(m: bpfsys.Map, wanted: dict[bytes, bytes]) -> None:
+        """Make m hold exactly wanted (an array: zeros elsewhere)."""
+        for key, value in wanted.items():
+            m.update_raw(key, value)
+        for key, _ in list(m.present_raw()):
+            if key not in wanted:
+                m.erase(key)
 
     def _flip(self, new: int, grace_s: float) -> None:
         self.maps["active_gen"].update(U32(0), U32(new))
@@ -155,6 +159,12 @@ class Dataplane:
         settings = self.maps["settings"].lookup(U32(0))
         return bool(settings is not None and settings.flags & abi.const("SETTING_BREAK_GLASS"))  # type: ignore[attr-defined]
 
+    def set_setting_flag(self, flag: int, on: bool) -> None:
+        """One SETTING_* bit, read from the program with the next packet."""
+        settings = self.maps["settings"].lookup(U32(0)) or abi.Settings()
+        settings.flags = settings.flags | flag if on else settings.flags & ~flag  # type: ignore[attr-defined]
+        self.maps["settings"].update(U32(0), settings)
+
     def set_break_glass(self, on: bool, grace_s: float = 0.05) -> None:
         """Set the flag, then re-stamp the live policy as a new generation.
 
@@ -163,10 +173,7 @@ class Dataplane:
         flows opened during break-glass do not outlive it.
         """
         with self._writer():
-            settings = self.maps["settings"].lookup(U32(0)) or abi.Settings()
-            flag = abi.const("SETTING_BREAK_GLASS")
-            settings.flags = settings.flags | flag if on else settings.flags & ~flag  # type: ignore[attr-defined]
-            self.maps["settings"].update(U32(0), settings)
+            self.set_setting_flag(abi.const("SETTING_BREAK_GLASS"), on)
             old = self.active_generation()
             new = (old + 1) & 0xFFFFFFFF or 1
             for name in GENERATIONAL_MAPS:

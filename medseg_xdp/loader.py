@@ -249,6 +249,11 @@ def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:
 def _attachable(ifname: str, replace: bool) -> tuple[int, int, int]:
     """(ifindex, MTU, id of our attached program or 0), or LoaderError."""
     ifindex, mtu = _link(ifname)
+    if ifindex >= abi.const("PORT_IFINDEX_LIMIT"):
+        raise LoaderError(
+            f"{ifname} has ifindex {ifindex}: the port table holds ifindexes below {abi.const('PORT_IFINDEX_LIMIT')} "
+            "(recreate the interface, or reboot the bridge host, for a lower one)"
+        )
     current = bpfsys.xdp_attached_id(ifindex)
     if current:
         name = bpfsys.prog_name_by_id(current)

@@ -323,10 +323,21 @@ def _rails(config: Config, gen: int, contents: MapContents) -> None:
         _put(contents, "rail_hosts", key, ctypes.c_uint32(flags))
 
 
+def with_setting_flags(contents: MapContents, flags: int) -> MapContents:
+    """contents with SETTING_* flags added to its settings."""
+    key = bytes(ctypes.c_uint32(0))
+    raw = contents.get("settings", {}).get(key)
+    if raw is not None:
+        settings = abi.Settings.from_buffer_copy(raw)
+        settings.flags |= flags
+        contents["settings"][key] = abi.to_bytes(settings)
+    return contents
+
+
 def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
     for port in sorted(config.pvid.keys() | config.allowed_vlans.keys()):
         info = abi.PortInfo(pvid=config.pvid.get(port, 0), vlan_filter=int(port in config.allowed_vlans))
-        _put(contents, "ports", abi.PortKey(ifindex=ifindex_of(port)), info)
+        _put(contents, "ports", ctypes.c_uint32(ifindex_of(port)), info)
         for vlan in config.allowed_vlans.get(port, ()):
             _put(contents, "port_vlans", abi.PortVlanKey(ifindex=ifindex_of(port), vlan=vlan), ctypes.c_uint8(1))
     s = config.settings

@@ -134,7 +134,7 @@ MapContents = dict[str, dict[bytes, bytes]]
 CONFIG_MAPS: dict[str, tuple[Any, Any]] = {
     "active_gen": (ctypes.c_uint32, ctypes.c_uint32),
     "settings": (ctypes.c_uint32, abi.Settings),
-    "ports": (abi.PortKey, abi.PortInfo),
+    "ports": (ctypes.c_uint32, abi.PortInfo),  # an array: an absent port reads as zeros
     "port_vlans": (abi.PortVlanKey, ctypes.c_uint8),
     "devices": (abi.DeviceKey, abi.EndpointInfo),
     "prefixes_v4": (abi.Prefix4Key, abi.EndpointInfo),
@@ -626,14 +626,14 @@ class ReferenceDataplane:
         """vlan_for_identity(): the outer tag's VID, else the ingress port's PVID."""
         if pkt.vlan:
             return pkt.vlan
-        port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
+        port = self.ports.get(bytes(ctypes.c_uint32(ctx.ingress_ifindex)))
         return port.pvid if port is not None else 0
 
     def vlan_allowed(self, ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bool:
         """vlan_allowed(): a port with allowed_vlans takes tagged frames of those VLANs only, and no second tag."""
         if not pkt.vlan_tags or not s.flags & C.SETTING_VLAN_FILTER:
             return True
-        port = self.ports.get(bytes(abi.PortKey(ifindex=ctx.ingress_ifindex)))
+        port = self.ports.get(bytes(ctypes.c_uint32(ctx.ingress_ifindex)))
         if port is None or not port.vlan_filter:
             return True
         if pkt.vlan_tags > 1:
@@ -1095,8 +1095,9 @@ class ReferenceDataplane:
         if d.sample_kind != C.SAMPLE_NONE:
             sample = self.emit_sample(ctx, pkt, s)
 
-        d.seq = self.last_decision.seq + 1
-        self.last_decision = abi.Decision.from_buffer_copy(d)
+        if s.flags & C.SETTING_RECORD_DECISION:
+            d.seq = self.last_decision.seq + 1
+            self.last_decision = abi.Decision.from_buffer_copy(d)
         action = XDP_DROP if d.verdict == C.VERDICT_DROP else XDP_PASS
         return Outcome(action=action, decision=d, sample=sample)
 

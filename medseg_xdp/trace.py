@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -20,10 +22,11 @@ from medseg_xdp import abi, bpfsys
 from medseg_xdp.config import Config, TableSizes
 from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.loader import BPFFS, Loader, in_netns
-from medseg_xdp.policy_image import compile_policy
+from medseg_xdp.policy_image import compile_policy, with_setting_flags
 from medseg_xdp.topology import Namespace
 
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+RECORD_DECISION = abi.const("SETTING_RECORD_DECISION")
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,21 @@ class Tracer:
         def compile_for(gen: int) -> dict[str, dict[bytes, bytes]]:
             policy = compile_policy(config, gen, self.ifindex.__getitem__)
             compiled["names"] = policy.rule_names
-            return policy.contents
+            return with_setting_flags(policy.contents, RECORD_DECISION)
 
         gen = self.dataplane.apply(compile_for, grace_s=grace_s)
         self.rule_names = compiled["names"]
         return gen
+
+    @contextmanager
+    def deployed(self) -> Iterator[None]:
+        """The program as a live bridge runs it, without decision records (for benchmarks); run_frame needs them."""
+        assert self.dataplane is not None
+        self.dataplane.set_setting_flag(RECORD_DECISION, False)
+        try:
+            yield
+        finally:
+            self.dataplane.set_setting_flag(RECORD_DECISION, True)
 
     def run_frame(self, frame: bytes, ingress: str | None = None, repeat: int = 1) -> tuple[abi.Decision, int, int]:  # type: ignore[valid-type]
         """One BPF_PROG_TEST_RUN: (decision record, XDP action, ns per run)."""
@@ -121,7 +134,7 @@ class Tracer:
         for cpu, decision in enumerate(self.dataplane.last_decisions()):
             if decision.seq != before.get(cpu):
                 return decision, action, duration
-        raise RuntimeError("the program ran but recorded no decision")
+        raise RuntimeError("the program ran but recorded no decision (inside Tracer.deployed()?)")
 
     def trace(self, frame: bytes, ingress: str | None = None) -> TraceResult:
         decision, action, _ = self.run_frame(frame, ingress)

@@ -162,3 +162,18 @@ def test_break_glass_with_the_daemon_down(bridge_config: tuple[InlineBridge, Pat
         ("break-glass on", "OR 3 lost its PACS link", os.getuid()),
         ("break-glass off", "link restored", os.getuid()),
     ]
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_a_port_beyond_the_port_table_is_refused_before_attach() -> None:
+    """The ports map is indexed by ifindex: a port past its end would lose its PVID, so it is refused, saying why."""
+    from medseg_xdp import abi
+    from medseg_xdp.loader import Loader, LoaderError
+    from medseg_xdp.topology import Namespace
+
+    limit = abi.const("PORT_IFINDEX_LIMIT")
+    with Namespace("bigindex") as ns:
+        ns.run(["ip", "link", "add", "portA", "index", str(limit), "type", "veth", "peer", "name", "peerA"])
+        with pytest.raises(LoaderError, match=f"portA has ifindex {limit}: the port table holds ifindexes below {limit}"):
+            Loader("bigindex").preflight(["portA"], netns_name=ns.name)

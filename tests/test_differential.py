@@ -23,7 +23,7 @@ from packetgen import FrameGenerator
 
 from medseg_xdp import abi, config
 from medseg_xdp.config import TableSizes
-from medseg_xdp.policy_image import compile_policy, pair_counters_by_segment
+from medseg_xdp.policy_image import compile_policy, pair_counters_by_segment, with_setting_flags
 from medseg_xdp.reference import ReferenceDataplane
 from medseg_xdp.trace import Tracer
 
@@ -57,11 +57,8 @@ def on_cpu0() -> Iterator[None]:
 def _reference_contents(cfg: config.Config, gen: int, ifindex: dict[str, int], break_glass: bool = False) -> dict[str, dict[bytes, bytes]]:
     contents = compile_policy(cfg, gen, ifindex.__getitem__).contents
     contents["active_gen"] = {bytes(ctypes.c_uint32(0)): bytes(ctypes.c_uint32(gen))}
-    if break_glass:
-        settings = abi.Settings.from_buffer_copy(contents["settings"][bytes(ctypes.c_uint32(0))])
-        settings.flags |= abi.const("SETTING_BREAK_GLASS")
-        contents["settings"][bytes(ctypes.c_uint32(0))] = abi.to_bytes(settings)
-    return contents
+    flags = abi.const("SETTING_RECORD_DECISION") | (abi.const("SETTING_BREAK_GLASS") if break_glass else 0)
+    return with_setting_flags(contents, flags)
 
 
 def _fields(struct: ctypes.Structure, skip: tuple[str, ...] = ()) -> dict[str, object]:

@@ -381,6 +381,14 @@ def test_the_verifier_has_room_to_spare(tracer: Tracer) -> None:
     assert used < bpfsys.VERIFIER_INSN_LIMIT // 2, f"the verifier processed {used:,} instructions"
 
 
+def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
+    """The per-packet record is the tracer's alone (SETTING_RECORD_DECISION): as deployed, the program skips it."""
+    frame = b(dicom_syn(40100))
+    with tracer.deployed(), pytest.raises(RuntimeError, match="recorded no decision"):
+        tracer.run_frame(frame, "portA")
+    assert tracer.trace(frame, "portA").reason == "established"  # the packet above opened the flow
+
+
 def test_denied_flow_gets_no_entry(tracer: Tracer) -> None:
     assert tracer.dataplane is not None
     flows_before = sum(1 for _ in tracer.dataplane.flows())

@@ -112,7 +112,7 @@ class Policy:
         return self
 
     def port(self, ifindex: int, pvid: int) -> Policy:
-        self.maps["ports"][bytes(abi.PortKey(ifindex=ifindex))] = bytes(abi.PortInfo(pvid=pvid))
+        self.maps["ports"][bytes(ctypes.c_uint32(ifindex))] = bytes(abi.PortInfo(pvid=pvid))
         return self
 
     def device(self, host: Host, segment: int, *, bound: bool = True) -> Policy:
@@ -245,7 +245,7 @@ def only_flow(dp: ReferenceDataplane) -> abi.FlowEntry:
 
 
 def test_allowed_tcp_flow_is_established_then_reply() -> None:
-    dp = ReferenceDataplane(web().settings(first=2).maps)
+    dp = ReferenceDataplane(web().settings(first=2, flags=C.SETTING_RECORD_DECISION).maps)
     syn = ip4(CLIENT, SERVER) / TCP(sport=40000, dport=443, flags="S")
     syn_ack = ip4(SERVER, CLIENT) / TCP(sport=443, dport=40000, flags="SA")
     ack = ip4(CLIENT, SERVER) / TCP(sport=40000, dport=443, flags="A")
@@ -269,7 +269,7 @@ def test_allowed_tcp_flow_is_established_then_reply() -> None:
     assert verdict(third) == (PASS_, C.REASON_ESTABLISHED, 7)
     assert third.decision.sample_kind == C.SAMPLE_NONE  # past the first 2
     assert third.sample is None
-    assert [first.decision.seq, reply.decision.seq, third.decision.seq] == [1, 2, 3]
+    assert [first.decision.seq, reply.decision.seq, third.decision.seq] == [1, 2, 3]  # recorded: the tracer's setting
 
     entry = only_flow(dp)
     assert list(entry.packets) == [2, 1]
@@ -283,6 +283,12 @@ def test_allowed_tcp_flow_is_established_then_reply() -> None:
     assert stat(dp, PASS_, C.REASON_ESTABLISHED) == (1, len(ack))
     assert dp.rule_hits[7].packets == 3
     assert dp.last_decision.seq == 3
+
+
+def test_a_live_bridge_keeps_no_decision_record() -> None:
+    dp = ReferenceDataplane(web().settings().maps)
+    send(dp, ip4(CLIENT, SERVER) / TCP(sport=40000, dport=443, flags="S"), CLIENT.port)
+    assert dp.last_decision.seq == 0
 
 
 def test_denied_flow_drops_in_enforce_without_an_entry() -> None:
@@ -877,7 +883,7 @@ def test_load_checks_names_and_sizes() -> None:
 
 
 def test_load_keeps_state() -> None:
-    dp = ReferenceDataplane(web().maps)
+    dp = ReferenceDataplane(web().settings(flags=C.SETTING_RECORD_DECISION).maps)
     send(dp, ip4(CLIENT, SERVER) / TCP(sport=40000, dport=443, flags="S"), 1)
     dp.load(web().maps)
     assert len(dp.flows) == 1
