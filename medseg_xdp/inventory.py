@@ -191,25 +191,32 @@ class Inventory:
     def observe(self, frame: Frame, observations: Iterable[Observation], now: float | None = None) -> list[ClassChange]:
         """Fold one sampled frame and its observations in; returns the class changes it caused."""
         now = self.clock() if now is None else now
-        touched: dict[str, bool] = {}  # mac -> saw something new
-        if _unicast(frame.src_mac):
-            src = self.device(frame.src_mac, now)
-            touched[src.mac] = False
+        src_mac, dst_mac = frame.src_mac, frame.dst_mac
+        src = self.device(src_mac, now) if _unicast(src_mac) else None
+        dst_unicast = _unicast(dst_mac)
+        dst: Device | None = None  # looked up with its first observation
+        src_learned = dst_learned = False  # something new about that side
+        if src is not None:
             if _usable_ip(frame.src_ip):
                 seen = src.ips.setdefault(frame.src_ip, [now, now])  # type: ignore[arg-type]
                 seen[1] = now
-            if _unicast(frame.dst_mac):
-                _add_bounded(src.peers, frame.dst_mac, MAX_PEERS)
+            if dst_unicast:
+                _add_bounded(src.peers, dst_mac, MAX_PEERS)
         for observation in observations:
-            mac = frame.src_mac if observation.side is Side.SRC else frame.dst_mac
-            if not _unicast(mac):
-                continue
-            device = self.device(mac, now)
-            touched[mac] = self._record(device, observation.signal, observation.value) or touched.get(mac, False)
+            if observation.side is Side.SRC:
+                if src is not None and self._record(src, observation.signal, observation.value):
+                    src_learned = True
+            elif dst_unicast:
+                if dst is None:
+                    dst = self.device(dst_mac, now)
+                if self._record(dst, observation.signal, observation.value):
+                    dst_learned = True
+        if dst_mac == src_mac:  # one device on both sides: classified once
+            src_learned, dst_learned = src_learned or dst_learned, False
         changes = []
-        for mac, new_facts in touched.items():
-            if new_facts:
-                change = self._classify(self.devices[mac], now) if mac in self.devices else None
+        for mac, learned in ((src_mac, src_learned), (dst_mac, dst_learned)):
+            if learned and mac in self.devices:
+                change = self._classify(self.devices[mac], now)
                 if change:
                     changes.append(change)
         return changes

@@ -849,3 +849,37 @@ def test_parsers_never_raise_on_hand_made_frames(
     )
     for parser in PARSERS.values():
         check_output(parser(frame))
+
+
+def test_the_registry_loses_no_observation_by_running_parsers_on_their_kinds_of_frame_only() -> None:
+    """Each parser runs on the frame kinds parsers.ALL gives it; on crafted and captured frames (the ward's, the
+    DICOM ones, ../shared/captures when present) that yields exactly what running every parser on every frame does."""
+    from medseg_xdp.fingerprint import parsers
+    from medseg_xdp.fingerprint.registry import ParserRegistry, default_registry
+
+    seeds = (dhcp_discover, dhcp_offer, dhcpv6_solicit, http_request, snmp_sysdescr_response, mdns_printer_announcement, mdns_query,
+             wsd_hello, wsd_probe, lldp_switch, lldp_med_phone)
+    frames = [seed() for seed in seeds]
+    for path in sorted((Path(__file__).parent / "data").glob("*.pcap")) + sorted(CAPTURES.glob("*.pcap*")):
+        frames += [raw(packet)[:SNAPLEN] for packet in rdpcap(str(path))]
+    dispatched = default_registry()
+    everything = ParserRegistry([(name, parser, None) for name, parser, _ in parsers.ALL])
+    kinds_seen = set()
+    for data in frames:
+        frame, observations = dispatched.observe(data)
+        assert observations == everything.observe(data)[1], data.hex()
+        kinds_seen.add(frame.proto if frame.ip_version else frame.ethertype)
+    assert {6, 17, 0x88CC} <= kinds_seen  # TCP, UDP and LLDP frames were among them
+    assert not dispatched.failures and not everything.failures
+
+
+def test_a_parser_that_raises_is_counted_and_the_others_still_run() -> None:
+    from medseg_xdp.fingerprint.registry import ParserRegistry
+
+    def broken(frame: Frame) -> list[Observation]:
+        raise IndexError("hostile bytes")
+
+    registry = ParserRegistry([("broken", broken, None), ("oui", oui.parse, None)])
+    _, observations = registry.observe(http_request())
+    assert registry.failures == {"broken": 1}
+    assert observations == oui.parse(decode(http_request())) != []

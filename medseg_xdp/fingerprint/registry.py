@@ -11,19 +11,35 @@ from medseg_xdp.fingerprint.frame import Frame, Observation, decode
 log = logging.getLogger(__name__)
 
 Parser = Callable[[Frame], list[Observation]]
+# A kind of frame: ("ip", L4 protocol) or ("eth", EtherType). A parser reads
+# some kinds (a frozenset of them), or every frame (None).
+FrameKind = tuple[str, int]
+Kinds = frozenset[FrameKind] | None
+
+
+def frame_kind(frame: Frame) -> FrameKind:
+    return ("ip", frame.proto) if frame.ip_version else ("eth", frame.ethertype)
 
 
 class ParserRegistry:
-    """Runs every parser on each frame. Parsers decide for themselves whether a frame is theirs."""
+    """Runs on each frame the parsers of its kind (a TCP frame never reaches the UDP parsers)."""
 
-    def __init__(self, parsers: Sequence[tuple[str, Parser]]) -> None:
+    def __init__(self, parsers: Sequence[tuple[str, Parser, Kinds]]) -> None:
         self.parsers = list(parsers)
         self.failures: Counter[str] = Counter()
+        # Filled as kinds appear; bounded by the kinds there are (256 protocols, 65,536 EtherTypes).
+        self._by_kind: dict[FrameKind, list[tuple[str, Parser]]] = {}
+
+    def parsers_for(self, kind: FrameKind) -> list[tuple[str, Parser]]:
+        chosen = self._by_kind.get(kind)
+        if chosen is None:
+            chosen = self._by_kind[kind] = [(name, parser) for name, parser, wants in self.parsers if wants is None or kind in wants]
+        return chosen
 
     def observe(self, data: bytes) -> tuple[Frame, list[Observation]]:
         frame = decode(data)
         observations: list[Observation] = []
-        for name, parser in self.parsers:
+        for name, parser in self.parsers_for(frame_kind(frame)):
             try:
                 observations.extend(parser(frame))
             except Exception:  # hostile bytes must never stop the manager
