@@ -197,6 +197,7 @@ struct segment_key {
 
 struct segment_info {
 	u32 default_rule_id;
+	u32 name_hash;      /* the manager's: the segment across generations and loads (for stats_slot) */
 	u8 mode;            /* MODE_* */
 	u8 default_action;  /* ACTION_* */
 	u8 flags;           /* SEGMENT_* */

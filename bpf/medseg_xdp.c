@@ -790,7 +790,9 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	struct flow_key key = {};
 	make_flow_key(&inner, vlan, &key);
 	struct flow_entry *e = flows.lookup(&key);
-	if (!e)
+	/* A flow judged under an earlier generation vouches for nothing until
+	 * its own next packet is judged again: the error meets the policy. */
+	if (!e || e->gen != gen)
 		return 0;
 	set_decision(d, e->verdict, REASON_RELATED_ICMP, e->rule_id);
 	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);

@@ -9,6 +9,7 @@ meaningful.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -250,6 +251,11 @@ def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: 
     if len(slots) >= config.tables.pair_segments:
         raise ConfigError(f"tables.pair_segments: {len(slots)} segments (pseudo-segments included) need more than {config.tables.pair_segments - 1} "
                           "segment-pair counter slots: raise tables.pair_segments")
+    hashes: dict[int, str] = {}
+    for name in [*segments, *(n for n in PSEUDO_SEGMENTS if n not in segments)]:
+        other = hashes.setdefault(segment_name_hash(name), name)
+        if other != name:  # about one policy in ten million with 64 segments
+            raise ConfigError(f"segments.{name}: its name hashes like segments.{other}'s, which would mix their counters: rename one")
     for segment in segments.values():
         name = f"default:{segment.name}"
         rule_id = ids(name)
@@ -257,11 +263,13 @@ def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: 
         flags = (abi.const("SEGMENT_MGMT") if segment.management else 0) | (
             abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0
         )
-        info = abi.SegmentInfo(default_rule_id=rule_id, mode=segment.mode, default_action=segment.default, flags=flags, stats_slot=slots[segment.id])
+        info = abi.SegmentInfo(default_rule_id=rule_id, name_hash=segment_name_hash(segment.name), mode=segment.mode,
+                               default_action=segment.default, flags=flags, stats_slot=slots[segment.id])
         _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment.id), info)
-    for segment_id in set(PSEUDO_SEGMENTS.values()) - {s.id for s in segments.values()}:
-        info = abi.SegmentInfo(mode=abi.Mode.monitor, default_action=abi.Action.allow, stats_slot=slots[segment_id])
-        _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment_id), info)
+    for name, segment_id in PSEUDO_SEGMENTS.items():
+        if segment_id not in {s.id for s in segments.values()}:
+            info = abi.SegmentInfo(name_hash=segment_name_hash(name), mode=abi.Mode.monitor, default_action=abi.Action.allow, stats_slot=slots[segment_id])
+            _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment_id), info)
 
 
 def pair_counters_by_segment(counters: Iterable[tuple[int, int, int]], slots: Mapping[int, int], pair_segments: int) -> dict[tuple[int, int, abi.Verdict], tuple[int, int]]:
@@ -277,15 +285,15 @@ def pair_counters_by_segment(counters: Iterable[tuple[int, int, int]], slots: Ma
     return result
 
 
-def segment_identity(key: abi.SegmentKey, info: abi.SegmentInfo) -> int:  # type: ignore[valid-type]
-    """What makes a segment the same one across generations: its default rule id, which RuleIds keeps per
-    segment name (ids themselves are positional in the config), or the id of a pseudo-segment without one."""
-    return info.default_rule_id or (1 << 32 | key.segment)  # type: ignore[attr-defined, no-any-return]
+def segment_name_hash(name: str) -> int:
+    """What makes a segment the same one across generations and across loads of other configurations: its name
+    (segment ids are positional in the config). 32 bits, never 0; _segment_infos refuses a collision."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little") or 1
 
 
 def live_stats_slots(entries: Iterable[tuple[abi.SegmentKey, abi.SegmentInfo]]) -> dict[int, int]:  # type: ignore[valid-type]
-    """segment_identity -> stats slot, of one generation's segment entries."""
-    return {segment_identity(key, info): info.stats_slot for key, info in entries}  # type: ignore[attr-defined]
+    """segment name hash -> stats slot, of one generation's segment entries."""
+    return {info.name_hash: info.stats_slot for _, info in entries}  # type: ignore[attr-defined]
 
 
 def stable_stats_slots(segments: dict[bytes, bytes], live: Mapping[int, int], capacity: int) -> tuple[dict[bytes, bytes], set[int]]:
@@ -294,14 +302,14 @@ def stable_stats_slots(segments: dict[bytes, bytes], live: Mapping[int, int], ca
     nobody uses live if there is one, else one a removed segment left. Returns the entries and the slots
     that change owner (their counters must be zeroed before the flip)."""
     entries = sorted(((abi.SegmentKey.from_buffer_copy(k), abi.SegmentInfo.from_buffer_copy(v)) for k, v in segments.items()), key=lambda e: e[0].segment)
-    identities = {segment_identity(key, info) for key, info in entries}
+    identities = {info.name_hash for _, info in entries}
     taken = set(live.values())
     fresh = (slot for slot in range(1, capacity) if slot not in taken)
     freed = sorted(slot for identity, slot in live.items() if identity not in identities)
     result: dict[bytes, bytes] = {}
     new_owners: set[int] = set()
     for key, info in entries:
-        identity = segment_identity(key, info)
+        identity = info.name_hash
         if identity in live:
             info.stats_slot = live[identity]
         else:

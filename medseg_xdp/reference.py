@@ -996,7 +996,7 @@ class ReferenceDataplane:
 
         key, _ = self.make_flow_key(inner, vlan)
         e = self.flows.get(bytes(key))
-        if e is None:
+        if e is None or e.gen != gen:  # a flow of an earlier generation vouches for nothing
             return False
         self.set_decision(d, e.verdict, C.REASON_RELATED_ICMP, e.rule_id)
         self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)

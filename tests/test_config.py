@@ -191,28 +191,36 @@ def _slots(contents: dict[str, dict[bytes, bytes]]) -> dict[int, int]:
 
 
 def test_segments_keep_their_pair_counter_slots_across_generations() -> None:
-    """Counters follow the segment (by name, through its default rule id), not its positional id."""
-    ids = RuleIds()
-    first = compile_policy(parse("[segments.a]\n[segments.b]\n[segments.c]\n"), 1, lambda port: 0, rule_ids=ids).contents
+    """Counters follow the segment by its name (segment_info.name_hash), not its positional id nor its default
+    rule id: the second policy is compiled with fresh rule ids, as `medseg-xdp load` of another file does."""
+    first = compile_policy(parse("[segments.a]\n[segments.b]\n[segments.c]\n"), 1, lambda port: 0, rule_ids=RuleIds()).contents
     live = live_stats_slots((abi.SegmentKey.from_buffer_copy(k), abi.SegmentInfo.from_buffer_copy(v)) for k, v in first["segments"].items())
     a, b, c = (parse("[segments.a]\n[segments.b]\n[segments.c]\n").segment_id(n) for n in "abc")
     assert sorted(_slots(first).values()) == list(range(1, 7))  # a, b, c, unassigned, multicast, broadcast
     # b removed, d added: a and c keep their slots although c's id moved up; d gets a slot no one used
-    second = compile_policy(parse("[segments.a]\n[segments.c]\n[segments.d]\n"), 2, lambda port: 0, rule_ids=ids).contents
+    second = compile_policy(parse("[segments.zz]\n[segments.a]\n[segments.c]\n[segments.d]\n"), 2, lambda port: 0, rule_ids=RuleIds()).contents
     restamped, new_owners = stable_stats_slots(second["segments"], live, capacity=64)
     slots = _slots({"segments": restamped})
-    cfg = parse("[segments.a]\n[segments.c]\n[segments.d]\n")
+    cfg = parse("[segments.zz]\n[segments.a]\n[segments.c]\n[segments.d]\n")
     assert slots[cfg.segment_id("a")] == _slots(first)[a] and slots[cfg.segment_id("c")] == _slots(first)[c]
-    assert new_owners == {slots[cfg.segment_id("d")]} == {7}
+    assert new_owners == {slots[cfg.segment_id("zz")], slots[cfg.segment_id("d")]} == {7, 8}
     # when every slot is taken, a new segment reuses the one a removed segment left, to be zeroed
-    restamped, new_owners = stable_stats_slots(second["segments"], live, capacity=7)
-    assert new_owners == {_slots(first)[b]}
+    restamped, new_owners = stable_stats_slots(second["segments"], live, capacity=8)
+    assert new_owners == {7, _slots(first)[b]}
 
 
 def test_pair_counters_read_back_by_segment_and_only_for_live_segments() -> None:
     slots = {0: 1, 7: 2}
     counters = [((1 * 64 + 2) * 3 + 1, 5, 500), ((2 * 64 + 9) * 3 + 0, 1, 60), ((2 * 64 + 2) * 3 + 2, 0, 0)]
     assert pair_counters_by_segment(counters, slots, 64) == {(0, 7, abi.Verdict.drop): (5, 500)}
+
+
+def test_two_segment_names_that_hash_alike_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_xdp import policy_image
+
+    monkeypatch.setattr(policy_image, "segment_name_hash", lambda name: 5 if name in ("pumps", "pacs") else len(name) + 100)
+    with pytest.raises(ConfigError, match=r"segments.pacs: its name hashes like segments.pumps's, which would mix their counters"):
+        compile_policy(parse("[segments.pumps]\n[segments.pacs]\n"), 1, lambda port: 0)
 
 
 def test_more_segments_than_pair_counter_slots_is_a_config_error() -> None:

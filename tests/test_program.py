@@ -454,6 +454,20 @@ def test_new_generation_rejudges_established_flows() -> None:
         assert not [key for key, _ in t.dataplane.flows() if 41000 in (_port(key.port_lo), _port(key.port_hi))]
 
 
+def test_an_icmp_error_about_a_flow_of_the_previous_generation_meets_the_policy() -> None:
+    """A flow entry not yet judged again under the active policy vouches for no ICMP error."""
+    error = b(to_modality() / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=41001, dport=104, flags="S"))
+    cfg = config.load(FIXTURE_CONFIG)
+    with Tracer(cfg) as t:
+        assert t.trace(b(dicom_syn(41001)), "portA").verdict == "pass"
+        assert t.trace(error, "portB").reason == "related_icmp"
+        t.load_config(cfg)  # the same policy, a new generation: the flow is stale until its next packet
+        stale = t.trace(error, "portB")
+        assert (stale.verdict, stale.reason, stale.src_segment, stale.dst_segment) == ("drop", "segment_default", "pacs", "modalities")
+        assert t.trace(b(modality() / TCP(sport=41001, dport=104, flags="A")), "portA").flags == ("revalidated",)
+        assert t.trace(error, "portB").reason == "related_icmp"
+
+
 def _port(stored: int) -> int:
     """A flow key's port as a number (stored in network byte order)."""
     return int.from_bytes(stored.to_bytes(2, "little"), "big")
