@@ -22,7 +22,7 @@ from medseg_xdp import config
 from medseg_xdp.config import TableSizes
 from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.policy_image import compile_policy
-from medseg_xdp.trace import Tracer
+from medseg_xdp.trace import RECORD_DECISION, Tracer
 
 GRACE_S = 0.05
 
@@ -71,6 +71,7 @@ def main() -> None:
         # the new generation is in force right after the flip: a new flow is judged by it
         # seg0 -> seg1 on port 1050 is rule r50's
         frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:01:00:00:01") / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1, dport=1050, flags="S"))
+        dataplane.set_setting_flag(RECORD_DECISION, True)  # the daemon's apply writes none; trace reads one
         result = tracer.trace(frame, "portA")
         assert (result.verdict, result.rule) == ("pass", "r50"), result
         dataplane.close()
