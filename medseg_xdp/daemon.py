@@ -40,7 +40,7 @@ from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.doctor import Check, Status
 from medseg_xdp.events import EventExporter, Severity
 from medseg_xdp.exceptions import ExceptionStore, PolicyException, device_moves, validate, with_exceptions
-from medseg_xdp.fingerprint.frame import decode
+from medseg_xdp.fingerprint.frame import Frame
 from medseg_xdp.inventory import ClassChange, Device, InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, in_netns
 from medseg_xdp.metrics import Metrics
@@ -375,7 +375,7 @@ class Daemon:
         return record
 
     def _on_sample(self, sample: Sample) -> None:
-        changes = self.xray.ingest(sample.data, self.clock())
+        frame, changes = self.xray.observe(sample.data, self.clock())
         self._dirty = True
         if self._new_devices:
             new, self._new_devices[:] = list(self._new_devices), []
@@ -391,7 +391,7 @@ class Daemon:
             moved |= followed
             self._audit_class_change(device, change, followed)
         if sample.verdict in (abi.Verdict.drop, abi.Verdict.audit):
-            self._drop_event(sample)
+            self._drop_event(sample, frame)
         if moved and any(segment.classes for segment in self.config.segments.values()):
             self._apply_due = self._apply_due or self.clock() + APPLY_DEBOUNCE_S
 
@@ -417,9 +417,8 @@ class Daemon:
             "placed_as": placed_as,
         })
 
-    def _drop_event(self, sample: Sample) -> None:
+    def _drop_event(self, sample: Sample, frame: Frame) -> None:
         """One event per flow and minute: a flow's first packets are all sampled, a retried SYN comes again."""
-        frame = decode(sample.data)
         kind = "drop" if sample.verdict is abi.Verdict.drop else "audit"
         flow = (kind, frame.src_ip or frame.src_mac, frame.dst_ip or frame.dst_mac, frame.proto, frame.dport)
         now = self.clock()

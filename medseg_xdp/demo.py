@@ -20,8 +20,9 @@ from medseg_xdp import abi, config
 from medseg_xdp.baseline import Baseline
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, load_catalog
 from medseg_xdp.config import Config, protocol_name
-from medseg_xdp.dataplane import CounterValue
+from medseg_xdp.dataplane import CounterValue, Dataplane
 from medseg_xdp.events import EventExporter
+from medseg_xdp.loader import Attachment, Loader
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.propose import propose
 from medseg_xdp.samples import Sample, SampleReader
@@ -64,7 +65,7 @@ class Demo:
             modes = {a.mode for a in program.attachments}
             self.say(f"XDP program on {len(program.attachments)} bridge ports ({', '.join(sorted(modes))}), no policy yet: it only looks")
             reader = SampleReader(program.loader.bpf, self._ingest)
-            metrics = Metrics(_MetricsView(program, self.xray))  # type: ignore[arg-type]
+            metrics = Metrics(_DemoMetricsSource(program, self.xray))
             try:
                 port = metrics.serve("127.0.0.1", METRICS_PORT)
             except OSError:
@@ -214,8 +215,8 @@ class Demo:
         }
 
 
-class _MetricsView:
-    """What the metrics collector reads of a daemon, from the demo's own pieces."""
+class _DemoMetricsSource:
+    """The metrics collector's MetricsSource, from the demo's own pieces (no daemon runs in the demo)."""
 
     def __init__(self, program: ProgramOnBridge, xray: Xray) -> None:
         self._program = program
@@ -226,8 +227,26 @@ class _MetricsView:
         self.reattached = 0
         self.events = EventExporter([], drop_events_per_minute=0)  # no SIEM in the demo
 
-    def __getattr__(self, name: str) -> Any:  # attachments, config, dataplane, loader, rule_names
-        return getattr(self._program, name)
+    # read at each scrape: the demo re-applies policies as it goes
+    @property
+    def loader(self) -> Loader:
+        return self._program.loader
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return self._program.attachments
+
+    @property
+    def config(self) -> Config:
+        return self._program.config
+
+    @property
+    def dataplane(self) -> Dataplane | None:
+        return self._program.dataplane
+
+    @property
+    def rule_names(self) -> dict[int, str]:
+        return self._program.rule_names
 
 
 def _scraped_drops(port: int) -> float:

@@ -150,6 +150,7 @@ class Inventory:
         self.on_discovered = on_discovered  # called with the MAC of each device seen for the first time
         self.max_devices = max_devices
         self.evicted = 0  # unknown devices forgotten to make room (see _make_room)
+        self._make_room_at = max_devices  # inventory size that calls _make_room next
         self.devices: dict[str, Device] = {}
         self.changes: list[ClassChange] = []
         # Monotonic, for the metrics (changes keeps only the last MAX_CHANGES): devices first seen
@@ -160,7 +161,7 @@ class Inventory:
     def device(self, mac: str, now: float) -> Device:
         found = self.devices.get(mac)
         if found is None:
-            if len(self.devices) >= self.max_devices:
+            if len(self.devices) >= self._make_room_at:
                 self._make_room(now)
             found = self.devices[mac] = Device(mac=mac, first_seen=now, last_seen=now)
             self.discovered += 1
@@ -180,13 +181,17 @@ class Inventory:
             (d for d in self.devices.values() if d.device_class == UNKNOWN and not d.pinned_class and not d.pinned_segment and d.last_seen < now),
             key=lambda d: d.last_seen,
         )
-        if not unknown:
-            if len(self.devices) % 1000 == 0:
-                log.warning("inventory: %d devices, all classified or pinned, over max_devices %d: growing", len(self.devices), self.max_devices)
-            return
-        for device in unknown[: max(1, self.max_devices // 10)]:
+        tenth = max(1, self.max_devices // 10)
+        for device in unknown[:tenth]:
             del self.devices[device.mac]
             self.evicted += 1
+        # This scan reads every device: when it made less than a tenth's room, the next one waits until a
+        # tenth more devices came, so an inventory full of classified devices costs one scan per tenth, not
+        # one per new device.
+        self._make_room_at = max(self.max_devices, len(self.devices) + tenth)
+        if self._make_room_at > self.max_devices:
+            log.warning("inventory: %d devices, %d over max_devices %d, the rest classified or pinned: growing (raise [daemon] max_devices)",
+                        len(self.devices), len(self.devices) - self.max_devices + 1, self.max_devices)
 
     def observe(self, frame: Frame, observations: Iterable[Observation], now: float | None = None) -> list[ClassChange]:
         """Fold one sampled frame and its observations in; returns the class changes it caused."""

@@ -19,9 +19,9 @@ import importlib.metadata
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from threading import Thread
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, start_http_server
@@ -31,12 +31,16 @@ from prometheus_client.registry import Collector
 from medseg_xdp import abi
 from medseg_xdp.classify import UNKNOWN
 from medseg_xdp.config import Config, protocol_name
-from medseg_xdp.events import RATE_LIMITED_KINDS
+from medseg_xdp.events import RATE_LIMITED_KINDS, EventExporter
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from medseg_xdp.daemon import Daemon
+    from medseg_xdp.daemon import ApplyRecord
+    from medseg_xdp.dataplane import Dataplane
+    from medseg_xdp.inventory import Inventory
+    from medseg_xdp.loader import Attachment, Loader
+    from medseg_xdp.xray import Xray
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,37 @@ def rule_labels(cfg: Config, name: str) -> tuple[str, str, str]:
     return "any", "any", segment.default.name if segment is not None else abi.Action.allow.name
 
 
+class MetricsSource(Protocol):
+    """What the collector reads: the daemon's state, or the demo's pieces standing for it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def dataplane(self) -> Dataplane | None: ...
+    @property
+    def loader(self) -> Loader: ...
+    @property
+    def rule_names(self) -> Mapping[int, str]: ...
+    @property
+    def inventory(self) -> Inventory: ...
+    @property
+    def xray(self) -> Xray: ...
+    @property
+    def enforcing(self) -> Mapping[str, bool]: ...  # port -> still carries our program
+    @property
+    def reattached(self) -> int: ...
+    @property
+    def events(self) -> EventExporter: ...
+    @property
+    def attachments(self) -> Sequence[Attachment]: ...
+    @property
+    def last_apply(self) -> ApplyRecord | None: ...
+
+
 class DaemonCollector(Collector):
     """Every metric family except the apply histogram, built on each scrape."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: MetricsSource) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -215,7 +246,7 @@ class DaemonCollector(Collector):
 class Metrics:
     """The daemon's registry: the collector, the apply-duration histogram, the HTTP server."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: MetricsSource) -> None:
         disable_created_metrics()  # no <histogram>_created series: the daemon's start time is no metric of ours
         self.registry = CollectorRegistry()
         self.apply_duration = Histogram(

@@ -44,13 +44,17 @@ class Xray:
 
     def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
         """One sample (the first bytes of a frame) into the inventory and the baseline."""
+        return self.observe(sample, now)[1]
+
+    def observe(self, sample: bytes, now: float) -> tuple[Frame, list[ClassChange]]:
+        """ingest(), also giving back the decoded frame (for a caller that reports on it)."""
         self.samples += 1
         frame, observations = self.registry.observe(sample)
         changes = self.inventory.observe(frame, observations, now)
         if self.learner is not None:
             self.learner.observe(frame, self.inventory, now)
         self.changes.extend(changes)
-        return changes
+        return frame, changes
 
 
 def sampling_model(config: Config) -> ReferenceDataplane:

@@ -151,6 +151,23 @@ def test_a_mac_flood_cannot_exhaust_the_inventory(classifier: Classifier) -> Non
     assert "02:ff:00:00:03:e7" in inventory.devices  # the newest stays
 
 
+def test_an_inventory_full_of_classified_devices_grows_scanning_once_per_tenth(classifier: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to forget: it grows past max_devices, and looks for room once per max_devices / 10 newcomers,
+    not at every one (each look reads every device)."""
+    inventory = Inventory(classifier, max_devices=100)
+    for n in range(100):
+        inventory.pin(f"02:aa:00:00:00:{n:02x}", segment="pacs")
+    scans = []
+    make_room = inventory._make_room
+    monkeypatch.setattr(inventory, "_make_room", lambda now: (scans.append(len(inventory.devices)), make_room(now)))
+    for n in range(50):
+        inventory.observe(frame(src=f"02:ff:00:00:00:{n:02x}", dst="ff:ff:ff:ff:ff:ff"), [], now=2.0 + n)
+    # the first look finds nothing to forget; each later one forgets the ten newcomers since
+    assert scans == [100, 110, 110, 110, 110]
+    assert inventory.evicted == 40 and len(inventory.devices) == 110
+    assert all(f"02:aa:00:00:00:{n:02x}" in inventory.devices for n in range(100))
+
+
 def test_a_classified_device_that_looks_like_another_class_is_reported_not_moved(classifier: Classifier) -> None:
     """A compromised modality faking a pump's fingerprint must not walk into the pumps' segment by itself."""
     inventory = Inventory(classifier)
