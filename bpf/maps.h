@@ -90,7 +90,12 @@ BPF_TABLE_PINNED("hash", struct rail_host_key, u32, rail_hosts, 512,
 BPF_TABLE_PINNED("hash", struct segment_key, struct segment_info, segments,
 		 2 * SEGMENT_TABLE_SIZE, PINNED(segments));
 
-/* Rules: one LPM lookup answers exact port, port range and any port. */
+/* Rules on single ports (an exact port, or a single-port piece of a range):
+ * looked up first, as nothing is more specific. */
+BPF_TABLE_PINNED("hash", struct rule_exact_key, struct rule_verdict,
+		 rules_exact, 2 * RULE_TABLE_SIZE, PINNED(rules_exact));
+
+/* The other rules: one LPM lookup answers port range and any port. */
 BPF_TABLE_PINNED("lpm_trie", struct rule_key, struct rule_verdict, rules,
 		 2 * RULE_TABLE_SIZE, PINNED(rules), BPF_F_NO_PREALLOC);
 

@@ -220,6 +220,18 @@ struct rule_key {
 	u16 port_be;
 };
 
+/* An exact port (ICMP: type) of a rule, in a hash in front of the LPM trie:
+ * the most specific match there is, found in one lookup where the trie walks
+ * a node per branching bit. port is in host order. */
+struct rule_exact_key {
+	u32 gen;
+	u16 src_segment;
+	u16 dst_segment;
+	u8 proto;
+	u8 pad;
+	u16 port;
+};
+
 struct rule_verdict {
 	u32 rule_id;
 	u8 action;

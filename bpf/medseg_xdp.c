@@ -231,15 +231,25 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 		return;
 	}
 
-	struct rule_key rk = {
-		.prefixlen = 96,
+	struct rule_exact_key xk = {
 		.gen = gen,
 		.src_segment = d->src_segment,
 		.dst_segment = d->dst_segment,
 		.proto = a->proto,
-		.port_be = bpf_htons(a->policy_port),
+		.port = a->policy_port,
 	};
-	struct rule_verdict *rule = rules.lookup(&rk);
+	struct rule_verdict *rule = rules_exact.lookup(&xk);
+	if (!rule) {
+		struct rule_key rk = {
+			.prefixlen = 96,
+			.gen = gen,
+			.src_segment = d->src_segment,
+			.dst_segment = d->dst_segment,
+			.proto = a->proto,
+			.port_be = bpf_htons(a->policy_port),
+		};
+		rule = rules.lookup(&rk);
+	}
 	if (rule) {
 		set_decision(d, verdict_of(rule->action, enforce), REASON_RULE,
 			     rule->rule_id);

@@ -41,6 +41,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo, False),
     "rail_hosts": (abi.RailHostKey, U32, False),
     "segments": (abi.SegmentKey, abi.SegmentInfo, False),
+    "rules_exact": (abi.RuleExactKey, abi.RuleVerdict, False),
     "rules": (abi.RuleKey, abi.RuleVerdict, False),
     "pair_defaults": (abi.PairKey, abi.RuleVerdict, False),
     "flows": (abi.FlowKey, abi.FlowEntry, False),

@@ -20,7 +20,7 @@ from medseg_xdp.config import PSEUDO_SEGMENTS, Config, ConfigError, Rule, Segmen
 MapContents = dict[str, dict[bytes, bytes]]
 
 # Maps whose keys start with the generation (LPM keys right after prefixlen).
-GENERATIONAL_MAPS = ("devices", "prefixes_v4", "prefixes_v6", "rail_hosts", "segments", "rules", "pair_defaults")
+GENERATIONAL_MAPS = ("devices", "prefixes_v4", "prefixes_v6", "rail_hosts", "segments", "rules_exact", "rules", "pair_defaults")
 # Maps written in place: not part of a policy generation.
 IN_PLACE_MAPS = ("ports", "port_vlans", "settings")
 RULE_KEY_FIXED_BITS = 80  # gen + segments + proto + pad, before the port
@@ -105,7 +105,7 @@ def _check_capacity(config: Config, contents: MapContents) -> None:
     needs = {
         "devices": ("devices", len(contents["devices"])),
         "prefixes": ("prefixes", max(len(contents["prefixes_v4"]), len(contents["prefixes_v6"]))),
-        "rules": ("rules", max(len(contents["rules"]), len(contents["pair_defaults"]))),
+        "rules": ("rules", max(len(contents["rules_exact"]), len(contents["rules"]), len(contents["pair_defaults"]))),
         "segments": ("segments", len(contents["segments"])),
     }
     for table, (what, count) in needs.items():
@@ -182,16 +182,16 @@ def _rules(config: Config, gen: int, contents: MapContents, rule_names: dict[int
             port_rules.append((_specificity(low, high), index, rule_id, rule, low, high))
     # Exact ports first: a range's single-port piece never displaces an exact rule.
     for specificity, index, rule_id, rule, low, high in sorted(port_rules, key=lambda r: r[:2]):
+        src, dst = config.segment_id(rule.src), config.segment_id(rule.dst)
         for value, bits in port_prefixes(low, high):
-            key = abi.RuleKey(
-                prefixlen=RULE_KEY_FIXED_BITS + bits,
-                gen=gen,
-                src_segment=config.segment_id(rule.src),
-                dst_segment=config.segment_id(rule.dst),
-                proto=rule.proto,
-                port_be=_be16(value),
-            )
-            placed[index] = placed.get(index, 0) + _claim(contents, claims, "rules", key, _Claim(index, rule_id, rule, specificity))
+            # a single port in the hash (nothing is more specific, one lookup), the rest in the LPM trie
+            key: ctypes.Structure
+            if bits == 16:
+                table, key = "rules_exact", abi.RuleExactKey(gen=gen, src_segment=src, dst_segment=dst, proto=rule.proto, port=value)
+            else:
+                table = "rules"
+                key = abi.RuleKey(prefixlen=RULE_KEY_FIXED_BITS + bits, gen=gen, src_segment=src, dst_segment=dst, proto=rule.proto, port_be=_be16(value))
+            placed[index] = placed.get(index, 0) + _claim(contents, claims, table, key, _Claim(index, rule_id, rule, specificity))
     return [
         f"rules[{index}] ({config.rules[index].name}) never matches: earlier or more specific rules cover all its traffic"
         for index, count in sorted(placed.items())

@@ -141,6 +141,7 @@ CONFIG_MAPS: dict[str, tuple[Any, Any]] = {
     "prefixes_v6": (abi.Prefix6Key, abi.EndpointInfo),
     "rail_hosts": (abi.RailHostKey, ctypes.c_uint32),
     "segments": (abi.SegmentKey, abi.SegmentInfo),
+    "rules_exact": (abi.RuleExactKey, abi.RuleVerdict),
     "rules": (abi.RuleKey, abi.RuleVerdict),
     "pair_defaults": (abi.PairKey, abi.RuleVerdict),
 }
@@ -534,6 +535,7 @@ class ReferenceDataplane:
         self.prefixes_v6: LpmTrie[abi.EndpointInfo] = LpmTrie(tables["prefixes_v6"])
         self.rail_hosts: dict[bytes, ctypes.c_uint32] = tables["rail_hosts"]
         self.segments: dict[bytes, abi.SegmentInfo] = tables["segments"]
+        self.rules_exact: dict[bytes, abi.RuleVerdict] = tables["rules_exact"]
         self.rules: LpmTrie[abi.RuleVerdict] = LpmTrie(tables["rules"])
         self.pair_defaults: dict[bytes, abi.RuleVerdict] = tables["pair_defaults"]
 
@@ -669,15 +671,18 @@ class ReferenceDataplane:
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_MGMT, 0)
             return
 
-        rule_key = abi.RuleKey(
-            prefixlen=96,
-            gen=gen,
-            src_segment=d.src_segment,
-            dst_segment=d.dst_segment,
-            proto=a.proto,
-            port_be=bswap16(a.policy_port),
-        )
-        rule = self.rules.lookup(bytes(rule_key))
+        exact_key = abi.RuleExactKey(gen=gen, src_segment=d.src_segment, dst_segment=d.dst_segment, proto=a.proto, port=a.policy_port)
+        rule = self.rules_exact.get(bytes(exact_key))
+        if rule is None:
+            rule_key = abi.RuleKey(
+                prefixlen=96,
+                gen=gen,
+                src_segment=d.src_segment,
+                dst_segment=d.dst_segment,
+                proto=a.proto,
+                port_be=bswap16(a.policy_port),
+            )
+            rule = self.rules.lookup(bytes(rule_key))
         if rule is not None:
             self.set_decision(d, self.verdict_of(rule.action, enforce), C.REASON_RULE, rule.rule_id)
             return
