@@ -208,15 +208,16 @@ class Map:
         return _map_info(self.fd).type in (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY)
 
     def present_raw(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) bytes of every entry; of an array, every entry that is not all zeros (CPU 0's, per CPU)."""
+        """(key, value) bytes of every entry; of an array, of every entry not all zeros (per CPU: on any CPU).
+        A per-CPU map's value is CPU 0's."""
         key_size = ctypes.sizeof(self.key_type)
         value_size = ctypes.sizeof(self.value_type)
         stride = self._slot * self._ncpus if self.percpu else value_size
         for count, keys, values in self.lookup_batch_raw():
-            rows = np.frombuffer(values, dtype=np.uint8).reshape(count, stride)[:, :value_size]
+            rows = np.frombuffer(values, dtype=np.uint8).reshape(count, stride)
             chosen = np.flatnonzero(rows.any(axis=1)) if self.is_array else range(count)
             for i in chosen:
-                yield keys[i * key_size : (i + 1) * key_size], rows[i].tobytes()
+                yield keys[i * key_size : (i + 1) * key_size], rows[i, :value_size].tobytes()
 
     def erase(self, key: bytes) -> None:
         """Delete an entry; an array's is set to zeros."""

@@ -42,7 +42,7 @@ from medseg_xdp.events import EventExporter, Severity
 from medseg_xdp.exceptions import ExceptionStore, PolicyException, device_moves, validate, with_exceptions
 from medseg_xdp.fingerprint.frame import Frame
 from medseg_xdp.inventory import ClassChange, Device, InventoryStore
-from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, in_netns
+from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, ifindex_problem, in_netns
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
 from medseg_xdp.policy_image import RuleIds, compile_policy, device_segments
@@ -257,6 +257,9 @@ class Daemon:
     def _reattach(self, index: int, ifindex: int) -> bool:
         old = self.attachments[index]
         try:
+            problem = ifindex_problem(old.ifname, ifindex)
+            if problem:
+                raise LoaderError(problem)
             if ifindex != old.ifindex:  # a re-created interface: the port maps are keyed by ifindex, write them first
                 self.apply(f"port {old.ifname} re-created", ifindex=self._port_indexes(self.config))
             (new,) = self.loader.attach([old.ifname], netns_name=self.netns)

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 
 from medseg_xdp import bpfsys
 from medseg_xdp.config import Config
-from medseg_xdp.loader import BPFFS, DEFAULT_PIN_ROOT, NATIVE_XDP_MAX_MTU, PROGRAM_NAME, Loader, in_netns, kernel_headers_problem
+from medseg_xdp.loader import BPFFS, DEFAULT_PIN_ROOT, NATIVE_XDP_MAX_MTU, PROGRAM_NAME, Loader, ifindex_problem, in_netns, kernel_headers_problem
 
 MINIMUM_KERNEL = (5, 18)  # bpf_xdp_load_bytes
 
@@ -106,6 +106,9 @@ def check_port(ifname: str, netns: str | None) -> list[Check]:
         offload = _rx_vlan_offload(ifname)
     attached = native or generic
     name = bpfsys.prog_name_by_id(attached) if attached else None
+    problem = ifindex_problem(ifname, ifindex)
+    if problem:
+        checks.append(Check(f"port {ifname} ifindex", Status.FAIL, problem, "recreate the interface (it gets the lowest free ifindex) or reboot"))
     if not attached:
         checks.append(Check(f"port {ifname}", Status.FAIL, "no XDP program: traffic crosses unfiltered (fail-open)", "medseg-xdp run -c CONFIG"))
     elif name != PROGRAM_NAME:

@@ -182,14 +182,15 @@ class Inventory:
             key=lambda d: d.last_seen,
         )
         tenth = max(1, self.max_devices // 10)
-        for device in unknown[:tenth]:
+        forgotten = unknown[:tenth]
+        for device in forgotten:
             del self.devices[device.mac]
-            self.evicted += 1
-        # This scan reads every device: when it made less than a tenth's room, the next one waits until a
+        self.evicted += len(forgotten)
+        # This scan reads every device: when it found less than a tenth to forget, the next one waits until a
         # tenth more devices came, so an inventory full of classified devices costs one scan per tenth, not
         # one per new device.
-        self._make_room_at = max(self.max_devices, len(self.devices) + tenth)
-        if self._make_room_at > self.max_devices:
+        self._make_room_at = self.max_devices if len(forgotten) == tenth else len(self.devices) + tenth
+        if len(self.devices) >= self.max_devices:
             log.warning("inventory: %d devices, %d over max_devices %d, the rest classified or pinned: growing (raise [daemon] max_devices)",
                         len(self.devices), len(self.devices) - self.max_devices + 1, self.max_devices)
 

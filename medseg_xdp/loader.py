@@ -249,11 +249,9 @@ def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:
 def _attachable(ifname: str, replace: bool) -> tuple[int, int, int]:
     """(ifindex, MTU, id of our attached program or 0), or LoaderError."""
     ifindex, mtu = _link(ifname)
-    if ifindex >= abi.const("PORT_IFINDEX_LIMIT"):
-        raise LoaderError(
-            f"{ifname} has ifindex {ifindex}: the port table holds ifindexes below {abi.const('PORT_IFINDEX_LIMIT')} "
-            "(recreate the interface, or reboot the bridge host, for a lower one)"
-        )
+    problem = ifindex_problem(ifname, ifindex)
+    if problem:
+        raise LoaderError(problem)
     current = bpfsys.xdp_attached_id(ifindex)
     if current:
         name = bpfsys.prog_name_by_id(current)
@@ -262,6 +260,14 @@ def _attachable(ifname: str, replace: bool) -> tuple[int, int, int]:
         if not replace:
             raise LoaderError(f"{ifname} already carries {PROGRAM_NAME} (id {current}); use --replace to swap it or unload first")
     return ifindex, mtu, current
+
+
+def ifindex_problem(ifname: str, ifindex: int) -> str | None:
+    """Why a port cannot be one of ours by its ifindex (the ports map is an array indexed by it), or None."""
+    limit = abi.const("PORT_IFINDEX_LIMIT")
+    if ifindex < limit:
+        return None
+    return f"{ifname} has ifindex {ifindex}: the port table holds ifindexes below {limit} (recreate the interface, or reboot the bridge host, for a lower one)"
 
 
 def _link(ifname: str) -> tuple[int, int]:

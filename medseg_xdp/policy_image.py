@@ -303,6 +303,8 @@ def stable_stats_slots(segments: dict[bytes, bytes], live: Mapping[int, int], ca
     that change owner (their counters must be zeroed before the flip)."""
     entries = sorted(((abi.SegmentKey.from_buffer_copy(k), abi.SegmentInfo.from_buffer_copy(v)) for k, v in segments.items()), key=lambda e: e[0].segment)
     identities = {info.name_hash for _, info in entries}
+    if 0 in identities or len(identities) != len(entries):
+        raise ValueError("segment entries need distinct, non-zero name_hash values (as compile_policy writes them)")
     taken = set(live.values())
     fresh = (slot for slot in range(1, capacity) if slot not in taken)
     freed = sorted(slot for identity, slot in live.items() if identity not in identities)

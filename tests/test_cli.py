@@ -169,6 +169,7 @@ def test_break_glass_with_the_daemon_down(bridge_config: tuple[InlineBridge, Pat
 def test_a_port_beyond_the_port_table_is_refused_before_attach() -> None:
     """The ports map is indexed by ifindex: a port past its end would lose its PVID, so it is refused, saying why."""
     from medseg_xdp import abi
+    from medseg_xdp.doctor import Status, check_port
     from medseg_xdp.loader import Loader, LoaderError
     from medseg_xdp.topology import Namespace
 
@@ -177,3 +178,5 @@ def test_a_port_beyond_the_port_table_is_refused_before_attach() -> None:
         ns.run(["ip", "link", "add", "portA", "index", str(limit), "type", "veth", "peer", "name", "peerA"])
         with pytest.raises(LoaderError, match=f"portA has ifindex {limit}: the port table holds ifindexes below {limit}"):
             Loader("bigindex").preflight(["portA"], netns_name=ns.name)
+        found = [c for c in check_port("portA", ns.name) if c.name == "port portA ifindex"]
+        assert [c.status for c in found] == [Status.FAIL]

@@ -219,9 +219,17 @@ def test_pair_counters_read_back_by_segment_and_only_for_live_segments() -> None
 def test_two_segment_names_that_hash_alike_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from medseg_xdp import policy_image
 
-    monkeypatch.setattr(policy_image, "segment_name_hash", lambda name: 5 if name in ("pumps", "pacs") else len(name) + 100)
+    names = ["pumps", "pacs", *policy_image.PSEUDO_SEGMENTS]
+    monkeypatch.setattr(policy_image, "segment_name_hash", lambda name: 5 if name in ("pumps", "pacs") else 100 + names.index(name))
     with pytest.raises(ConfigError, match=r"segments.pacs: its name hashes like segments.pumps's, which would mix their counters"):
         compile_policy(parse("[segments.pumps]\n[segments.pacs]\n"), 1, lambda port: 0)
+    monkeypatch.undo()
+    contents = compile_policy(parse("[segments.pumps]\n[segments.pacs]\n"), 1, lambda port: 0).contents["segments"]
+    key, value = next(iter(contents.items()))
+    twin = abi.SegmentKey.from_buffer_copy(key)
+    twin.segment += 1000
+    with pytest.raises(ValueError, match="distinct, non-zero name_hash"):  # the dataplane's own guard
+        stable_stats_slots({**contents, abi.to_bytes(twin): value}, {}, 64)
 
 
 def test_more_segments_than_pair_counter_slots_is_a_config_error() -> None:

@@ -468,6 +468,24 @@ def test_an_icmp_error_about_a_flow_of_the_previous_generation_meets_the_policy(
         assert t.trace(error, "portB").reason == "related_icmp"
 
 
+def test_a_port_dropped_from_pvid_and_allowed_vlans_loses_both_at_the_next_apply() -> None:
+    """The ports map is an array: an apply zeroes the entry of a port the new config no longer lists."""
+    import ctypes
+
+    untagged = b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=22, dport=80, flags="S"))
+    tagged_31 = b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=31) / IP(src="10.9.1.1", dst="10.0.2.5") / UDP(sport=23, dport=53))
+    cfg = config.load(FIXTURE_CONFIG)
+    with Tracer(cfg) as t:
+        assert t.trace(untagged, "portC").src_segment == "lab"  # PVID 30: the lab's VLAN
+        assert t.trace(tagged_31, "portC").reason == "vlan_not_allowed"
+        t.load_config(config.parse(FIXTURE_CONFIG.read_text().replace("pvid = { portC = 30 }", "").replace("allowed_vlans = { portC = [30] }", ""), "no portC"))
+        assert t.dataplane is not None
+        entry = t.dataplane.maps["ports"].lookup(ctypes.c_uint32(t.ifindex["portC"]))
+        assert (entry.pvid, entry.vlan_filter) == (0, 0)  # type: ignore[union-attr]
+        assert t.trace(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.9.1.1", dst="10.0.2.5") / TCP(sport=24, dport=80, flags="S")), "portC").src_segment == "unassigned"
+        assert t.trace(tagged_31, "portC").reason != "vlan_not_allowed"
+
+
 def _port(stored: int) -> int:
     """A flow key's port as a number (stored in network byte order)."""
     return int.from_bytes(stored.to_bytes(2, "little"), "big")

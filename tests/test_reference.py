@@ -30,6 +30,7 @@ from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
 from medseg_xdp import abi
+from medseg_xdp.policy_image import segment_name_hash
 from medseg_xdp.reference import (
     CONFIG_MAPS,
     XDP_DROP,
@@ -143,7 +144,11 @@ class Policy:
     ) -> Policy:
         key = abi.SegmentKey(gen=self.gen, segment=segment)
         value = abi.SegmentInfo(
-            default_rule_id=default_rule_id, mode=mode, default_action=default_action, flags=flags
+            default_rule_id=default_rule_id,
+            name_hash=segment_name_hash(f"segment {segment}"),
+            mode=mode,
+            default_action=default_action,
+            flags=flags,
         )
         self.maps["segments"][bytes(key)] = bytes(value)
         return self
