@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import html
 import json
 import os
 import platform
@@ -485,11 +486,36 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Se
     return lines
 
 
-def write_results(out: Path, name: str, data: dict[str, Any], markdown: list[str]) -> None:
+def write_results(out: Path, name: str, data: dict[str, Any], markdown: list[str], chart: str | None = None) -> None:
+    """<name>.json, <name>.md, and <name>.svg when there is a chart (bar_chart_svg)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (out / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    if chart is not None:
+        (out / f"{name}.svg").write_text(chart)
     print("\n".join(markdown))
+
+
+def bar_chart_svg(title: str, unit: str, bars: Sequence[tuple[str, float]], digits: int = 0) -> str:
+    """One horizontal bar per (label, value), as SVG text: a picture of one table, with no plotting library to
+    install. Bars whose label starts with "ours" are drawn in red, the baselines in grey."""
+    bar_height, gap, label_width, plot_width, top = 18, 6, 360, 380, 36
+    peak = max((value for _, value in bars), default=0) or 1
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + plot_width + 110}" '
+        f'height="{top + len(bars) * (bar_height + gap) + 8}" font-family="sans-serif" font-size="12">',
+        f'<text x="8" y="22" font-size="14" font-weight="bold">{html.escape(title)}</text>',
+    ]
+    for i, (label, value) in enumerate(bars):
+        y = top + i * (bar_height + gap)
+        width = max(1, round(value / peak * plot_width))
+        colour = "#c0392b" if label.startswith("ours") else "#95a5a6"
+        parts += [
+            f'<text x="{label_width - 6}" y="{y + 13}" text-anchor="end">{html.escape(label)}</text>',
+            f'<rect x="{label_width}" y="{y}" width="{width}" height="{bar_height}" fill="{colour}"/>',
+            f'<text x="{label_width + width + 4}" y="{y + 13}">{value:,.{digits}f} {html.escape(unit)}</text>',
+        ]
+    return "\n".join([*parts, "</svg>"]) + "\n"
 
 
 def target(name: str, value: float, goal: str, met: bool, note: str = "") -> dict[str, Any]:

@@ -297,6 +297,11 @@ def report(data: dict[str, Any], per_frame: str = "ns/frame (gen + rx)") -> list
     return lines
 
 
+def chart(data: dict[str, Any]) -> str:
+    return B.bar_chart_svg(f"Packets per second through a veth, generator and receiver on one core ({data['parameters']['frames']:,} 60-byte frames)",
+                           "Mpps", [(r["case"], r["mpps"]) for r in data["results"]], digits=2)
+
+
 def _x(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}" if value and base else "-"
 
@@ -340,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["counters_agree"] = handled_as_expected(result)
     data["targets"] = targets(data)
     data["elapsed_s"] = round(time.perf_counter() - started, 1)
-    B.write_results(args.out, "pps", data, report(data))
+    B.write_results(args.out, "pps", data, report(data), chart(data))
 
 
 if __name__ == "__main__":

@@ -403,6 +403,12 @@ def report(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def chart(data: dict[str, Any]) -> str:
+    bars = [(f"{program}: {row['class'].split(' (')[0]}", row["ns"][program])
+            for row in data["classes"]["repeat"] for program in PROGRAM_ORDER if program in row["ns"] and program != "parse-only"]
+    return B.bar_chart_svg("Program cost per packet, one frame repeated (BPF_PROG_TEST_RUN)", "ns", bars)
+
+
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     result = []
     repeat = {row["class"].split(" (")[0]: row["ns"] for row in data["classes"]["repeat"]}
@@ -481,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "one syscall per frame).")
     data["targets"] = targets(data)
     data["elapsed_s"] = round(time.perf_counter() - started, 1)
-    B.write_results(args.out, "prog_cost", data, report(data))
+    B.write_results(args.out, "prog_cost", data, report(data), chart(data))
 
 
 if __name__ == "__main__":
