@@ -372,7 +372,8 @@ def report(data: dict[str, Any]) -> list[str]:
     if verifier.get("verified_insns"):
         used, limit = verifier["verified_insns"], verifier["limit"]
         lines += ["", f"**Verifier**: loading our program took {used:,} processed instructions of the kernel's {limit:,} "
-                  f"({used / limit:.0%}); `tests/test_program.py` fails above half."]
+                  f"({used / limit:.0%}), and it uses {verifier['stack_bytes']} of the 512 stack bytes; `tests/test_program.py` "
+                  "fails above half the instructions or 480 bytes."]
     tables = data["tables"]
     if tables:
         base = tables[0]
@@ -477,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("packet classes", flush=True)
         with Tracer(cfg, sizes=cfg.tables) as tracer:
             data["classes"] = packet_classes(args, {**programs, "ours": tracer.loader.prog_fd}, tracer, rotator)
-            data["verifier"] = {"verified_insns": bpfsys.prog_verified_insns(tracer.loader.prog_fd), "limit": bpfsys.VERIFIER_INSN_LIMIT}
+            data["verifier"] = {"verified_insns": bpfsys.prog_verified_insns(tracer.loader.prog_fd), "limit": bpfsys.VERIFIER_INSN_LIMIT,
+                                "stack_bytes": tracer.loader.stack_depth()}
         print("flow table fill", flush=True)
         data["tables"] = table_fill(args, programs["empty"], rotator)
         print("policy size", flush=True)

@@ -121,6 +121,10 @@ BPF_PERCPU_ARRAY(denial_scratch, struct deny_key, 1);
  * written for each ICMP error, never read across packets. */
 BPF_PERCPU_ARRAY(icmp_quote_scratch, struct icmp_quote, 1);
 
+/* Per CPU: the entry of a new flow being built (off the stack, which the
+ * rest of the miss path fills). Written in full for each new flow. */
+BPF_PERCPU_ARRAY(flow_scratch, struct flow_entry, 1);
+
 /* First fragments' verdicts, for the fragments that follow them. */
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_verdict, frags,
 		 FRAG_TABLE_SIZE, PINNED(frags));

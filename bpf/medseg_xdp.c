@@ -517,35 +517,33 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		return;  /* denied flows get no flow entry: a scan cannot evict */
 	}
 
-	struct flow_entry fresh = {
-		.first_seen_ns = now,
-		.last_seen_ns = now,
-		.gen = gen,
-		.rule_id = d->rule_id,
-		.src_segment = d->src_segment,
-		.dst_segment = d->dst_segment,
-		.verdict = d->verdict,
-		.reason = d->reason,
-		.initiator_is_lo = initiator_is_lo,
-		.pair_index = d->pair_index,
-		.flags = d->flags & DECISION_MIDSTREAM,
-		.policy_port = initiator_port,
-	};
+	struct flow_entry *fresh = flow_scratch.lookup(&zero);
+	if (!fresh) {  /* cannot happen: slot 0 of a per-CPU array */
+		d->flags |= DECISION_NO_FLOW_ENTRY;
+		return;
+	}
+	__builtin_memset(fresh, 0, sizeof(*fresh));
+	fresh->first_seen_ns = now;
+	fresh->last_seen_ns = now;
+	fresh->gen = gen;
+	fresh->rule_id = d->rule_id;
+	fresh->src_segment = d->src_segment;
+	fresh->dst_segment = d->dst_segment;
+	fresh->verdict = d->verdict;
+	fresh->reason = d->reason;
+	fresh->initiator_is_lo = initiator_is_lo;
+	fresh->pair_index = d->pair_index;
+	fresh->flags = d->flags & DECISION_MIDSTREAM;
+	fresh->policy_port = initiator_port;
 	int dir = src_is_lo == initiator_is_lo ? 0 : 1;
 
-	if (dir) {
-		fresh.packets[1] = 1;
-		fresh.bytes[1] = pkt->len;
-		fresh.tcp_flags[1] = pkt->tcp_flags;
-	} else {
-		fresh.packets[0] = 1;
-		fresh.bytes[0] = pkt->len;
-		fresh.tcp_flags[0] = pkt->tcp_flags;
-	}
-	int err = flows.insert(key, &fresh);
+	fresh->packets[dir & 1] = 1;
+	fresh->bytes[dir & 1] = pkt->len;
+	fresh->tcp_flags[dir & 1] = pkt->tcp_flags;
+	int err = flows.insert(key, fresh);
 	if (err == 0) {
 		d->flags |= DECISION_NEW_FLOW;
-		want_sample(d, flow_sample_kind(&fresh, s));
+		want_sample(d, flow_sample_kind(fresh, s));
 		return;
 	}
 	/* Lost the race to the other direction's CPU: count into its entry. */

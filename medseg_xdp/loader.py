@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,12 @@ MODE_FLAGS = {"native": bpfsys.XDP_FLAGS_DRV_MODE, "generic": bpfsys.XDP_FLAGS_S
 
 class LoaderError(RuntimeError):
     """A load, attach or detach that cannot go ahead; the message says why."""
+
+
+# BPF instruction encoding (linux/bpf.h), for stack_depth
+BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_ALU64 = 0x01, 0x02, 0x03, 0x04, 0x07
+BPF_MOV64_X, BPF_ADD64_K = 0xBF, 0x07
+BPF_REG_FP = 10
 
 
 def table_cflags(sizes: TableSizes) -> list[str]:
@@ -116,6 +123,25 @@ class Loader:
         except Exception as exc:  # BCC raises bare Exception for compile and verifier errors
             raise LoaderError(f"cannot load {PROGRAM_SOURCE.name}: {exc}") from exc
         return self.prog_fd
+
+    def stack_depth(self) -> int:
+        """Bytes of the 512-byte BPF stack the compiled program uses: the deepest frame-pointer (r10) offset
+        its instructions touch, directly or through a register set to r10 plus a constant. LLVM versions lay
+        the stack out differently, so the tests keep a margin below the limit."""
+        raw = self.bpf.dump_func(PROGRAM_NAME.encode())  # type: ignore[attr-defined]
+        deepest, from_fp = 0, set()
+        for code, regs, offset, imm in struct.iter_unpack("<BBhi", raw):
+            dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
+            if (kind in (BPF_ST, BPF_STX) and dst == BPF_REG_FP) or (kind == BPF_LDX and src == BPF_REG_FP):
+                deepest = min(deepest, offset)
+            elif code == BPF_MOV64_X and src == BPF_REG_FP:
+                from_fp.add(dst)  # rX = r10, then rX += -N points into the stack
+            elif code == BPF_ADD64_K and dst in from_fp:
+                deepest = min(deepest, imm)
+                from_fp.discard(dst)
+            elif kind in (BPF_ALU, BPF_ALU64) and dst in from_fp:
+                from_fp.discard(dst)
+        return -deepest
 
     @property
     def bpf(self) -> object:

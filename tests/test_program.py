@@ -381,6 +381,13 @@ def test_the_verifier_has_room_to_spare(tracer: Tracer) -> None:
     assert used < bpfsys.VERIFIER_INSN_LIMIT // 2, f"the verifier processed {used:,} instructions"
 
 
+def test_the_stack_has_room_to_spare(tracer: Tracer) -> None:
+    """480 of the 512 bytes at most: another LLVM (Debian 12 and 13 differ) lays the stack out differently, and a
+    program over 512 does not compile. New per-packet state belongs in a per-CPU scratch map (see maps.h)."""
+    depth = tracer.loader.stack_depth()
+    assert 300 < depth <= 480, f"the program uses {depth} bytes of stack"
+
+
 def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
     """The per-packet record is the tracer's alone (SETTING_RECORD_DECISION): as deployed, the program skips it."""
     frame = b(dicom_syn(40100))
