@@ -11,18 +11,19 @@ from medseg_xdp.fingerprint.frame import Frame, Observation, decode
 log = logging.getLogger(__name__)
 
 Parser = Callable[[Frame], list[Observation]]
-# A kind of frame: ("ip", L4 protocol) or ("eth", EtherType). A parser reads
-# some kinds (a frozenset of them), or every frame (None).
-FrameKind = tuple[str, int]
+# A kind of frame: ("ip", L4 protocol, whether it carries L4 payload) or ("eth", EtherType, False). A parser
+# reads some kinds (a frozenset of them), or every frame (None).
+FrameKind = tuple[str, int, bool]
 Kinds = frozenset[FrameKind] | None
 
 
 def frame_kind(frame: Frame) -> FrameKind:
-    return ("ip", frame.proto) if frame.ip_version else ("eth", frame.ethertype)
+    return ("ip", frame.proto, bool(frame.payload)) if frame.ip_version else ("eth", frame.ethertype, False)
 
 
 class ParserRegistry:
-    """Runs on each frame the parsers of its kind (a TCP frame never reaches the UDP parsers)."""
+    """Runs on each frame the parsers of its kind: a TCP frame never reaches the UDP parsers, nor a frame
+    without payload the parsers of payloads."""
 
     def __init__(self, parsers: Sequence[tuple[str, Parser, Kinds]]) -> None:
         self.parsers = list(parsers)
