@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import stop_and_unload
 
 from medseg_xdp.control import ControlError, request
 from medseg_xdp.daemon import control_socket
@@ -103,18 +104,6 @@ def start_daemon(ward: InlineBridge, config: Path, state_dir: Path, log: Path) -
     assert wait_until(answers, timeout=60), log.read_text()
     assert process.poll() is None, log.read_text()
     return process
-
-
-def stop_and_unload(process: subprocess.Popen[bytes], config: Path, ward: InlineBridge) -> None:
-    """Teardown, also after a failure: stop the daemon (SIGTERM, then kill), remove program and pinned maps."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import stop_and_unload
 from prometheus_client.parser import text_string_to_metric_families
 
 from medseg_xdp import abi
@@ -312,14 +312,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             finally:
                 if prometheus is not None:
                     prometheus.stop()
-                if daemon.poll() is None:
-                    daemon.send_signal(signal.SIGTERM)
-                    try:
-                        daemon.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        daemon.kill()
-                        daemon.wait()
-                subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+                stop_and_unload(daemon, config, ward)
     finally:
         notify.close()
     assert not (DEFAULT_PIN_ROOT / bridge).exists()
