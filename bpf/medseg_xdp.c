@@ -416,6 +416,19 @@ static __always_inline void remember_denial(u32 gen, struct deny_key *denial,
 	denied.update(denial, &entry);
 }
 
+/* A flow entry takes the decision judged under generation gen. */
+static __always_inline void stamp_entry(struct flow_entry *e,
+					struct decision *d, u32 gen)
+{
+	e->gen = gen;
+	e->verdict = d->verdict;
+	e->reason = d->reason;
+	e->rule_id = d->rule_id;
+	e->src_segment = d->src_segment;
+	e->dst_segment = d->dst_segment;
+	e->pair_index = d->pair_index;
+}
+
 /* The flow path: hit, stale hit, or a new flow. */
 static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 					struct packet *pkt, struct settings *s,
@@ -464,13 +477,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 				flows.delete(key);
 				return;
 			}
-			e->verdict = d->verdict;
-			e->reason = d->reason;
-			e->rule_id = d->rule_id;
-			e->src_segment = d->src_segment;
-			e->dst_segment = d->dst_segment;
-			e->pair_index = d->pair_index;
-			e->gen = gen;
+			stamp_entry(e, d, gen);
 		}
 		account(e, dir, pkt, now);
 		want_sample(d, flow_sample_kind(e, s));
@@ -525,14 +532,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	__builtin_memset(fresh, 0, sizeof(*fresh));
 	fresh->first_seen_ns = now;
 	fresh->last_seen_ns = now;
-	fresh->gen = gen;
-	fresh->rule_id = d->rule_id;
-	fresh->src_segment = d->src_segment;
-	fresh->dst_segment = d->dst_segment;
-	fresh->verdict = d->verdict;
-	fresh->reason = d->reason;
+	stamp_entry(fresh, d, gen);
 	fresh->initiator_is_lo = initiator_is_lo;
-	fresh->pair_index = d->pair_index;
 	fresh->flags = d->flags & DECISION_MIDSTREAM;
 	fresh->policy_port = initiator_port;
 	int dir = src_is_lo == initiator_is_lo ? 0 : 1;
