@@ -508,7 +508,7 @@ def bar_chart_svg(title: str, unit: str, bars: Sequence[tuple[str, float]], digi
     ]
     for i, (label, value) in enumerate(bars):
         y = top + i * (bar_height + gap)
-        width = max(1, round(value / peak * plot_width))
+        width = max(1, round(max(value, 0) / peak * plot_width))
         colour = "#c0392b" if label.startswith("ours") else "#95a5a6"
         parts += [
             f'<text x="{label_width - 6}" y="{y + 13}" text-anchor="end">{html.escape(label)}</text>',

@@ -416,17 +416,21 @@ static __always_inline void remember_denial(u32 gen, struct deny_key *denial,
 	denied.update(denial, &entry);
 }
 
-/* A flow entry takes the decision judged under generation gen. */
+/* A flow entry takes the decision judged under generation gen. The
+ * generation goes last: the other direction's CPU reads it first and trusts
+ * the verdict when it matches (x86 keeps the order of stores; the compiler
+ * barrier keeps ours). */
 static __always_inline void stamp_entry(struct flow_entry *e,
 					struct decision *d, u32 gen)
 {
-	e->gen = gen;
 	e->verdict = d->verdict;
 	e->reason = d->reason;
 	e->rule_id = d->rule_id;
 	e->src_segment = d->src_segment;
 	e->dst_segment = d->dst_segment;
 	e->pair_index = d->pair_index;
+	asm volatile("" ::: "memory");
+	e->gen = gen;
 }
 
 /* The flow path: hit, stale hit, or a new flow. */
@@ -526,6 +530,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 
 	struct flow_entry *fresh = flow_scratch.lookup(&zero);
 	if (!fresh) {  /* cannot happen: slot 0 of a per-CPU array */
+		count_pressure(PRESSURE_FLOW_INSERT_FAILED);
 		d->flags |= DECISION_NO_FLOW_ENTRY;
 		return;
 	}

@@ -43,7 +43,8 @@ class LoaderError(RuntimeError):
 
 # BPF instruction encoding (linux/bpf.h), for stack_depth
 BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_ALU64 = 0x01, 0x02, 0x03, 0x04, 0x07
-BPF_MOV64_X, BPF_ADD64_K = 0xBF, 0x07
+BPF_MOV64_X, BPF_ADD64_K, BPF_SUB64_K, BPF_CALL = 0xBF, 0x07, 0x17, 0x85
+BPF_OP_MASK, BPF_MOV = 0xF0, 0xB0
 BPF_REG_FP = 10
 
 
@@ -129,18 +130,25 @@ class Loader:
         its instructions touch, directly or through a register set to r10 plus a constant. LLVM versions lay
         the stack out differently, so the tests keep a margin below the limit."""
         raw = self.bpf.dump_func(PROGRAM_NAME.encode())  # type: ignore[attr-defined]
-        deepest, from_fp = 0, set()
+        deepest = 0
+        at = {BPF_REG_FP: 0}  # register -> the stack offset it points at, where known
         for code, regs, offset, imm in struct.iter_unpack("<BBhi", raw):
             dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
-            if (kind in (BPF_ST, BPF_STX) and dst == BPF_REG_FP) or (kind == BPF_LDX and src == BPF_REG_FP):
-                deepest = min(deepest, offset)
-            elif code == BPF_MOV64_X and src == BPF_REG_FP:
-                from_fp.add(dst)  # rX = r10, then rX += -N points into the stack
-            elif code == BPF_ADD64_K and dst in from_fp:
-                deepest = min(deepest, imm)
-                from_fp.discard(dst)
-            elif kind in (BPF_ALU, BPF_ALU64) and dst in from_fp:
-                from_fp.discard(dst)
+            base = dst if kind in (BPF_ST, BPF_STX) else src if kind == BPF_LDX else None
+            if base in at:
+                deepest = min(deepest, at[base] + offset)
+            if kind == BPF_LDX or code == BPF_CALL:
+                at.pop(dst if kind == BPF_LDX else 0, None)  # a load or a helper's result overwrites it
+            elif code == BPF_MOV64_X and src in at:
+                at[dst] = at[src]
+            elif code in (BPF_ADD64_K, BPF_SUB64_K) and dst in at:
+                at[dst] += imm if code == BPF_ADD64_K else -imm
+                deepest = min(deepest, at[dst])
+            elif kind in (BPF_ALU, BPF_ALU64) and dst in at:
+                if code & BPF_OP_MASK == BPF_MOV or kind == BPF_ALU:
+                    at.pop(dst)  # overwritten, or cut to 32 bits: no stack pointer any more
+                else:  # a variable offset, say: the verifier follows it, this scan cannot
+                    raise LoaderError(f"stack_depth: instruction {code:#x} moves a stack pointer by an amount this scan cannot follow")
         return -deepest
 
     @property

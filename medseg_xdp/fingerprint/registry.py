@@ -28,7 +28,7 @@ class ParserRegistry:
     def __init__(self, parsers: Sequence[tuple[str, Parser, Kinds]]) -> None:
         self.parsers = list(parsers)
         self.failures: Counter[str] = Counter()
-        # Filled as kinds appear; bounded by the kinds there are (256 protocols, 65,536 EtherTypes).
+        # Filled as kinds appear; bounded by the kinds there are (2 × 256 for IP, 65,536 EtherTypes).
         self._by_kind: dict[FrameKind, list[tuple[str, Parser]]] = {}
 
     def parsers_for(self, kind: FrameKind) -> list[tuple[str, Parser]]:
