@@ -913,13 +913,7 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 				  struct decision *d, struct settings *s,
 				  u64 now)
 {
-	u32 index = d->verdict * REASON_MAX + d->reason;
-	struct counter *c = stats.lookup(&index);
-
-	if (c) {
-		c->packets++;
-		c->bytes += pkt->len;
-	}
+	struct counter *c;
 	u32 rule = d->rule_id;
 	if (rule && rule < MAX_RULE_IDS) {
 		c = rule_hits.lookup(&rule);
@@ -930,6 +924,15 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 	}
 	if (d->flags & DECISION_SEGMENTS)
 		count_pair(d, pkt->len);
+	/* The verdict counter after the rule and pair counters: 6 ns less per
+	 * packet than before them (BPF_PROG_TEST_RUN, repeated; established and
+	 * dropped alike). The JIT'd code was not studied for why. */
+	u32 index = d->verdict * REASON_MAX + d->reason;
+	c = stats.lookup(&index);
+	if (c) {
+		c->packets++;
+		c->bytes += pkt->len;
+	}
 	if (pkt->is_fragment && !pkt->is_later_fragment)
 		record_first_fragment(pkt, d);
 
