@@ -131,13 +131,20 @@ static __always_inline u8 verdict_of(u8 action, int enforce)
 	return VERDICT_AUDIT;
 }
 
+/* The ingress port's entry (zeros for a port without PVID or VLAN list). */
+static __always_inline struct port_info *ingress_port(struct xdp_md *ctx)
+{
+	u32 ifindex = ctx->ingress_ifindex;
+
+	return ports.lookup(&ifindex);
+}
+
 static __always_inline u16 vlan_for_identity(struct xdp_md *ctx,
 					     struct packet *pkt)
 {
 	if (pkt->vlan)
 		return pkt->vlan;
-	u32 ifindex = ctx->ingress_ifindex;
-	struct port_info *port = ports.lookup(&ifindex);
+	struct port_info *port = ingress_port(ctx);
 	return port ? port->pvid : 0;
 }
 
@@ -153,8 +160,7 @@ static __always_inline int vlan_allowed(struct xdp_md *ctx,
 {
 	if (!vlan_tags || !(s->flags & SETTING_VLAN_FILTER))
 		return 1;
-	u32 ifindex = ctx->ingress_ifindex;
-	struct port_info *info = ports.lookup(&ifindex);
+	struct port_info *info = ingress_port(ctx);
 	if (!info || !info->vlan_filter)
 		return 1;
 	if (vlan_tags > 1)

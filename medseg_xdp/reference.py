@@ -624,18 +624,22 @@ class ReferenceDataplane:
             return C.VERDICT_DROP
         return C.VERDICT_AUDIT
 
+    def ingress_port(self, ctx: XdpContext) -> abi.PortInfo | None:  # type: ignore[valid-type]
+        """ingress_port(): the ingress port's entry (the C array's zeros: None)."""
+        return self.ports.get(bytes(ctypes.c_uint32(ctx.ingress_ifindex)))
+
     def vlan_for_identity(self, ctx: XdpContext, pkt: Packet) -> int:
         """vlan_for_identity(): the outer tag's VID, else the ingress port's PVID."""
         if pkt.vlan:
             return pkt.vlan
-        port = self.ports.get(bytes(ctypes.c_uint32(ctx.ingress_ifindex)))
+        port = self.ingress_port(ctx)
         return port.pvid if port is not None else 0
 
     def vlan_allowed(self, ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bool:
         """vlan_allowed(): a port with allowed_vlans takes tagged frames of those VLANs only, and no second tag."""
         if not pkt.vlan_tags or not s.flags & C.SETTING_VLAN_FILTER:
             return True
-        port = self.ports.get(bytes(ctypes.c_uint32(ctx.ingress_ifindex)))
+        port = self.ingress_port(ctx)
         if port is None or not port.vlan_filter:
             return True
         if pkt.vlan_tags > 1:
