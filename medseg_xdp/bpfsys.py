@@ -11,6 +11,7 @@ import ctypes
 import errno
 import functools
 import itertools
+import mmap
 import os
 from collections.abc import Iterator
 from typing import TypeVar
@@ -209,15 +210,28 @@ class Map:
 
     def present_raw(self) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) bytes of every entry; of an array, of every entry not all zeros (per CPU: on any CPU).
-        A per-CPU map's value is CPU 0's."""
+        A per-CPU map's value is CPU 0's. A mmapable array is read from its memory, not by batch lookups."""
         key_size = ctypes.sizeof(self.key_type)
         value_size = ctypes.sizeof(self.value_type)
+        if self.is_array and _map_info(self.fd).map_flags & BPF_F_MMAPABLE:
+            yield from self._present_mmapped(value_size)
+            return
         stride = self._slot * self._ncpus if self.percpu else value_size
         for count, keys, values in self.lookup_batch_raw():
             rows = np.frombuffer(values, dtype=np.uint8).reshape(count, stride)
             chosen = np.flatnonzero(rows.any(axis=1)) if self.is_array else range(count)
             for i in chosen:
                 yield keys[i * key_size : (i + 1) * key_size], rows[i, :value_size].tobytes()
+
+    def _present_mmapped(self, value_size: int) -> Iterator[tuple[bytes, bytes]]:
+        entries = map_max_entries(self.fd)
+        length = entries * self._slot  # an array's elements are 8-byte aligned
+        with mmap.mmap(self.fd, (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ) as memory:
+            rows = np.frombuffer(memory, dtype=np.uint8, count=length).reshape(entries, self._slot)
+            found = [(int(i), rows[i, :value_size].tobytes()) for i in np.flatnonzero(rows.any(axis=1))]
+            del rows  # the mmap closes only once no array views it
+        for index, value in found:
+            yield index.to_bytes(4, "little"), value
 
     def erase(self, key: bytes) -> None:
         """Delete an entry; an array's is set to zeros."""
@@ -343,6 +357,7 @@ class _BpfMapInfo(ctypes.Structure):
         ("key_size", ctypes.c_uint32),
         ("value_size", ctypes.c_uint32),
         ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
     ]
 
 
@@ -357,6 +372,7 @@ def map_max_entries(fd: int) -> int:
     return int(_map_info(fd).max_entries)
 
 
+BPF_F_MMAPABLE = 1 << 10
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 
