@@ -34,7 +34,10 @@ from medseg_xdp.session import ProgramOnBridge
 
 GENERATOR_MAC = "52:54:00:77:00:01"  # vagrant/Vagrantfile
 SINK_MAC = "52:54:00:77:00:02"
-QUEUE_COUNTER = re.compile(r"^rx_queue_(\d+)_(packets|xdp_drops|drops)$")
+# Per-queue counters of one `ethtool -S` read: frames received and dropped come from one snapshot
+# (rx_packets from `ip -s link` is read apart, and skews a ratio by what arrives in between).
+# virtio-net counts rx_queue_N_packets; veth only rx_queue_N_xdp_packets, every frame its NAPI took.
+QUEUE_COUNTER = re.compile(r"^rx_queue_(\d+)_(packets|xdp_packets|xdp_drops|drops)$")
 
 
 @dataclass
@@ -59,16 +62,32 @@ def policy(mode: str) -> Any:
     return B.bench_policy(ports=("portA", "portB"), mode=mode, modality_mac=GENERATOR_MAC, pacs_mac=SINK_MAC, ring_pages=256)
 
 
-def measure(case: pps.Case, window: float, extra: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
-    host = B.HostNamespace()
-    time.sleep(1.0)  # settle: our flow opened, caches warm
-    before = (nic_counters(host, "portA"), nic_counters(host, "portB"), extra() if extra else {})
+def timed(read: Callable[[], dict[str, int]]) -> tuple[float, dict[str, int]]:
+    """(the middle of the read, the counters read)."""
     started = time.perf_counter()
+    counters = read()
+    return (started + time.perf_counter()) / 2, counters
+
+
+def measure(case: pps.Case, window: float, extra: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+    """Counts over `window` while the generator sends.
+
+    portA's, portB's and the receiver's own counters come from three reads (commands or map reads,
+    milliseconds apart, at millions of frames a second): each source's change is taken over its own
+    interval and scaled to portA's, which at a constant offered rate removes the skew between them.
+    """
+    host = B.HostNamespace()
+    sources = (lambda: nic_counters(host, "portA"), lambda: nic_counters(host, "portB"), extra or dict)
+    time.sleep(1.0)  # settle: our flow opened, caches warm
+    before = [timed(read) for read in sources]
     time.sleep(window)
-    after = (nic_counters(host, "portA"), nic_counters(host, "portB"), extra() if extra else {})
-    elapsed = time.perf_counter() - started
-    port_a, port_b, own = (pps.delta(a, b) for a, b in zip(after, before, strict=True))
-    received = port_a.get("rx_packets_all_queues") or port_a.get("rx_packets", 0)
+    after = [timed(read) for read in sources]
+    elapsed = after[0][0] - before[0][0]
+    port_a, port_b, own = (
+        {k: round(v * elapsed / (end - start)) for k, v in pps.delta(counters, previous).items()}
+        for (start, previous), (end, counters) in zip(before, after, strict=True)
+    )
+    received = port_a.get("rx_packets_all_queues") or port_a.get("rx_xdp_packets_all_queues") or port_a.get("rx_packets", 0)
     round_ = {
         "elapsed_s": elapsed,
         "received": received,
@@ -135,6 +154,12 @@ def receive(args: argparse.Namespace) -> None:
     (args.out / f"pps_vm-{args.traffic}.json").write_text(json.dumps({"results": results, "notes": notes, "window_s": args.window}, indent=2) + "\n")
 
 
+def offered(data: dict[str, Any], traffic: str) -> str:
+    """The rate pktgen reported for this traffic, if its report was collected."""
+    rate = data.get(f"pktgen_{traffic}_pps")
+    return f"{B.fmt(rate / 1e6, 2)} Mpps {traffic} traffic" if rate else f"no pktgen report for {traffic} traffic"
+
+
 def summarise(args: argparse.Namespace) -> None:
     data: dict[str, Any] = {"environment": B.environment(), "method": __doc__, "notes": [], "results": [],
                             "parameters": {"frames": 0, "rounds": 1, "frame_bytes": 60}}
@@ -157,8 +182,7 @@ def summarise(args: argparse.Namespace) -> None:
     lines = pps.report(data, per_frame="ns/frame (receiver)")
     lines[0] = "### Part 2 across VMs: packets per second into a virtio-net NIC (pktgen on another VM)"
     lines[2] = (f"pktgen on the generator VM sends 60-byte UDP frames without pause (offered: "
-                f"{B.fmt(data.get('pktgen_drop_pps', 0) / 1e6, 2)} Mpps drop traffic, {B.fmt(data.get('pktgen_pass_pps', 0) / 1e6, 2)} Mpps "
-                f"pass traffic, as pktgen reports); each receiver case counted over {data['parameters'].get('window_s', '?')} s on the "
+                f"{offered(data, 'drop')}, {offered(data, 'pass')}, as pktgen reports); each receiver case counted over {data['parameters'].get('window_s', '?')} s on the "
                 "bridge VM. The receiver has its own vCPUs here: a rate is the receiver's, capped by what pktgen offers.")
     B.write_results(args.out, "pps_vm", data, lines)
 
