@@ -518,45 +518,58 @@ action = "allow"
 
 
 _SENDER = r"""
-import sys
+import os, sys
 from pyroute2 import netns
 from medseg_xdp import bpfsys
 prog_fd = bpfsys.obj_get(sys.argv[1])
 netns.setns(sys.argv[5])  # not `ip netns exec`: its fresh /sys has no bpffs
-template, ifindex, count = bytearray.fromhex(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-for i in range(count):
-    template[34:36] = (1024 + i).to_bytes(2, "big")  # UDP source port: a new flow each time
+template, ifindex, stop_file = bytearray.fromhex(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sent = 0
+for port in range(1024, 65536):  # UDP source port: a new flow each time
+    template[34:36] = port.to_bytes(2, "big")
     bpfsys.prog_test_run(prog_fd, bytes(template), ifindex)
+    sent += 1
+    if sent == 1:
+        print("sending", flush=True)
+    if sent % 64 == 0 and os.path.exists(stop_file):
+        break
+print(sent, flush=True)
 """
+FLIPS = 24
 
 
-def test_generation_flip_never_mixes_policies() -> None:
+def test_generation_flip_never_mixes_policies(tmp_path: Path) -> None:
     """New flows judged while policies flip: identity and rules always from one generation.
 
     Policy B gives both segments other ids. A packet that took its identity
     from one generation and its rules from the other would find no rule and
     be dropped by the segment default, so any drop is a mixed judgement.
-    The sender is another process, so it runs truly beside the flips.
+    The sender is another process, so it runs truly beside the flips: it
+    sends from before the first flip until after the last.
     """
     from medseg_xdp import bpfsys
 
     policy_a = config.parse(FLIP_POLICY, "a")
     policy_b = config.parse(FLIP_POLICY.replace("[segments.left]", "[segments.left]\nid = 11").replace("[segments.right]", "[segments.right]\nid = 12"), "b")
     template = b(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.1.0.1", dst="10.2.0.1") / UDP(sport=1024, dport=53))
-    count = 30000
+    stop_file = tmp_path / "stop"
     with Tracer(policy_a) as t:
         prog_pin = t.pin_root / "prog"
         bpfsys.obj_pin(t.loader.prog_fd, str(prog_pin))
-        argv = [sys.executable, "-c", _SENDER, str(prog_pin), template.hex(), str(t.ifindex["portA"]), str(count), t.namespace.name]
-        sender = subprocess.Popen(argv)
-        flips = 0
-        while sender.poll() is None:
-            t.load_config(policy_b if flips % 2 == 0 else policy_a)
-            flips += 1
+        argv = [sys.executable, "-c", _SENDER, str(prog_pin), template.hex(), str(t.ifindex["portA"]), str(stop_file), t.namespace.name]
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as sender:
+            try:
+                assert sender.stdout is not None and sender.stdout.readline() == "sending\n"
+                for flip in range(FLIPS):
+                    t.load_config(policy_b if flip % 2 == 0 else policy_a)
+                assert sender.poll() is None, "the sender ran out of flows before the last flip"
+                stop_file.touch()
+                sent = int(sender.communicate(timeout=60)[0])
+            finally:
+                sender.kill()
         assert sender.returncode == 0
         stats = _stats(t)
-    assert flips >= 20
-    assert {k: v.packets for k, v in stats.items()} == {(abi.Verdict["pass"], abi.Reason.rule): count}
+    assert {k: v.packets for k, v in stats.items()} == {(abi.Verdict["pass"], abi.Reason.rule): sent}
 
 
 def test_break_glass_passes_everything_and_its_end_re_enforces_open_flows() -> None:
