@@ -8,7 +8,8 @@
 #    traffic, without pause; meanwhile bench/pps_vm.py on the bridge VM puts each receiver case on
 #    portA in turn and counts over WINDOW seconds;
 # 4. copies every JSON and markdown file back into OUT_DIR, with summary.md and pps_vm.md.
-# Environment: WINDOW (seconds per receiver case, default 5), SKIP_SINGLE_HOST=1 to skip step 2.
+# Environment: WINDOW (seconds per receiver case, default 5), SKIP_SINGLE_HOST=1 to skip step 2;
+# REMOTE_SRC, REMOTE_PY, REMOTE_OUT: the repository, python and results directory on the VMs.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,9 +18,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$HERE"
 WINDOW=${WINDOW:-5}
-SRC=/opt/medseg-xdp/src
-PY=/opt/medseg-xdp/venv/bin/python
-REMOTE_OUT=/var/tmp/medseg-bench
+# On the VMs (as provisioning lays them out; tests/test_vagrant.py points them at namespaces here)
+SRC=${REMOTE_SRC:-/opt/medseg-xdp/src}
+PY=${REMOTE_PY:-/opt/medseg-xdp/venv/bin/python}
+REMOTE_OUT=${REMOTE_OUT:-/var/tmp/medseg-bench}
 
 say() { echo "run_bench: $*"; }
 
