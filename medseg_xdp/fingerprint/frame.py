@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from typing import NamedTuple
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -30,18 +31,20 @@ class Side(Enum):
     DST = "dst"
 
 
-@dataclass(frozen=True)
-class Observation:
-    """One fact about one side of a frame: e.g. (SRC, "dhcp.vendor_class", "MSFT 5.0")."""
+class Observation(NamedTuple):
+    """One fact about one side of a frame: e.g. (SRC, "dhcp.vendor_class", "MSFT 5.0").
+
+    A NamedTuple: immutable, and built in a fraction of a frozen dataclass's time (parsers make one or
+    two of them per sample)."""
 
     side: Side
     signal: str
     value: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Frame:
-    """The parts of a frame the parsers need; absent parts are None / empty."""
+    """The parts of a frame the parsers need; absent parts are None / empty (slots: faster to build and read)."""
 
     data: bytes
     src_mac: str = ""

@@ -31,9 +31,9 @@ it says nothing about a service.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from medseg_xdp.fingerprint.frame import TCP, UDP, Frame, Observation, Side
-from medseg_xdp.fingerprint.parsers._text import emit
 
 SYSTEM_PORTS_END = 1024  # RFC 6335: 0-1023 are system ports
 EPHEMERAL_START = 32768  # Linux's default ip_local_port_range starts here
@@ -44,17 +44,17 @@ UDP_SERVICE_PORTS = frozenset(
 
 def parse(frame: Frame) -> list[Observation]:
     """service.serves / service.uses from a TCP SYN or SYN-ACK, or a UDP datagram to a service port."""
-    out: list[Observation] = []
+    out: list[Observation] = []  # values built here from integers: printable, nothing to clean
     if frame.proto == TCP:
         if frame.is_syn_ack and _tcp_service_port(frame.sport):
-            emit(out, Side.SRC, "service.serves", f"tcp/{frame.sport}")
-            emit(out, Side.DST, "service.uses", f"tcp/{frame.sport}")
+            out.append(Observation(Side.SRC, "service.serves", f"tcp/{frame.sport}"))
+            out.append(Observation(Side.DST, "service.uses", f"tcp/{frame.sport}"))
         elif frame.is_syn and _tcp_service_port(frame.dport):
-            emit(out, Side.SRC, "service.uses", f"tcp/{frame.dport}")
+            out.append(Observation(Side.SRC, "service.uses", f"tcp/{frame.dport}"))
     elif frame.proto == UDP and _udp_service_port(frame.dport):
-        emit(out, Side.SRC, "service.uses", f"udp/{frame.dport}")
+        out.append(Observation(Side.SRC, "service.uses", f"udp/{frame.dport}"))
         if not is_group_destination(frame):
-            emit(out, Side.DST, "service.serves", f"udp/{frame.dport}")
+            out.append(Observation(Side.DST, "service.serves", f"udp/{frame.dport}"))
     return out
 
 
@@ -71,7 +71,16 @@ def is_group_destination(frame: Frame) -> bool:
     try:
         if frame.dst_mac and int(frame.dst_mac[:2], 16) & 0x01:
             return True  # IEEE 802: the I/G bit of the first octet marks group addresses
-        address = ipaddress.ip_address(frame.dst_ip or "")
+    except ValueError:
+        return False
+    return _is_group_ip(frame.dst_ip or "")
+
+
+@lru_cache(maxsize=4096)
+def _is_group_ip(text: str) -> bool:
+    """Multicast or limited broadcast; cached: parsing an address costs about a microsecond."""
+    try:
+        address = ipaddress.ip_address(text)
     except ValueError:
         return False
     return address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255")
