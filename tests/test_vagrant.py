@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from medseg_xdp.loader import BPFFS
-from medseg_xdp.topology import HOST_IFNAME, HostSpec, InlineBridge
+from medseg_xdp.topology import HOST_IFNAME, HostSpec, InlineBridge, Namespace
 
 VAGRANT_DIR = Path(__file__).resolve().parents[1] / "vagrant"
 
@@ -90,3 +90,38 @@ def test_run_bench_measures_every_receiver_case(tmp_path: Path) -> None:
     assert "our drop path ÷ XDP_DROP-only" in (out / "pps_vm.md").read_text()
     assert {p.name for p in out.iterdir()} >= {"pps_vm-drop.json", "pps_vm-pass.json", "pktgen-drop.txt", "pktgen-pass.txt",
                                                "vm-gen.txt", "vm-bridge.txt", "vm-sink.txt"}
+
+
+# ---- vagrant/provision.sh ----
+
+VM_NICS = {"bridge": {"portA": "52:54:00:77:00:0a", "portB": "52:54:00:77:00:0b"}, "sink": {"sink0": SINK.mac}}  # vagrant/Vagrantfile
+
+
+@pytest.mark.root
+def test_provision_names_nics_by_mac_and_builds_the_bridge_and_the_sink(tmp_path: Path) -> None:
+    """provision.sh's bridge and sink roles, each in a namespace whose NICs carry the Vagrantfile's MACs.
+
+    Twice, as `vagrant provision` re-runs it. The gen role loads pktgen, which this kernel lacks.
+    """
+    with Namespace("vm-bridge") as bridge, Namespace("vm-sink") as sink:
+        vms = {"bridge": bridge, "sink": sink}
+        for role, nics in VM_NICS.items():
+            for index, mac in enumerate(nics.values()):  # named as the kernel might name them
+                vms[role].run(["ip", "link", "add", f"ens{index + 5}", "address", mac, "type", "veth", "peer", "name", f"wire{index}"])
+        for _ in range(2):
+            for role, nics in VM_NICS.items():
+                argv = [item for name, mac in nics.items() for item in (name, mac)]
+                vms[role].run(["env", f"MEDSEG_SRC={REPO}", f"SYSTEMD_NETWORK_DIR={tmp_path / role}",
+                               "bash", str(VAGRANT_DIR / "provision.sh"), role, *argv], timeout=600)
+        for role, nics in VM_NICS.items():
+            links = {link["ifname"]: link for link in json.loads(vms[role].run(["ip", "-j", "link", "show"]).stdout)}
+            for name, mac in nics.items():
+                assert links[name]["address"] == mac and "UP" in links[name]["flags"], links[name]
+                assert (tmp_path / role / f"10-medseg-{name}.link").read_text() == f"[Match]\nMACAddress={mac}\n\n[Link]\nName={name}\n"
+        bridge_links = {link["ifname"]: link for link in json.loads(bridge.run(["ip", "-j", "link", "show"]).stdout)}
+        assert bridge_links["portA"]["master"] == bridge_links["portB"]["master"] == "br0"
+        fdb = json.loads(bridge.run(["bridge", "-j", "fdb", "show", "dev", "portB"]).stdout)
+        assert any(entry["mac"] == SINK.mac and entry.get("state") == "static" for entry in fdb), fdb
+        addresses = json.loads(sink.run(["ip", "-j", "addr", "show", "sink0"]).stdout)[0]["addr_info"]
+        assert {(a["local"], a["prefixlen"]) for a in addresses if a["family"] == "inet"} == {("10.77.0.2", 24)}
+        assert sink.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "0"

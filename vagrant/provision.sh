@@ -8,7 +8,10 @@ set -euo pipefail
 
 ROLE=$1
 shift
-SRC=/opt/medseg-xdp/src
+# Where the Vagrantfile syncs the repository, and where NIC names are kept for boot;
+# tests/test_vagrant.py provisions network namespaces and points both elsewhere.
+SRC=${MEDSEG_SRC:-/opt/medseg-xdp/src}
+SYSTEMD_NETWORK_DIR=${SYSTEMD_NETWORK_DIR:-/etc/systemd/network}
 QUEUES=${QUEUES:-4}
 SINK_MAC=52:54:00:77:00:02
 
@@ -16,8 +19,8 @@ say() { echo "provision ($ROLE): $*"; }
 
 name_nic() {  # IFNAME MAC: give the NIC with that MAC this name, now and at every boot
     local want=$1 mac=$2 current
-    mkdir -p /etc/systemd/network
-    printf '[Match]\nMACAddress=%s\n\n[Link]\nName=%s\n' "$mac" "$want" > "/etc/systemd/network/10-medseg-$want.link"
+    mkdir -p "$SYSTEMD_NETWORK_DIR"
+    printf '[Match]\nMACAddress=%s\n\n[Link]\nName=%s\n' "$mac" "$want" > "$SYSTEMD_NETWORK_DIR/10-medseg-$want.link"
     current=$(ip -o link | awk -v mac="$mac" 'tolower($0) ~ mac { sub(/:$/, "", $2); sub(/@.*/, "", $2); print $2; exit }')
     [[ -n $current ]] || { echo "provision: no NIC with MAC $mac" >&2; exit 1; }
     if [[ $current != "$want" ]]; then
