@@ -156,8 +156,12 @@ def receive(args: argparse.Namespace) -> None:
 
 def offered(data: dict[str, Any], traffic: str) -> str:
     """The rate pktgen reported for this traffic, if its report was collected."""
-    rate = data.get(f"pktgen_{traffic}_pps")
-    return f"{B.fmt(rate / 1e6, 2)} Mpps {traffic} traffic" if rate else f"no pktgen report for {traffic} traffic"
+    key = f"pktgen_{traffic}_pps"
+    if key not in data:
+        return f"no pktgen report for {traffic} traffic"
+    if data[key] is None:
+        return f"a pktgen report for {traffic} traffic without a rate"
+    return f"{B.fmt(data[key] / 1e6, 2)} Mpps {traffic} traffic"
 
 
 def summarise(args: argparse.Namespace) -> None:
@@ -173,7 +177,7 @@ def summarise(args: argparse.Namespace) -> None:
         generator = args.out / f"pktgen-{traffic}.txt"
         if generator.exists():
             rates = [int(m) for m in re.findall(r"(\d+)pps", generator.read_text())]
-            data[f"pktgen_{traffic}_pps"] = sum(rates)
+            data[f"pktgen_{traffic}_pps"] = sum(rates) if rates else None  # None: a report without a rate
     order = {case.name: i for i, case in enumerate(pps.CASES)}
     data["results"].sort(key=lambda r: order.get(r["case"], 99))
     for result in data["results"]:

@@ -525,14 +525,13 @@ prog_fd = bpfsys.obj_get(sys.argv[1])
 netns.setns(sys.argv[5])  # not `ip netns exec`: its fresh /sys has no bpffs
 template, ifindex, stop_file = bytearray.fromhex(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 sent = 0
-for port in range(1024, 65536):  # UDP source port: a new flow each time
-    template[34:36] = port.to_bytes(2, "big")
+while sent < 10_000_000 and not (sent % 64 == 0 and os.path.exists(stop_file)):
+    # UDP ports: a new flow each time (the policy allows any UDP port)
+    template[34:38] = (1024 + sent % 64_000).to_bytes(2, "big") + (53 + sent // 64_000).to_bytes(2, "big")
     bpfsys.prog_test_run(prog_fd, bytes(template), ifindex)
     sent += 1
     if sent == 1:
         print("sending", flush=True)
-    if sent % 64 == 0 and os.path.exists(stop_file):
-        break
 print(sent, flush=True)
 """
 FLIPS = 24
@@ -559,15 +558,18 @@ def test_generation_flip_never_mixes_policies(tmp_path: Path) -> None:
         argv = [sys.executable, "-c", _SENDER, str(prog_pin), template.hex(), str(t.ifindex["portA"]), str(stop_file), t.namespace.name]
         with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as sender:
             try:
-                assert sender.stdout is not None and sender.stdout.readline() == "sending\n"
+                assert sender.stdout is not None
+                started = sender.stdout.readline()
+                assert started == "sending\n", f"the sender did not start: {started!r}"
                 for flip in range(FLIPS):
                     t.load_config(policy_b if flip % 2 == 0 else policy_a)
-                assert sender.poll() is None, "the sender ran out of flows before the last flip"
+                assert sender.poll() is None, "the sender stopped before the last flip"
                 stop_file.touch()
-                sent = int(sender.communicate(timeout=60)[0])
+                output = sender.communicate(timeout=60)[0]
             finally:
                 sender.kill()
-        assert sender.returncode == 0
+        assert sender.returncode == 0, output
+        sent = int(output)
         stats = _stats(t)
     assert {k: v.packets for k, v in stats.items()} == {(abi.Verdict["pass"], abi.Reason.rule): sent}
 

@@ -49,19 +49,34 @@ def send(traffic: str) -> None:
     partial.rename(STATE / "result")
 
 
+STATE_FILES = ("pid", "sending", "stop", "result", "result.partial")
+
+
 def start(traffic: str) -> None:
     stop()
-    sender = subprocess.Popen([sys.executable, __file__, "send", traffic], start_new_session=True,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    for leftover in STATE_FILES:
+        (STATE / leftover).unlink(missing_ok=True)
+    with open(STATE / "sender.log", "a") as log:  # not the caller's stderr: ssh would wait for the sender's end
+        sender = subprocess.Popen([sys.executable, __file__, "send", traffic], start_new_session=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     (STATE / "pid").write_text(str(sender.pid))
     while not (STATE / "sending").exists():
         if sender.poll() is not None:
-            sys.exit(f"pktgen stand-in: the sender exited with {sender.returncode}")
+            sys.exit(f"pktgen stand-in: the sender exited with {sender.returncode} (see {STATE / 'sender.log'})")
         time.sleep(0.05)
     print(f"pktgen stand-in: sending {traffic} traffic (UDP to {PORTS[traffic]}) on {DEV}")
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop() -> None:
+    """Like pktgen.sh stop: the sender's result, or nothing when no sender runs (a dead one is cleared)."""
     pid_file = STATE / "pid"
     if not pid_file.exists():
         return
@@ -71,15 +86,17 @@ def stop() -> None:
         if (STATE / "result").exists():
             print(f"== {DEV}@0")
             print((STATE / "result").read_text(), end="")
-            for done in ("pid", "sending", "stop", "result"):
-                (STATE / done).unlink()
-            return
+            break
+        if not alive(pid):
+            print(f"pktgen stand-in: the sender had died (see {STATE / 'sender.log'})", file=sys.stderr)
+            break
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    for done in ("pid", "sending", "stop"):
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        print("pktgen stand-in: the sender did not stop; killed", file=sys.stderr)
+    for done in STATE_FILES:
         (STATE / done).unlink(missing_ok=True)
-    sys.exit("pktgen stand-in: the sender did not stop")
 
 
 if __name__ == "__main__":
