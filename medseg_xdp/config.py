@@ -573,16 +573,18 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
                 raise r.fail(f"{path}.vlans[{index}]", f"VLAN {vlan} is already segment {owner_of_vlan[vlan]!r}")
             owner_of_vlan[vlan] = name
         mode = r.choice(body, "mode", f"{path}.mode", MODES, abi.Mode.monitor)
-        holds_life_critical = any(catalog.criticality(c) == LIFE_CRITICAL for c in classes)
+        # life-critical by its classes, or because the config says so (a segment of MACs or prefixes)
+        life_critical = any(catalog.criticality(c) == LIFE_CRITICAL for c in classes) or r.get(
+            body, "life_critical", f"{path}.life_critical", bool, False)
         allow_enforce = r.get(body, "allow_enforce_life_critical", f"{path}.allow_enforce_life_critical", bool, False)
-        if holds_life_critical and mode == abi.Mode.enforce and not allow_enforce:
+        if life_critical and mode == abi.Mode.enforce and not allow_enforce:
             raise r.fail(f"{path}.mode", "enforcing a segment of life-critical devices must be explicit: set allow_enforce_life_critical = true")
         segments[name] = Segment(
             name=name,
             id=number,
             mode=mode,
             default=r.choice(body, "default", f"{path}.default", ACTIONS, abi.Action.allow),
-            life_critical=holds_life_critical or r.get(body, "life_critical", f"{path}.life_critical", bool, False),
+            life_critical=life_critical,
             management=r.get(body, "management", f"{path}.management", bool, False),
             macs=tuple(macs),
             prefixes=tuple(prefixes),

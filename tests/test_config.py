@@ -47,6 +47,8 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         ("[bridge]\nport = []", "bridge.port: unknown key"),
         ("[segments.unassigned]\nmacs = []", "segments.unassigned.macs: the pseudo-segment 'unassigned' takes only"),
         ("not toml = = 1", "(at line 1, column 5)"),
+        ('[segments.x]\nclasses = ["infusion_pump"]\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
+        ('[segments.x]\nmacs = ["00:11:22:33:44:55"]\nlife_critical = true\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
     ],
 )
 def test_errors_name_the_file_and_the_path(text: str, message: str) -> None:

@@ -106,6 +106,7 @@ macs = ["{client_mac}"]
 mode = "enforce"
 default = "drop"
 life_critical = true
+allow_enforce_life_critical = true
 
 [segments.pumps]
 macs = ["{pump_mac}"]
