@@ -42,10 +42,11 @@ class LoaderError(RuntimeError):
 
 
 # BPF instruction encoding (linux/bpf.h), for stack_depth
-BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_ALU64 = 0x01, 0x02, 0x03, 0x04, 0x07
-BPF_MOV64_X, BPF_ADD64_K, BPF_SUB64_K, BPF_CALL = 0xBF, 0x07, 0x17, 0x85
+BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+BPF_MOV64_X, BPF_ADD64_K, BPF_SUB64_K, BPF_CALL, BPF_EXIT, BPF_JA, BPF_LD_IMM64 = 0xBF, 0x07, 0x17, 0x85, 0x95, 0x05, 0x18
 BPF_OP_MASK, BPF_MOV = 0xF0, 0xB0
 BPF_REG_FP = 10
+CALLER_SAVED = range(6)  # r0 (the result) and r1-r5 (the arguments): a call leaves them undefined
 
 
 def table_cflags(sizes: TableSizes) -> list[str]:
@@ -98,6 +99,61 @@ def kernel_headers_problem() -> str | None:
     return None
 
 
+def stack_depth(raw: bytes) -> int:
+    """The deepest stack offset raw (BPF instructions) touches, following the control flow.
+
+    A register is known to point into the stack (at r10 + offset) only where every path to an instruction
+    agrees on it; ALU on such a pointer other than adding or subtracting a constant is refused.
+    """
+    insns = list(struct.iter_unpack("<BBhi", raw))
+    states: list[dict[int, int] | None] = [None] * len(insns)  # register -> stack offset, before each instruction
+    states[0] = {BPF_REG_FP: 0}
+    work = [0]
+    deepest = 0
+    while work:
+        index = work.pop()
+        at = dict(states[index])  # type: ignore[arg-type]
+        code, regs, offset, imm = insns[index]
+        dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
+        base = dst if kind in (BPF_ST, BPF_STX) else src if kind == BPF_LDX else None
+        if base in at:
+            deepest = min(deepest, at[base] + offset)
+        successors = [index + 1]
+        if code == BPF_LD_IMM64:
+            at.pop(dst, None)
+            successors = [index + 2]  # the instruction takes two slots
+        elif kind == BPF_LDX:
+            at.pop(dst, None)
+        elif code == BPF_CALL:
+            for reg in CALLER_SAVED:
+                at.pop(reg, None)
+        elif code == BPF_EXIT:
+            successors = []
+        elif kind in (BPF_JMP, BPF_JMP32):
+            target = index + 1 + offset
+            successors = [target] if code == BPF_JA else [index + 1, target]
+        elif code == BPF_MOV64_X:
+            if src in at:
+                at[dst] = at[src]
+            else:
+                at.pop(dst, None)
+        elif code in (BPF_ADD64_K, BPF_SUB64_K) and dst in at:
+            at[dst] += imm if code == BPF_ADD64_K else -imm
+            deepest = min(deepest, at[dst])
+        elif kind in (BPF_ALU, BPF_ALU64) and dst in at:
+            if code & BPF_OP_MASK == BPF_MOV or kind == BPF_ALU:
+                at.pop(dst)  # overwritten, or cut to 32 bits: no stack pointer any more
+            else:  # a variable offset, say: the verifier follows it, this scan cannot
+                raise LoaderError(f"stack_depth: instruction {index} ({code:#x}) moves a stack pointer by an amount this scan cannot follow")
+        for successor in successors:
+            known = states[successor]
+            merged = at if known is None else {reg: value for reg, value in known.items() if at.get(reg) == value}
+            if merged != known:
+                states[successor] = merged
+                work.append(successor)
+    return -deepest
+
+
 class Loader:
     """Compiles and attaches the program of one bridge."""
 
@@ -129,27 +185,7 @@ class Loader:
         """Bytes of the 512-byte BPF stack the compiled program uses: the deepest frame-pointer (r10) offset
         its instructions touch, directly or through a register set to r10 plus a constant. LLVM versions lay
         the stack out differently, so the tests keep a margin below the limit."""
-        raw = self.bpf.dump_func(PROGRAM_NAME.encode())  # type: ignore[attr-defined]
-        deepest = 0
-        at = {BPF_REG_FP: 0}  # register -> the stack offset it points at, where known
-        for code, regs, offset, imm in struct.iter_unpack("<BBhi", raw):
-            dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
-            base = dst if kind in (BPF_ST, BPF_STX) else src if kind == BPF_LDX else None
-            if base in at:
-                deepest = min(deepest, at[base] + offset)
-            if kind == BPF_LDX or code == BPF_CALL:
-                at.pop(dst if kind == BPF_LDX else 0, None)  # a load or a helper's result overwrites it
-            elif code == BPF_MOV64_X and src in at:
-                at[dst] = at[src]
-            elif code in (BPF_ADD64_K, BPF_SUB64_K) and dst in at:
-                at[dst] += imm if code == BPF_ADD64_K else -imm
-                deepest = min(deepest, at[dst])
-            elif kind in (BPF_ALU, BPF_ALU64) and dst in at:
-                if code & BPF_OP_MASK == BPF_MOV or kind == BPF_ALU:
-                    at.pop(dst)  # overwritten, or cut to 32 bits: no stack pointer any more
-                else:  # a variable offset, say: the verifier follows it, this scan cannot
-                    raise LoaderError(f"stack_depth: instruction {code:#x} moves a stack pointer by an amount this scan cannot follow")
-        return -deepest
+        return stack_depth(self.bpf.dump_func(PROGRAM_NAME.encode()))  # type: ignore[attr-defined]
 
     @property
     def bpf(self) -> object:
