@@ -154,9 +154,15 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, pressure, PRESSURE_MAX,
 BPF_TABLE_PINNED("percpu_array", u32, struct decision, last_decision, 1,
 		 PINNED(last_decision));
 
-/* Per CPU token bucket for drop-event and flowless samples. */
-BPF_TABLE_PINNED("percpu_array", u32, struct event_budget, event_budget, 1,
-		 PINNED(event_budget));
+/* Rate and depth of each token bucket (BUDGET_*) of the samples that no
+ * flow paces: drop events and flowless samples, and DHCP. Set with the
+ * policy's settings. */
+BPF_TABLE_PINNED("array", u32, struct budget_config, sample_budgets,
+		 BUDGET_MAX, PINNED(sample_budgets));
+
+/* Per CPU: the state of those buckets. */
+BPF_TABLE_PINNED("percpu_array", u32, struct event_budget, event_budget,
+		 BUDGET_MAX, PINNED(event_budget));
 
 /* Samples to the manager. Not pinned: its consumer is the manager itself. */
 BPF_RINGBUF_OUTPUT(samples, RING_PAGES);

@@ -77,7 +77,8 @@ enum medseg_pressure {
 	PRESSURE_FRAG_INSERT_FAILED = 2,
 	PRESSURE_RING_FULL = 3,           /* sample wanted, ring buffer full */
 	PRESSURE_EVENT_RATE_LIMITED = 4,  /* drop/flowless sample over budget */
-	PRESSURE_MAX = 5,
+	PRESSURE_DHCP_RATE_LIMITED = 5,   /* DHCP sample over budget (a flood) */
+	PRESSURE_MAX = 6,
 };
 
 /* Flags in struct decision.flags */
@@ -115,20 +116,29 @@ enum medseg_pressure {
 #define MAX_RULE_IDS 16384
 #define SAMPLE_SNAPLEN 512
 #define MAX_IPV6_EXT_HEADERS 6
-/* events_per_sec at this value never limits (tests and trace use it). */
+/* A sample budget's per_sec at this value never limits (tests use it). */
 #define EVENTS_UNLIMITED 4294967295
+/* The token buckets of the samples that no flow paces (sample_budgets,
+ * event_budget). */
+#define BUDGET_EVENTS 0  /* drop events and flowless samples */
+#define BUDGET_DHCP 1    /* DHCP rail samples: a DHCP flood must not fill the ring */
+#define BUDGET_MAX 2
 
 /* ---- configuration, one slot each ---- */
 
 struct settings {
 	u32 sample_first_packets;  /* K: first K packets of every flow */
 	u32 sample_one_in_n;       /* N: then every N-th packet; 0 = off */
-	u32 events_per_sec;        /* drop + flowless samples, token rate; 0 = off */
-	u32 events_burst;          /* token bucket depth */
 	u32 flags;                 /* SETTING_* */
 	u32 snaplen;               /* bytes copied per sample, <= SAMPLE_SNAPLEN */
 	u32 tcp_idle_timeout_s;    /* a TCP flow idle this long is judged anew; 0 = never */
 	u32 idle_timeout_s;        /* the same for UDP, ICMP and the rest */
+};
+
+/* A token bucket's rate and depth (sample_budgets, one per BUDGET_*). */
+struct budget_config {
+	u32 per_sec;  /* tokens a second; 0: none of these samples */
+	u32 burst;    /* the bucket's depth */
 };
 
 /* ---- identity ---- */

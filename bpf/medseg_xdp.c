@@ -837,26 +837,29 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 
 /* ---- the single exit ---- */
 
-/* Token bucket for samples that have no flow to pace them. */
-static __always_inline int take_event_token(struct settings *s, u64 now)
+/* A token of a bucket (BUDGET_*) of the samples that no flow paces:
+ * 1 taken, 0 over the rate, -1 the bucket's samples are off. */
+static __always_inline int take_token(u32 budget, u64 now)
 {
-	u32 zero = 0;
+	struct budget_config *cfg = sample_budgets.lookup(&budget);
 
-	if (s->events_per_sec == EVENTS_UNLIMITED)
+	if (!cfg || !cfg->per_sec)
+		return -1;
+	if (cfg->per_sec == EVENTS_UNLIMITED)
 		return 1;
-	struct event_budget *b = event_budget.lookup(&zero);
-	if (!b || !s->events_per_sec)
+	struct event_budget *b = event_budget.lookup(&budget);
+	if (!b)
 		return 0;
 	u64 elapsed = now - b->last_refill_ns;
 	if (elapsed >= ONE_SECOND_NS) {
-		b->tokens = s->events_burst;
+		b->tokens = cfg->burst;
 		b->last_refill_ns = now;
 	} else {
-		u64 add = elapsed * s->events_per_sec / ONE_SECOND_NS;
+		u64 add = elapsed * cfg->per_sec / ONE_SECOND_NS;
 		if (add) {
 			b->tokens += add;
-			if (b->tokens > s->events_burst)
-				b->tokens = s->events_burst;
+			if (b->tokens > cfg->burst)
+				b->tokens = cfg->burst;
 			b->last_refill_ns = now;
 		}
 	}
@@ -864,6 +867,24 @@ static __always_inline int take_event_token(struct settings *s, u64 now)
 		return 0;
 	b->tokens--;
 	return 1;
+}
+
+/* A sample no flow paces goes out within its bucket's rate, and what the
+ * rate holds back is counted. */
+static __always_inline void pace_sample(struct decision *d, u64 now)
+{
+	int dhcp = d->sample_kind == SAMPLE_DHCP;
+
+	if (!dhcp && d->sample_kind != SAMPLE_DROP_EVENT &&
+	    d->sample_kind != SAMPLE_FLOWLESS)
+		return;
+	int token = take_token(dhcp ? BUDGET_DHCP : BUDGET_EVENTS, now);
+	if (token > 0)
+		return;
+	if (token == 0)
+		count_pressure(dhcp ? PRESSURE_DHCP_RATE_LIMITED :
+				      PRESSURE_EVENT_RATE_LIMITED);
+	d->sample_kind = SAMPLE_NONE;
 }
 
 struct sample_record {
@@ -944,12 +965,7 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 
 	if (d->sample_kind == SAMPLE_NONE && d->verdict == VERDICT_DROP)
 		d->sample_kind = SAMPLE_DROP_EVENT;
-	if ((d->sample_kind == SAMPLE_DROP_EVENT ||
-	     d->sample_kind == SAMPLE_FLOWLESS) && !take_event_token(s, now)) {
-		if (s->events_per_sec)
-			count_pressure(PRESSURE_EVENT_RATE_LIMITED);
-		d->sample_kind = SAMPLE_NONE;
-	}
+	pace_sample(d, now);
 	if (d->sample_kind != SAMPLE_NONE)
 		emit_sample(ctx, pkt, d, s, now);
 

@@ -146,6 +146,7 @@ FragVerdict = STRUCTS["frag_verdict"]
 Counter = STRUCTS["counter"]
 Decision = STRUCTS["decision"]
 EventBudget = STRUCTS["event_budget"]
+BudgetConfig = STRUCTS["budget_config"]
 SampleHeader = STRUCTS["sample_header"]
 
 

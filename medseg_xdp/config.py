@@ -23,6 +23,8 @@ segment whatever address it claims.
     sample_one_in_n = 1000            # N (0: off)
     events_per_sec = 100              # drop-event and flowless samples
     events_burst = 200
+    dhcp_samples_per_sec = 500        # DHCP samples (each CPU; 0: none): a DHCP flood cannot fill the ring
+    dhcp_samples_burst = 1000
     snaplen = 512
     unknown_ethertype = "pass"        # or "drop"
     tcp_idle_timeout = 7200           # seconds a flow may idle before it is judged anew (0: never);
@@ -210,6 +212,10 @@ class Settings:
     sample_one_in_n: int = 1000
     events_per_sec: int = 100
     events_burst: int = 200
+    # DHCP is the richest fingerprint and rare (a lease, a renewal): sampled up to this rate per CPU, so that a
+    # DHCP flood (starvation, a DHCP fuzzer) cannot fill the ring buffer and blind the X-ray to everything else
+    dhcp_samples_per_sec: int = 500
+    dhcp_samples_burst: int = 1000
     snaplen: int = abi.const("SAMPLE_SNAPLEN")
     drop_unknown_ethertype: bool = False
     tcp_idle_timeout: int = 7200  # seconds; TCP resumes through mid-stream pickup
@@ -494,7 +500,7 @@ def _address(r: _Reader, text: str, path: str) -> ipaddress.IPv4Address | ipaddr
 
 
 def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
-    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}, "settings")
+    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "dhcp_samples_per_sec", "dhcp_samples_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}, "settings")
     defaults = Settings()
     u32 = 2**32 - 1
     return Settings(
@@ -502,6 +508,8 @@ def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
         sample_one_in_n=r.integer(data, "sample_one_in_n", "settings.sample_one_in_n", defaults.sample_one_in_n, 0, u32),
         events_per_sec=r.integer(data, "events_per_sec", "settings.events_per_sec", defaults.events_per_sec, 0, u32),
         events_burst=r.integer(data, "events_burst", "settings.events_burst", defaults.events_burst, 0, u32),
+        dhcp_samples_per_sec=r.integer(data, "dhcp_samples_per_sec", "settings.dhcp_samples_per_sec", defaults.dhcp_samples_per_sec, 0, u32),
+        dhcp_samples_burst=r.integer(data, "dhcp_samples_burst", "settings.dhcp_samples_burst", defaults.dhcp_samples_burst, 0, u32),
         snaplen=r.integer(data, "snaplen", "settings.snaplen", defaults.snaplen, 1, abi.const("SAMPLE_SNAPLEN")),
         drop_unknown_ethertype=r.choice(data, "unknown_ethertype", "settings.unknown_ethertype", {"pass": False, "drop": True}, False),
         tcp_idle_timeout=r.integer(data, "tcp_idle_timeout", "settings.tcp_idle_timeout", defaults.tcp_idle_timeout, 0, u32),

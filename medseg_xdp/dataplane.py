@@ -52,6 +52,7 @@ MAP_LAYOUTS: dict[str, tuple[type, type, bool]] = {
     "rule_hits": (U32, abi.Counter, True),
     "pressure": (U32, U64, True),
     "last_decision": (U32, abi.Decision, True),
+    "sample_budgets": (U32, abi.BudgetConfig, False),
     "event_budget": (U32, abi.EventBudget, True),
 }
 

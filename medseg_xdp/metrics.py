@@ -48,7 +48,8 @@ ACTIVE_FLOW_S = 60  # a flow with a packet in the last minute is active
 APPLY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 NO_SEGMENT = "none"  # a device that no MAC, class or pin places (a prefix or VLAN may still)
 # Sample losses come from these pressure counters; the others are map pressure.
-SAMPLE_LOSSES = {abi.Pressure.ring_full: "ring_full", abi.Pressure.event_rate_limited: "rate_limited"}
+SAMPLE_LOSSES = {abi.Pressure.ring_full: "ring_full", abi.Pressure.event_rate_limited: "rate_limited",
+                 abi.Pressure.dhcp_rate_limited: "dhcp_rate_limited"}
 
 
 def _version() -> str:

@@ -22,7 +22,7 @@ MapContents = dict[str, dict[bytes, bytes]]
 # Maps whose keys start with the generation (LPM keys right after prefixlen).
 GENERATIONAL_MAPS = ("devices", "prefixes_v4", "prefixes_v6", "rail_hosts", "segments", "rules_exact", "rules", "pair_defaults")
 # Maps written in place: not part of a policy generation.
-IN_PLACE_MAPS = ("ports", "port_vlans", "settings")
+IN_PLACE_MAPS = ("ports", "port_vlans", "settings", "sample_budgets")
 RULE_KEY_FIXED_BITS = 80  # gen + segments + proto + pad, before the port
 
 
@@ -360,11 +360,12 @@ def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapCon
     settings = abi.Settings(
         sample_first_packets=s.sample_first_packets,
         sample_one_in_n=s.sample_one_in_n,
-        events_per_sec=s.events_per_sec,
-        events_burst=s.events_burst,
         flags=flags,
         snaplen=s.snaplen,
         tcp_idle_timeout_s=s.tcp_idle_timeout,
         idle_timeout_s=s.idle_timeout,
     )
     _put(contents, "settings", ctypes.c_uint32(0), settings)
+    for budget, per_sec, burst in ((abi.const("BUDGET_EVENTS"), s.events_per_sec, s.events_burst),
+                                   (abi.const("BUDGET_DHCP"), s.dhcp_samples_per_sec, s.dhcp_samples_burst)):
+        _put(contents, "sample_budgets", ctypes.c_uint32(budget), abi.BudgetConfig(per_sec=per_sec, burst=burst))

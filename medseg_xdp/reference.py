@@ -134,6 +134,7 @@ MapContents = dict[str, dict[bytes, bytes]]
 CONFIG_MAPS: dict[str, tuple[Any, Any]] = {
     "active_gen": (ctypes.c_uint32, ctypes.c_uint32),
     "settings": (ctypes.c_uint32, abi.Settings),
+    "sample_budgets": (ctypes.c_uint32, abi.BudgetConfig),  # an array: an absent budget reads as zeros
     "ports": (ctypes.c_uint32, abi.PortInfo),  # an array: an absent port reads as zeros
     "port_vlans": (abi.PortVlanKey, ctypes.c_uint8),
     "devices": (abi.DeviceKey, abi.EndpointInfo),
@@ -506,7 +507,7 @@ class ReferenceDataplane:
         self.pair_stats: dict[int, abi.Counter] = {}  # by index, as the program's array
         self.pressure: dict[int, int] = {}
         self.last_decision = abi.Decision()
-        self.event_budget = abi.EventBudget()
+        self.event_budget = [abi.EventBudget() for _ in range(C.BUDGET_MAX)]
         self.load(maps)
 
     def load(self, maps: MapContents) -> None:
@@ -528,6 +529,7 @@ class ReferenceDataplane:
             tables[name].setdefault(ZERO_KEY, CONFIG_MAPS[name][1]())
         self.active_gen: dict[bytes, ctypes.c_uint32] = tables["active_gen"]
         self.settings: dict[bytes, abi.Settings] = tables["settings"]
+        self.sample_budgets: dict[bytes, abi.BudgetConfig] = tables["sample_budgets"]
         self.ports: dict[bytes, abi.PortInfo] = tables["ports"]
         self.port_vlans: dict[bytes, ctypes.c_uint8] = tables["port_vlans"]
         self.devices: dict[bytes, abi.EndpointInfo] = tables["devices"]
@@ -1036,28 +1038,41 @@ class ReferenceDataplane:
 
     # ---- the single exit ----
 
-    def take_event_token(self, s: abi.Settings, now: int) -> bool:
-        """take_event_token(): the token bucket of samples that have no flow to pace them."""
-        if s.events_per_sec == C.EVENTS_UNLIMITED:
-            return True
-        b = self.event_budget
-        if not s.events_per_sec:
-            return False
+    def take_token(self, budget: int, now: int) -> int:
+        """take_token(): a token of a bucket (BUDGET_*): 1 taken, 0 over the rate, -1 the bucket's samples are off."""
+        cfg = self.sample_budgets.get(bytes(ctypes.c_uint32(budget)), abi.BudgetConfig())
+        if not cfg.per_sec:
+            return -1
+        if cfg.per_sec == C.EVENTS_UNLIMITED:
+            return 1
+        b = self.event_budget[budget]
         elapsed = (now - b.last_refill_ns) & U64_MASK
         if elapsed >= NSEC_PER_SEC:
-            b.tokens = s.events_burst
+            b.tokens = cfg.burst
             b.last_refill_ns = now
         else:
-            add = (elapsed * s.events_per_sec & U64_MASK) // NSEC_PER_SEC
+            add = (elapsed * cfg.per_sec & U64_MASK) // NSEC_PER_SEC
             if add:
                 b.tokens = (b.tokens + add) & U64_MASK
-                if b.tokens > s.events_burst:
-                    b.tokens = s.events_burst
+                if b.tokens > cfg.burst:
+                    b.tokens = cfg.burst
                 b.last_refill_ns = now
         if not b.tokens:
-            return False
+            return 0
         b.tokens -= 1
-        return True
+        return 1
+
+    def pace_sample(self, d: abi.Decision, now: int) -> None:
+        """pace_sample(): a sample no flow paces goes out within its bucket's rate; what it holds back is counted."""
+        dhcp = d.sample_kind == C.SAMPLE_DHCP
+        if not dhcp and d.sample_kind not in (C.SAMPLE_DROP_EVENT, C.SAMPLE_FLOWLESS):
+            return
+        token = self.take_token(C.BUDGET_DHCP if dhcp else C.BUDGET_EVENTS, now)
+        if token > 0:
+            return
+        if token == 0:
+            self.count_pressure(C.PRESSURE_DHCP_RATE_LIMITED if dhcp else C.PRESSURE_EVENT_RATE_LIMITED)
+        d.sample_kind = C.SAMPLE_NONE
 
     @staticmethod
     def emit_sample(ctx: XdpContext, pkt: Packet, s: abi.Settings) -> bytes:
@@ -1094,12 +1109,7 @@ class ReferenceDataplane:
 
         if d.sample_kind == C.SAMPLE_NONE and d.verdict == C.VERDICT_DROP:
             d.sample_kind = C.SAMPLE_DROP_EVENT
-        if d.sample_kind in (C.SAMPLE_DROP_EVENT, C.SAMPLE_FLOWLESS) and not self.take_event_token(
-            s, now
-        ):
-            if s.events_per_sec:
-                self.count_pressure(C.PRESSURE_EVENT_RATE_LIMITED)
-            d.sample_kind = C.SAMPLE_NONE
+        self.pace_sample(d, now)
         sample = None
         if d.sample_kind != C.SAMPLE_NONE:
             sample = self.emit_sample(ctx, pkt, s)

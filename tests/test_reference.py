@@ -99,17 +99,19 @@ class Policy:
         flags: int = 0,
         snaplen: int = 0,
         idle_timeout_s: int = 0,
+        dhcp_per_sec: int = C.EVENTS_UNLIMITED,
+        dhcp_burst: int = 0,
     ) -> Policy:
         value = abi.Settings(
             sample_first_packets=first,
             sample_one_in_n=one_in_n,
-            events_per_sec=events_per_sec,
-            events_burst=burst,
             flags=flags,
             snaplen=snaplen,
             idle_timeout_s=idle_timeout_s,
         )
         self.maps["settings"][ZERO_KEY] = bytes(value)
+        for budget, per_sec, depth in ((C.BUDGET_EVENTS, events_per_sec, burst), (C.BUDGET_DHCP, dhcp_per_sec, dhcp_burst)):
+            self.maps["sample_budgets"][bytes(ctypes.c_uint32(budget))] = bytes(abi.BudgetConfig(per_sec=per_sec, burst=depth))
         return self
 
     def port(self, ifindex: int, pvid: int) -> Policy:
@@ -833,6 +835,25 @@ def test_event_token_bucket() -> None:
 
     dp = ReferenceDataplane(web().settings(events_per_sec=0).maps)
     out = send(dp, denied, 1)
+    assert (out.decision.sample_kind, out.sample, dp.pressure) == (C.SAMPLE_NONE, None, {})
+
+
+def test_dhcp_token_bucket_is_its_own() -> None:
+    """DHCP samples have a bucket of their own: a flood is cut and counted, and drop events keep theirs."""
+    discover = (Ether(src=CLIENT.mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                / UDP(sport=68, dport=67) / BOOTP() / DHCP(options=[("message-type", "discover"), "end"]))
+    denied = ip4(CLIENT, SERVER) / TCP(sport=40000, dport=22, flags="S")
+    dp = ReferenceDataplane(web().settings(events_per_sec=2, burst=2, dhcp_per_sec=3, dhcp_burst=3).maps)
+    second = 1_000_000_000
+    kinds = [send(dp, discover, 1, now=second + i).decision.sample_kind for i in range(5)]
+    assert kinds == [C.SAMPLE_DHCP] * 3 + [C.SAMPLE_NONE] * 2
+    assert all(send(dp, discover, 1, now=second).decision.verdict == C.VERDICT_PASS for _ in range(3))  # the rail holds
+    assert dp.pressure == {C.PRESSURE_DHCP_RATE_LIMITED: 5}
+    assert send(dp, denied, 1, now=second).decision.sample_kind == C.SAMPLE_DROP_EVENT  # its own bucket is full
+    assert send(dp, discover, 1, now=3 * second).decision.sample_kind == C.SAMPLE_DHCP  # refilled
+
+    dp = ReferenceDataplane(web().settings(dhcp_per_sec=0).maps)
+    out = send(dp, discover, 1)
     assert (out.decision.sample_kind, out.sample, dp.pressure) == (C.SAMPLE_NONE, None, {})
 
 

@@ -26,6 +26,8 @@ sample_first_packets = {k}
 sample_one_in_n = {n}
 events_per_sec = {rate}
 events_burst = {burst}
+dhcp_samples_per_sec = 1
+dhcp_samples_burst = 12
 snaplen = 96
 [segments.modalities]
 macs = ["02:00:00:00:00:01"]
@@ -70,13 +72,22 @@ def test_first_k_then_one_in_n(traced: tuple[Tracer, list[Sample], SampleReader]
     assert {(s.verdict, s.reason, s.rule_id) for s in received[:1]} == {(abi.Verdict["pass"], abi.Reason.rule, rule)}
 
 
-def test_every_dhcp_packet_is_sampled(traced: tuple[Tracer, list[Sample], SampleReader]) -> None:
+def test_dhcp_is_sampled_up_to_its_own_budget(traced: tuple[Tracer, list[Sample], SampleReader]) -> None:
+    """A DHCP flood passes (a rail), its samples stop at their burst (counted), and other samples still come."""
     tracer, received, reader = traced
-    discover = bytes(Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / Raw(bytes(240)))
-    for _ in range(10):
-        tracer.trace(discover, "portA")
+    for index in range(20):  # a starvation attack: every DISCOVER from another MAC
+        discover = bytes(Ether(src=f"02:00:00:00:10:{index:02x}", dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                         / UDP(sport=68, dport=67) / Raw(bytes(240)))
+        result = tracer.trace(discover, "portA")
+        assert (result.verdict, result.reason) == ("pass", "rail_dhcp")
+    telnet = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:fe") / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=1, dport=23, flags="S"))
+    assert tracer.trace(telnet, "portA").verdict == "drop"
+    tracer.trace(dicom(5000), "portA")
     reader.poll()
-    assert [s.kind for s in received] == [abi.SampleKind.dhcp] * 10
+    assert [s.kind for s in received] == [abi.SampleKind.dhcp] * 12 + [abi.SampleKind.drop_event, abi.SampleKind.first_packets]
+    assert tracer.dataplane is not None
+    pressure = tracer.dataplane.pressure()
+    assert (pressure[abi.Pressure.dhcp_rate_limited], pressure[abi.Pressure.event_rate_limited]) == (20 - 12, 0)
 
 
 def test_drop_events_are_rate_limited_and_counted(traced: tuple[Tracer, list[Sample], SampleReader]) -> None:
