@@ -64,7 +64,7 @@ enum medseg_mode {
 enum medseg_sample_kind {
 	SAMPLE_NONE = 0,
 	SAMPLE_FIRST_PACKETS = 1,  /* one of the first K packets of a flow */
-	SAMPLE_DHCP = 2,           /* every DHCP / DHCPv6 packet */
+	SAMPLE_DHCP = 2,           /* DHCP / DHCPv6, within BUDGET_DHCP */
 	SAMPLE_ONE_IN_N = 3,       /* every N-th packet of a flow */
 	SAMPLE_DROP_EVENT = 4,     /* a dropped packet, rate limited */
 	SAMPLE_FLOWLESS = 5,       /* ARP, ND, unknown EtherType; rate limited */

@@ -616,7 +616,8 @@ static __always_inline int is_rail_host(u32 gen, struct packet *pkt, u32 flag)
 
 /* The network's plumbing works under any policy. Returns 1 when a rail
  * decided the packet. An unlisted DHCP server or router falls through to
- * policy (its packets are still sampled, for the rogue-server alert). */
+ * policy (its packets are still sampled: a DHCP sample, or a drop event
+ * when the DHCP budget is spent). */
 static __always_inline int rails(u32 gen, struct packet *pkt,
 				 struct settings *s, struct decision *d)
 {
@@ -870,20 +871,33 @@ static __always_inline int take_token(u32 budget, u64 now)
 }
 
 /* A sample no flow paces goes out within its bucket's rate, and what the
- * rate holds back is counted. */
+ * rate holds back is counted. A dropped DHCP packet (an unlisted server's
+ * reply) that the DHCP bucket holds back is still a drop event: a flood of
+ * DISCOVERs must not hide a rogue server. */
 static __always_inline void pace_sample(struct decision *d, u64 now)
 {
-	int dhcp = d->sample_kind == SAMPLE_DHCP;
+	int token;
 
-	if (!dhcp && d->sample_kind != SAMPLE_DROP_EVENT &&
+	if (d->sample_kind == SAMPLE_DHCP) {
+		token = take_token(BUDGET_DHCP, now);
+		if (token > 0)
+			return;
+		if (token == 0)
+			count_pressure(PRESSURE_DHCP_RATE_LIMITED);
+		if (d->verdict != VERDICT_DROP) {
+			d->sample_kind = SAMPLE_NONE;
+			return;
+		}
+		d->sample_kind = SAMPLE_DROP_EVENT;
+	}
+	if (d->sample_kind != SAMPLE_DROP_EVENT &&
 	    d->sample_kind != SAMPLE_FLOWLESS)
 		return;
-	int token = take_token(dhcp ? BUDGET_DHCP : BUDGET_EVENTS, now);
+	token = take_token(BUDGET_EVENTS, now);
 	if (token > 0)
 		return;
 	if (token == 0)
-		count_pressure(dhcp ? PRESSURE_DHCP_RATE_LIMITED :
-				      PRESSURE_EVENT_RATE_LIMITED);
+		count_pressure(PRESSURE_EVENT_RATE_LIMITED);
 	d->sample_kind = SAMPLE_NONE;
 }
 

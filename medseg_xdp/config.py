@@ -24,7 +24,7 @@ segment whatever address it claims.
     events_per_sec = 100              # drop-event and flowless samples
     events_burst = 200
     dhcp_samples_per_sec = 500        # DHCP samples (each CPU; 0: none): a DHCP flood cannot fill the ring
-    dhcp_samples_burst = 1000
+    dhcp_samples_burst = 200
     snaplen = 512
     unknown_ethertype = "pass"        # or "drop"
     tcp_idle_timeout = 7200           # seconds a flow may idle before it is judged anew (0: never);
@@ -215,7 +215,7 @@ class Settings:
     # DHCP is the richest fingerprint and rare (a lease, a renewal): sampled up to this rate per CPU, so that a
     # DHCP flood (starvation, a DHCP fuzzer) cannot fill the ring buffer and blind the X-ray to everything else
     dhcp_samples_per_sec: int = 500
-    dhcp_samples_burst: int = 1000
+    dhcp_samples_burst: int = 200
     snaplen: int = abi.const("SAMPLE_SNAPLEN")
     drop_unknown_ethertype: bool = False
     tcp_idle_timeout: int = 7200  # seconds; TCP resumes through mid-stream pickup
@@ -503,7 +503,7 @@ def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
     r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "dhcp_samples_per_sec", "dhcp_samples_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}, "settings")
     defaults = Settings()
     u32 = 2**32 - 1
-    return Settings(
+    settings = Settings(
         sample_first_packets=r.integer(data, "sample_first_packets", "settings.sample_first_packets", defaults.sample_first_packets, 0, u32),
         sample_one_in_n=r.integer(data, "sample_one_in_n", "settings.sample_one_in_n", defaults.sample_one_in_n, 0, u32),
         events_per_sec=r.integer(data, "events_per_sec", "settings.events_per_sec", defaults.events_per_sec, 0, u32),
@@ -515,6 +515,10 @@ def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
         tcp_idle_timeout=r.integer(data, "tcp_idle_timeout", "settings.tcp_idle_timeout", defaults.tcp_idle_timeout, 0, u32),
         idle_timeout=r.integer(data, "idle_timeout", "settings.idle_timeout", defaults.idle_timeout, 0, u32),
     )
+    for rate, burst in (("events_per_sec", "events_burst"), ("dhcp_samples_per_sec", "dhcp_samples_burst")):
+        if getattr(settings, rate) and not getattr(settings, burst):
+            raise r.fail(f"settings.{burst}", f"0 would hold back every sample while {rate} lets some through: at least 1, or {rate} = 0")
+    return settings
 
 
 def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[str, Segment]:

@@ -43,7 +43,9 @@ class LoaderError(RuntimeError):
 
 # BPF instruction encoding (linux/bpf.h), for stack_depth
 BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
-BPF_MOV64_X, BPF_ADD64_K, BPF_SUB64_K, BPF_CALL, BPF_EXIT, BPF_JA, BPF_LD_IMM64 = 0xBF, 0x07, 0x17, 0x85, 0x95, 0x05, 0x18
+BPF_MOV64_X, BPF_ADD64_K, BPF_SUB64_K, BPF_CALL, BPF_EXIT, BPF_JA, BPF_JA32, BPF_LD_IMM64 = 0xBF, 0x07, 0x17, 0x85, 0x95, 0x05, 0x06, 0x18
+BPF_PSEUDO_CALL = 1  # src_reg of a call to another BPF function
+STACK_LIMIT = 512
 BPF_OP_MASK, BPF_MOV = 0xF0, 0xB0
 BPF_REG_FP = 10
 CALLER_SAVED = range(6)  # r0 (the result) and r1-r5 (the arguments): a call leaves them undefined
@@ -100,58 +102,75 @@ def kernel_headers_problem() -> str | None:
 
 
 def stack_depth(raw: bytes) -> int:
-    """The deepest stack offset raw (BPF instructions) touches, following the control flow.
+    """The deepest stack offset raw (BPF instructions, one function) touches, following the control flow.
 
-    A register is known to point into the stack (at r10 + offset) only where every path to an instruction
-    agrees on it; ALU on such a pointer other than adding or subtracting a constant is refused.
+    A register points into the stack (at r10 + offset) where every path to an instruction makes it one; where
+    paths give it different offsets, the deepest counts. Its value is worked out over all paths first, then
+    each instruction is read once: ALU on a stack pointer other than adding or subtracting a constant, and
+    calls to other BPF functions, are refused (the scan cannot follow them).
     """
     insns = list(struct.iter_unpack("<BBhi", raw))
     states: list[dict[int, int] | None] = [None] * len(insns)  # register -> stack offset, before each instruction
     states[0] = {BPF_REG_FP: 0}
     work = [0]
-    deepest = 0
     while work:
         index = work.pop()
-        at = dict(states[index])  # type: ignore[arg-type]
-        code, regs, offset, imm = insns[index]
-        dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
-        base = dst if kind in (BPF_ST, BPF_STX) else src if kind == BPF_LDX else None
-        if base in at:
-            deepest = min(deepest, at[base] + offset)
-        successors = [index + 1]
-        if code == BPF_LD_IMM64:
-            at.pop(dst, None)
-            successors = [index + 2]  # the instruction takes two slots
-        elif kind == BPF_LDX:
-            at.pop(dst, None)
-        elif code == BPF_CALL:
-            for reg in CALLER_SAVED:
-                at.pop(reg, None)
-        elif code == BPF_EXIT:
-            successors = []
-        elif kind in (BPF_JMP, BPF_JMP32):
-            target = index + 1 + offset
-            successors = [target] if code == BPF_JA else [index + 1, target]
-        elif code == BPF_MOV64_X:
-            if src in at:
-                at[dst] = at[src]
-            else:
-                at.pop(dst, None)
-        elif code in (BPF_ADD64_K, BPF_SUB64_K) and dst in at:
-            at[dst] += imm if code == BPF_ADD64_K else -imm
-            deepest = min(deepest, at[dst])
-        elif kind in (BPF_ALU, BPF_ALU64) and dst in at:
-            if code & BPF_OP_MASK == BPF_MOV or kind == BPF_ALU:
-                at.pop(dst)  # overwritten, or cut to 32 bits: no stack pointer any more
-            else:  # a variable offset, say: the verifier follows it, this scan cannot
-                raise LoaderError(f"stack_depth: instruction {index} ({code:#x}) moves a stack pointer by an amount this scan cannot follow")
+        after, successors = _stack_step(insns, index, dict(states[index]))  # type: ignore[arg-type]
         for successor in successors:
             known = states[successor]
-            merged = at if known is None else {reg: value for reg, value in known.items() if at.get(reg) == value}
+            merged = after if known is None else {
+                reg: max(min(value, after[reg]), -STACK_LIMIT) for reg, value in known.items() if reg in after}
             if merged != known:
                 states[successor] = merged
                 work.append(successor)
+    deepest = 0
+    for index, state in enumerate(states):
+        if state is None:
+            continue  # unreachable, or the second slot of a 16-byte instruction
+        code, regs, offset, imm = insns[index]
+        dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
+        base = dst if kind in (BPF_ST, BPF_STX) else src if kind == BPF_LDX else None
+        if base in state:
+            deepest = min(deepest, state[base] + offset)
+        if code in (BPF_ADD64_K, BPF_SUB64_K) and dst in state:
+            deepest = min(deepest, state[dst] + (imm if code == BPF_ADD64_K else -imm))
+        elif kind in (BPF_ALU, BPF_ALU64) and dst in state and code & BPF_OP_MASK != BPF_MOV and kind != BPF_ALU:
+            raise LoaderError(f"stack_depth: instruction {index} ({code:#x}) moves a stack pointer by an amount this scan cannot follow")
+        elif code == BPF_CALL and src == BPF_PSEUDO_CALL:
+            raise LoaderError(f"stack_depth: instruction {index} calls another BPF function, whose frame this scan does not follow")
     return -deepest
+
+
+def _stack_step(insns: list[tuple[int, int, int, int]], index: int, at: dict[int, int]) -> tuple[dict[int, int], list[int]]:
+    """One instruction's effect on the stack pointers in registers, and where control goes next."""
+    code, regs, offset, imm = insns[index]
+    dst, src, kind = regs & 0xF, regs >> 4, code & 0x07
+    if code == BPF_LD_IMM64:
+        at.pop(dst, None)
+        return at, [index + 2]  # the instruction takes two slots
+    if kind == BPF_LDX:
+        at.pop(dst, None)
+    elif code == BPF_CALL:
+        for reg in CALLER_SAVED:
+            at.pop(reg, None)
+    elif code == BPF_EXIT:
+        return at, []
+    elif code == BPF_JA:
+        return at, [index + 1 + offset]
+    elif code == BPF_JA32:  # gotol: the offset is in imm
+        return at, [index + 1 + imm]
+    elif kind in (BPF_JMP, BPF_JMP32):
+        return at, [index + 1, index + 1 + offset]
+    elif code == BPF_MOV64_X:
+        if src in at:
+            at[dst] = at[src]
+        else:
+            at.pop(dst, None)
+    elif code in (BPF_ADD64_K, BPF_SUB64_K) and dst in at:
+        at[dst] += imm if code == BPF_ADD64_K else -imm
+    elif kind in (BPF_ALU, BPF_ALU64):
+        at.pop(dst, None)  # overwritten, cut to 32 bits, or moved by an amount unknown here (refused above)
+    return at, [index + 1]
 
 
 class Loader:

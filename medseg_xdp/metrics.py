@@ -166,7 +166,7 @@ class DaemonCollector(Collector):
 
         pressure = dataplane.pressure()
         events = CounterMetricFamily("medseg_map_pressure", "Map pressure events: failed or raced flow inserts, failed fragment inserts.", labels=["event"])
-        lost = CounterMetricFamily("medseg_samples_lost", "Samples the program could not send: ring buffer full, or over the drop-event rate limit.", labels=["reason"])
+        lost = CounterMetricFamily("medseg_samples_lost", "Samples the program could not send: ring buffer full, or over the drop-event or DHCP sample rate limit.", labels=["reason"])
         for what, count in pressure.items():
             if what in SAMPLE_LOSSES:
                 lost.add_metric([SAMPLE_LOSSES[what]], count)

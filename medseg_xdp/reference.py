@@ -1063,15 +1063,26 @@ class ReferenceDataplane:
         return 1
 
     def pace_sample(self, d: abi.Decision, now: int) -> None:
-        """pace_sample(): a sample no flow paces goes out within its bucket's rate; what it holds back is counted."""
-        dhcp = d.sample_kind == C.SAMPLE_DHCP
-        if not dhcp and d.sample_kind not in (C.SAMPLE_DROP_EVENT, C.SAMPLE_FLOWLESS):
+        """pace_sample(): a sample no flow paces goes out within its bucket's rate; what it holds back is counted.
+
+        A dropped DHCP packet the DHCP bucket holds back is still a drop event."""
+        if d.sample_kind == C.SAMPLE_DHCP:
+            token = self.take_token(C.BUDGET_DHCP, now)
+            if token > 0:
+                return
+            if token == 0:
+                self.count_pressure(C.PRESSURE_DHCP_RATE_LIMITED)
+            if d.verdict != C.VERDICT_DROP:
+                d.sample_kind = C.SAMPLE_NONE
+                return
+            d.sample_kind = C.SAMPLE_DROP_EVENT
+        if d.sample_kind not in (C.SAMPLE_DROP_EVENT, C.SAMPLE_FLOWLESS):
             return
-        token = self.take_token(C.BUDGET_DHCP if dhcp else C.BUDGET_EVENTS, now)
+        token = self.take_token(C.BUDGET_EVENTS, now)
         if token > 0:
             return
         if token == 0:
-            self.count_pressure(C.PRESSURE_DHCP_RATE_LIMITED if dhcp else C.PRESSURE_EVENT_RATE_LIMITED)
+            self.count_pressure(C.PRESSURE_EVENT_RATE_LIMITED)
         d.sample_kind = C.SAMPLE_NONE
 
     @staticmethod

@@ -47,6 +47,7 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         ("[bridge]\nport = []", "bridge.port: unknown key"),
         ("[segments.unassigned]\nmacs = []", "segments.unassigned.macs: the pseudo-segment 'unassigned' takes only"),
         ("not toml = = 1", "(at line 1, column 5)"),
+        ("[settings]\ndhcp_samples_burst = 0", "settings.dhcp_samples_burst: 0 would hold back every sample"),
         ('[segments.x]\nclasses = ["infusion_pump"]\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
         ('[segments.x]\nmacs = ["00:11:22:33:44:55"]\nlife_critical = true\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
     ],

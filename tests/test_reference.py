@@ -857,6 +857,20 @@ def test_dhcp_token_bucket_is_its_own() -> None:
     assert (out.decision.sample_kind, out.sample, dp.pressure) == (C.SAMPLE_NONE, None, {})
 
 
+def test_a_rogue_dhcp_server_is_seen_through_a_discover_flood() -> None:
+    """A dropped DHCP reply that finds the DHCP bucket empty goes out as a drop event."""
+    policy = clinic().settings(flags=C.SETTING_DHCP_SERVERS_LISTED, events_per_sec=2, burst=2, dhcp_per_sec=1, dhcp_burst=1)
+    policy.rail_host(SERVER.ip4, C.RAIL_HOST_DHCP_SERVER)
+    dp = ReferenceDataplane(policy.maps)
+    discover = (Ether(src=CLIENT.mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                / UDP(sport=68, dport=67) / BOOTP() / DHCP(options=[("message-type", "discover"), "end"]))
+    second = 1_000_000_000
+    assert [send(dp, discover, 1, now=second).decision.sample_kind for _ in range(3)] == [C.SAMPLE_DHCP, C.SAMPLE_NONE, C.SAMPLE_NONE]
+    rogue = send(dp, ip4(CLIENT, CLIENT) / UDP(sport=67, dport=68) / BOOTP(op=2), 1, now=second)  # an unlisted server's offer
+    assert (rogue.decision.verdict, rogue.decision.sample_kind) == (C.VERDICT_DROP, C.SAMPLE_DROP_EVENT)
+    assert dp.pressure == {C.PRESSURE_DHCP_RATE_LIMITED: 3}
+
+
 def test_snaplen() -> None:
     big = ip4(CLIENT, SERVER) / UDP(sport=1, dport=9) / Raw(bytes(1000))
     dp = ReferenceDataplane(web().maps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -53,7 +55,12 @@ def dicom(sport: int, payload: bytes = b"") -> bytes:
 
 @pytest.fixture
 def traced() -> Iterator[tuple[Tracer, list[Sample], SampleReader]]:
-    with Tracer(policy()) as tracer:
+    # the sample budgets are per CPU: every packet of a test on one CPU, one bucket
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(previous)})
+    with contextlib.ExitStack() as restore:
+        restore.callback(os.sched_setaffinity, 0, previous)
+        tracer = restore.enter_context(Tracer(policy()))
         received: list[Sample] = []
         reader = SampleReader(tracer.loader.bpf, received.append)
         yield tracer, received, reader

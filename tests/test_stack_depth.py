@@ -53,3 +53,35 @@ def test_a_variable_offset_on_a_known_stack_pointer_is_refused() -> None:
     program = [insn(MOV64_X, dst=3, src=10), insn(LSH64_K, dst=3, imm=1), insn(EXIT)]
     with pytest.raises(LoaderError, match="cannot follow"):
         stack_depth(b"".join(program))
+
+
+def test_where_paths_give_a_register_different_offsets_the_deepest_counts() -> None:
+    program = [
+        insn(MOV64_X, dst=6, src=10),
+        insn(ADD64_K, dst=6, imm=-80),             # r6 = r10 - 80
+        insn(JEQ_K, dst=1, imm=0, offset=1),       # if r1 == 0 goto 4
+        insn(ADD64_K, dst=6, imm=-16),             # r6 = r10 - 96 on this path
+        insn(STX_DW, dst=6, src=1, offset=0),      # *(r6): r10 - 80 or r10 - 96
+        insn(EXIT),
+    ]
+    assert stack_depth(b"".join(program)) == 96
+
+
+def test_a_pointer_made_on_the_jump_path_only_does_not_stop_a_shift_where_paths_meet() -> None:
+    program = [
+        insn(JEQ_K, dst=1, imm=0, offset=1),       # if r1 == 0 goto 2
+        insn(JA, offset=2),                        # goto 4: r7 not a pointer on this path
+        insn(MOV64_X, dst=7, src=10),
+        insn(ADD64_K, dst=7, imm=-8),              # r7 = r10 - 8 on the jump path
+        insn(LSH64_K, dst=7, imm=32),
+        insn(EXIT),
+    ]
+    assert stack_depth(b"".join(program)) == 8
+
+
+def test_gotol_is_followed_and_calls_to_other_bpf_functions_are_refused() -> None:
+    gotol = insn(0x06, imm=1)                      # JMP32 | JA: the target is in imm
+    program = [gotol, insn(EXIT), insn(STX_DW, dst=10, src=1, offset=-64), insn(EXIT)]
+    assert stack_depth(b"".join(program)) == 64
+    with pytest.raises(LoaderError, match="another BPF function"):
+        stack_depth(b"".join([insn(CALL, src=1, imm=2), insn(EXIT)]))
