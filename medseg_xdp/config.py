@@ -87,6 +87,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -497,6 +498,19 @@ def _address(r: _Reader, text: str, path: str) -> ipaddress.IPv4Address | ipaddr
         return ipaddress.ip_address(text)
     except ValueError:
         raise r.fail(path, f"{text!r} is not an IP address") from None
+
+
+def placement_problem(config: Config, segment: str, device_class: str, criticality: Callable[[str], str]) -> str | None:
+    """Why a person may not place a device of device_class in segment (a pin, a device exception), or None.
+
+    The rule for segments of life-critical classes, for one device: enforcing on it must be explicit."""
+    target = config.segments.get(segment)
+    if target is None or target.mode != abi.Mode.enforce or criticality(device_class) != LIFE_CRITICAL:
+        return None
+    if target.life_critical and target.allow_enforce_life_critical:
+        return None
+    return (f"segment {segment!r} enforces, and a device of class {device_class} is life-critical: place it in a "
+            f"monitor segment, or mark {segment!r} life_critical = true with allow_enforce_life_critical = true")
 
 
 def _settings(r: _Reader, data: dict[str, Any]) -> Settings:

@@ -486,6 +486,8 @@ class Daemon:
             segment = req.get("segment")
             if segment is not None and segment not in self.config.segments and segment not in config_mod.PSEUDO_SEGMENTS:
                 raise ConfigError(f"unknown segment {segment!r}")
+            if segment is not None:
+                self._check_placement(str(req["mac"]), segment, req.get("class"))
             device = self.inventory.pin(req["mac"], device_class=req.get("class"), segment=segment)
             self.audit.append("pin", uid, str(req.get("reason", "")), {"mac": device.mac, "class": req.get("class"), "segment": segment})
             self.apply(f"pin of {device.mac}")
@@ -516,8 +518,20 @@ class Daemon:
             log.info("exception expired: %s", exception.describe())
             self.audit.append("exception expired", exception.uid, exception.reason, {"exception": exception.describe()})
 
+    def _check_placement(self, mac: str, segment: str, device_class: str | None = None) -> None:
+        """ConfigError when a person would place a life-critical device in an enforcing segment without the flag."""
+        known = self.inventory.devices.get(mac.lower())
+        device_class = device_class or (known.device_class if known is not None else None)
+        if device_class is None:
+            return
+        problem = config_mod.placement_problem(self.config, segment, device_class, self.inventory.classifier.catalog.criticality)
+        if problem:
+            raise ConfigError(problem)
+
     def add_exception(self, exception: PolicyException) -> dict[str, Any]:
         validate(exception, self.config)
+        if exception.is_device and exception.mac and exception.segment:
+            self._check_placement(exception.mac, exception.segment)
         self.exceptions.add(exception)
         try:
             self.apply(f"exception {exception.id}")

@@ -253,3 +253,28 @@ def test_allowed_vlans_per_port() -> None:
     for bad, message in (("{ portZ = [20] }", "not a port listed"), ("{ portA = [] }", "non-empty list"), ("{ portA = [4095] }", "1..4094")):
         with pytest.raises(ConfigError, match=message):
             parse(f'[bridge]\nports = ["portA"]\nallowed_vlans = {bad}\n')
+
+
+def test_a_person_may_not_place_a_life_critical_device_in_an_enforcing_segment_without_the_flag() -> None:
+    from medseg_xdp.classify import load_catalog
+    from medseg_xdp.config import placement_problem
+
+    cfg = config.parse("""
+[segments.lab]
+macs = ["02:00:00:00:00:01"]
+mode = "enforce"
+[segments.ward]
+macs = ["02:00:00:00:00:02"]
+mode = "monitor"
+[segments.icu]
+macs = ["02:00:00:00:00:03"]
+mode = "enforce"
+life_critical = true
+allow_enforce_life_critical = true
+""")
+    criticality = load_catalog().criticality
+    problem = placement_problem(cfg, "lab", "infusion_pump", criticality)
+    assert problem is not None and "life-critical" in problem and "allow_enforce_life_critical" in problem
+    assert placement_problem(cfg, "ward", "infusion_pump", criticality) is None  # monitor mode
+    assert placement_problem(cfg, "icu", "infusion_pump", criticality) is None  # said so explicitly
+    assert placement_problem(cfg, "lab", "printer", criticality) is None

@@ -345,6 +345,10 @@ def test_a_port_that_loses_the_program_gets_it_back_and_it_is_reported(running: 
     from medseg_xdp import bpfsys
     from medseg_xdp.loader import in_netns
 
+    # a person cannot put a life-critical device into an enforcing segment that does not say so
+    with pytest.raises(ControlError, match="life-critical"):
+        running.ask("pin", mac="02:77:00:00:00:42", segment="modalities", **{"class": "infusion_pump"})
+    assert "02:77:00:00:00:42" not in {d["mac"] for d in running.ask("devices")}  # type: ignore[union-attr, index]
     running.ask("pin", mac=DEFAULT_CLIENT.mac, segment="modalities")
     assert not ssh_attempt(running)
     port = DEFAULT_CLIENT.port_name
