@@ -20,9 +20,10 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from medseg_xdp import bpfsys
+from medseg_xdp import abi, bpfsys
 from medseg_xdp.config import Config
 from medseg_xdp.loader import BPFFS, DEFAULT_PIN_ROOT, NATIVE_XDP_MAX_MTU, PROGRAM_NAME, Loader, ifindex_problem, in_netns, kernel_headers_problem
+from medseg_xdp.samples import HEADER_SIZE
 
 MINIMUM_KERNEL = (5, 18)  # bpf_xdp_load_bytes
 
@@ -135,6 +136,26 @@ def _rx_vlan_offload(ifname: str) -> str:
     return "unknown"
 
 
+# One ring-buffer record: the program's struct sample_record, behind the ring's 8-byte record header.
+SAMPLE_RECORD_BYTES = 8 + HEADER_SIZE + abi.const("SAMPLE_SNAPLEN")
+PAGE_BYTES = 4096
+
+
+def check_sample_ring(cfg: Config, cpus: int) -> Check:
+    """Does the ring hold a burst of the samples no flow paces from every CPU at once?"""
+    s, unlimited = cfg.settings, abi.const("EVENTS_UNLIMITED")
+    budgets = ((s.events_per_sec, s.events_burst), (s.dhcp_samples_per_sec, s.dhcp_samples_burst))
+    if any(rate == unlimited for rate, _ in budgets):
+        return Check("sample ring", Status.WARN, "a sample rate is unlimited: a flood can fill the ring", "set events_per_sec and dhcp_samples_per_sec")
+    burst = sum(depth for rate, depth in budgets if rate) * cpus * SAMPLE_RECORD_BYTES
+    ring = cfg.tables.ring_pages * PAGE_BYTES
+    if burst > ring:
+        pages = 1 << (-(-burst // PAGE_BYTES) - 1).bit_length()
+        return Check("sample ring", Status.WARN, f"bursts from {cpus} CPUs at once take {burst:,} bytes, the ring has {ring:,}",
+                     f"[tables] ring_pages = {pages}, or smaller events_burst / dhcp_samples_burst")
+    return Check("sample ring", Status.OK, f"{ring:,} bytes hold the bursts of {cpus} CPUs ({burst:,} bytes)")
+
+
 def host_checks() -> list[Check]:
     """What the host must offer before anything is loaded; the daemon refuses to start on a FAIL here."""
     return [check_kernel(platform.release()), check_headers(), check_bpffs(), check_btf()]
@@ -144,6 +165,7 @@ def run_checks(cfg: Config, netns: str | None = None, pin_root: Path = DEFAULT_P
     checks = host_checks()
     if checks[2].status is Status.OK:
         checks.append(check_pinned_state(cfg, pin_root))
+    checks.append(check_sample_ring(cfg, os.cpu_count() or 1))
     for port in cfg.ports:
         checks.extend(check_port(port, netns))
     return checks

@@ -20,6 +20,18 @@ def test_kernel_versions() -> None:
     assert check_kernel("6.1.0-56-amd64").status is Status.OK
 
 
+def test_the_sample_ring_must_hold_a_burst_from_every_cpu() -> None:
+    from medseg_xdp import config as config_mod
+    from medseg_xdp.doctor import check_sample_ring
+
+    cfg = config_mod.parse('[bridge]\nports = ["a"]\n')  # bursts of 200 + 200 samples of 560 bytes, a 1 MiB ring
+    assert check_sample_ring(cfg, 2).status is Status.OK
+    many = check_sample_ring(cfg, 16)
+    assert many.status is Status.WARN and "ring_pages = 1024" in many.fix
+    unlimited = config_mod.parse('[bridge]\nports = ["a"]\n[settings]\ndhcp_samples_per_sec = 4294967295\n')
+    assert check_sample_ring(unlimited, 2).status is Status.WARN
+
+
 def doctor(config: Path, netns: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "doctor", "-c", str(config), "--netns", netns], capture_output=True, text=True, timeout=120)
 
