@@ -207,6 +207,13 @@ class Rule:
         return self.proto is None
 
 
+# The token buckets (BUDGET_*) of the samples that no flow paces, by their [settings] keys: (rate, burst).
+SAMPLE_BUDGET_KEYS = {
+    abi.const("BUDGET_EVENTS"): ("events_per_sec", "events_burst"),
+    abi.const("BUDGET_DHCP"): ("dhcp_samples_per_sec", "dhcp_samples_burst"),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     sample_first_packets: int = 8
@@ -221,6 +228,11 @@ class Settings:
     drop_unknown_ethertype: bool = False
     tcp_idle_timeout: int = 7200  # seconds; TCP resumes through mid-stream pickup
     idle_timeout: int = 300
+
+    @property
+    def sample_budgets(self) -> dict[int, tuple[int, int]]:
+        """(rate per second, burst) of each token bucket (BUDGET_*) of the samples that no flow paces."""
+        return {budget: (getattr(self, rate), getattr(self, burst)) for budget, (rate, burst) in SAMPLE_BUDGET_KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -529,7 +541,7 @@ def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
         tcp_idle_timeout=r.integer(data, "tcp_idle_timeout", "settings.tcp_idle_timeout", defaults.tcp_idle_timeout, 0, u32),
         idle_timeout=r.integer(data, "idle_timeout", "settings.idle_timeout", defaults.idle_timeout, 0, u32),
     )
-    for rate, burst in (("events_per_sec", "events_burst"), ("dhcp_samples_per_sec", "dhcp_samples_burst")):
+    for rate, burst in SAMPLE_BUDGET_KEYS.values():
         if getattr(settings, rate) and not getattr(settings, burst):
             raise r.fail(f"settings.{burst}", f"0 would hold back every sample while {rate} lets some through: at least 1, or {rate} = 0")
     return settings

@@ -143,9 +143,8 @@ PAGE_BYTES = 4096
 
 def check_sample_ring(cfg: Config, cpus: int) -> Check:
     """Does the ring hold a burst of the samples no flow paces from every CPU at once?"""
-    s, unlimited = cfg.settings, abi.const("EVENTS_UNLIMITED")
-    budgets = ((s.events_per_sec, s.events_burst), (s.dhcp_samples_per_sec, s.dhcp_samples_burst))
-    if any(rate == unlimited for rate, _ in budgets):
+    budgets = cfg.settings.sample_budgets.values()
+    if any(rate == abi.const("EVENTS_UNLIMITED") for rate, _ in budgets):
         return Check("sample ring", Status.WARN, "a sample rate is unlimited: a flood can fill the ring", "set events_per_sec and dhcp_samples_per_sec")
     burst = sum(depth for rate, depth in budgets if rate) * cpus * SAMPLE_RECORD_BYTES
     ring = cfg.tables.ring_pages * PAGE_BYTES

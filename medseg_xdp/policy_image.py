@@ -366,6 +366,5 @@ def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapCon
         idle_timeout_s=s.idle_timeout,
     )
     _put(contents, "settings", ctypes.c_uint32(0), settings)
-    for budget, per_sec, burst in ((abi.const("BUDGET_EVENTS"), s.events_per_sec, s.events_burst),
-                                   (abi.const("BUDGET_DHCP"), s.dhcp_samples_per_sec, s.dhcp_samples_burst)):
+    for budget, (per_sec, burst) in s.sample_budgets.items():
         _put(contents, "sample_budgets", ctypes.c_uint32(budget), abi.BudgetConfig(per_sec=per_sec, burst=burst))
