@@ -32,6 +32,18 @@ def _remove_stale_namespaces() -> None:
 
 
 @pytest.fixture
+def on_cpu0() -> Iterator[None]:
+    """Test runs execute on the calling CPU: pin it, so that its per-CPU state (the decision record, the sample
+    budgets) is the one the test reads and fills."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+@pytest.fixture
 def inline_bridge() -> Iterator[InlineBridge]:
     require_root()
     with InlineBridge() as topology:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,17 +40,6 @@ def _policies() -> list[config.Config]:
     text = FIXTURE_CONFIG.read_text()
     stricter = text.replace('action = "allow"  # dicom', 'action = "drop"  # dicom').replace('[segments.pacs]', '[segments.pacs]\nid = 40')
     return [config.load(FIXTURE_CONFIG), config.parse(stricter, "stricter fixture")]
-
-
-@pytest.fixture
-def on_cpu0() -> Iterator[None]:
-    """Test runs execute on the calling CPU: pin it, so its per-CPU record is the one to read."""
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, previous)
 
 
 def _reference_contents(cfg: config.Config, gen: int, ifindex: dict[str, int], break_glass: bool = False) -> dict[str, dict[bytes, bytes]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -54,13 +52,9 @@ def dicom(sport: int, payload: bytes = b"") -> bytes:
 
 
 @pytest.fixture
-def traced() -> Iterator[tuple[Tracer, list[Sample], SampleReader]]:
-    # the sample budgets are per CPU: every packet of a test on one CPU, one bucket
-    previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(previous)})
-    with contextlib.ExitStack() as restore:
-        restore.callback(os.sched_setaffinity, 0, previous)
-        tracer = restore.enter_context(Tracer(policy()))
+def traced(on_cpu0: None) -> Iterator[tuple[Tracer, list[Sample], SampleReader]]:
+    """The sample budgets are per CPU: every packet of a test on one CPU, one bucket."""
+    with Tracer(policy()) as tracer:
         received: list[Sample] = []
         reader = SampleReader(tracer.loader.bpf, received.append)
         yield tracer, received, reader
