@@ -4,7 +4,7 @@
   pktgen.py stop              stop, and print the result in pktgen's words ("...NNNpps...")
 
 The frames are pktgen.sh's (60-byte UDP 10.77.0.1:40000 -> 10.77.0.99, to port 22 or 104, to DST_MAC from
-DEV's MAC), sent by BPF_PROG_TEST_RUN's live frames (bench/pps.py's generator) out of DEV. STANDIN_STATE
+DEV's MAC), sent by BPF_PROG_TEST_RUN's live frames (bench/benchlib.py's generator and frame) out of DEV. STANDIN_STATE
 is the directory for the sender's pid and result.
 """
 
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import benchlib as B  # bench/ is no package: found by the path above
 
 DEV = os.environ.get("DEV", "eth0")
 DST_MAC = os.environ.get("DST_MAC", "52:54:00:77:00:02")
@@ -29,21 +29,17 @@ STATE = Path(os.environ["STANDIN_STATE"])
 
 
 def send(traffic: str) -> None:
-    from bcc import BPF
-
     from medseg_xdp import bpfsys
 
     link = json.loads(subprocess.run(["ip", "-j", "link", "show", DEV], capture_output=True, text=True, check=True).stdout)[0]
-    frame = bytes(Ether(src=link["address"], dst=DST_MAC) / IP(src="10.77.0.1", dst="10.77.0.99")
-                  / UDP(sport=40000, dport=PORTS[traffic]) / (b"\0" * 18))
-    bpf = BPF(text=f"int xdp_gen(struct xdp_md *ctx) {{ return bpf_redirect({link['ifindex']}, 0); }}".encode())
-    prog_fd = bpf.load_func(b"xdp_gen", BPF.XDP).fd
-    (STATE / "sending").touch()
-    sent, started = 0, time.perf_counter()
-    while not (STATE / "stop").exists():  # a file, not a signal: a signal interrupts the run (EINTR)
-        bpfsys.prog_test_run(prog_fd, frame, link["ifindex"], repeat=50_000, flags=bpfsys.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
-        sent += 50_000
-    elapsed = time.perf_counter() - started
+    frame = B.udp_frame(link["address"], DST_MAC, 40000, PORTS[traffic], src_ip="10.77.0.1", dst_ip="10.77.0.99", size=60)
+    with B.xdp_program(B.generator_source(link["ifindex"]), "xdp_gen") as prog_fd:
+        (STATE / "sending").touch()
+        sent, started = 0, time.perf_counter()
+        while not (STATE / "stop").exists():  # a file, not a signal: a signal interrupts the run (EINTR)
+            bpfsys.prog_test_run(prog_fd, frame, link["ifindex"], repeat=50_000, flags=bpfsys.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+            sent += 50_000
+        elapsed = time.perf_counter() - started
     partial = STATE / "result.partial"  # renamed when whole: stop() reads it as soon as it appears
     partial.write_text(f"Result: OK: {int(elapsed * 1e6)}(c0+d0) usec, {sent} (60byte,0frags)\n  {int(sent / elapsed)}pps\n")
     partial.rename(STATE / "result")
