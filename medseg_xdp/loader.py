@@ -134,7 +134,7 @@ def stack_depth(raw: bytes) -> int:
             deepest = min(deepest, state[base] + offset)
         if code in (BPF_ADD64_K, BPF_SUB64_K) and dst in state:
             deepest = min(deepest, state[dst] + (imm if code == BPF_ADD64_K else -imm))
-        elif kind in (BPF_ALU, BPF_ALU64) and dst in state and code & BPF_OP_MASK != BPF_MOV and kind != BPF_ALU:
+        elif kind == BPF_ALU64 and dst in state and code & BPF_OP_MASK != BPF_MOV:  # 32-bit ALU ends a pointer
             raise LoaderError(f"stack_depth: instruction {index} ({code:#x}) moves a stack pointer by an amount this scan cannot follow")
         elif code == BPF_CALL and src == BPF_PSEUDO_CALL:
             raise LoaderError(f"stack_depth: instruction {index} calls another BPF function, whose frame this scan does not follow")
@@ -201,9 +201,8 @@ class Loader:
         return self.prog_fd
 
     def stack_depth(self) -> int:
-        """Bytes of the 512-byte BPF stack the compiled program uses: the deepest frame-pointer (r10) offset
-        its instructions touch, directly or through a register set to r10 plus a constant. LLVM versions lay
-        the stack out differently, so the tests keep a margin below the limit."""
+        """Bytes of the 512-byte BPF stack the compiled program uses (see stack_depth()). LLVM versions lay the
+        stack out differently, so the tests keep a margin below the limit."""
         return stack_depth(self.bpf.dump_func(PROGRAM_NAME.encode()))  # type: ignore[attr-defined]
 
     @property
