@@ -19,6 +19,10 @@ from medseg_xdp.loader import BPFFS
 from medseg_xdp.topology import HOST_IFNAME, HostSpec, InlineBridge, Namespace
 
 VAGRANT_DIR = Path(__file__).resolve().parents[1] / "vagrant"
+REPO = VAGRANT_DIR.parent
+sys.path.insert(0, str(REPO / "bench"))  # bench/ is no package
+import benchlib as B
+import pps_vm
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in VAGRANT_DIR.glob("*.sh")))
@@ -37,13 +41,12 @@ def test_vagrantfile_validates(tmp_path: Path) -> None:
 
 # ---- vagrant/run_bench.sh, with namespaces for VMs ----
 
-REPO = VAGRANT_DIR.parent
 STAND_INS = Path(__file__).resolve().parent / "vagrant_standin"
-# vagrant/Vagrantfile's generator and sink NICs (bench/pps_vm.py's policy names them)
-GENERATOR = HostSpec("gen", "52:54:00:77:00:01", "10.77.0.1/24", port="portA")
-SINK = HostSpec("sink", "52:54:00:77:00:02", "10.77.0.2/24", port="portB")
-# bench/benchlib.py's xdp-filter: its maps, and libxdp's working directory
-XDP_FILTER_PINS, LIBXDP_DIR = Path("/sys/fs/bpf/xdp-filter"), Path("/sys/fs/bpf/xdp")
+# the generator and sink NICs of vagrant/Vagrantfile, as bench/pps_vm.py's policy names them
+GENERATOR = HostSpec("gen", pps_vm.GENERATOR_MAC, "10.77.0.1/24", port="portA")
+SINK = HostSpec("sink", pps_vm.SINK_MAC, "10.77.0.2/24", port="portB")
+# what bench/benchlib.py's xdp-filter leaves: its maps, and libxdp's working directory
+XDP_FILTER_PINS, LIBXDP_DIR = B.XDP_FILTER_PIN_DIR, B.LIBXDP_DIR
 
 
 def remove_receiver_leftovers(pins_before: set[Path], xdp_filter_before: set[Path]) -> None:
