@@ -207,17 +207,20 @@ static __always_inline int resolve_endpoints(u32 gen, struct judge_args *a,
 	       (src_info->mode == MODE_ENFORCE || dst_info->mode == MODE_ENFORCE);
 }
 
-/* drop > audit > allow */
-static __always_inline int action_rank(u8 action)
+/* drop > audit > pass */
+static __always_inline int verdict_rank(u8 verdict)
 {
-	return action == ACTION_DROP ? 2 : action == ACTION_AUDIT ? 1 : 0;
+	return verdict == VERDICT_DROP ? 2 : verdict == VERDICT_AUDIT ? 1 : 0;
 }
 
 /* Identity then policy for one direction: the most specific rule, the
  * segment pair's default, then the stricter of the two segments' defaults
  * (a segment that defaults to drop is closed to what no rule allows, in
- * both directions). A would-drop is enforced when either endpoint's
- * segment enforces. */
+ * both directions). A rule's or a pair default's would-drop is enforced
+ * when either endpoint's segment enforces (each side protects itself); a
+ * segment's default only when that segment enforces, so the default-drop
+ * of a segment still in monitor mode (a pump segment being baselined) is
+ * audited even towards an enforcing peer that allows the flow. */
 static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 				  struct judge_args *a, struct decision *d)
 {
@@ -269,11 +272,16 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 			     REASON_PAIR_DEFAULT, rule->rule_id);
 		return;
 	}
-	struct segment_info *strict = &src_info;
-	if (action_rank(dst_info.default_action) > action_rank(src_info.default_action))
-		strict = &dst_info;
-	set_decision(d, verdict_of(strict->default_action, enforce),
-		     REASON_SEGMENT_DEFAULT, strict->default_rule_id);
+	u8 src_verdict = verdict_of(src_info.default_action,
+				    enforce && src_info.mode == MODE_ENFORCE);
+	u8 dst_verdict = verdict_of(dst_info.default_action,
+				    enforce && dst_info.mode == MODE_ENFORCE);
+	if (verdict_rank(dst_verdict) > verdict_rank(src_verdict))
+		set_decision(d, dst_verdict, REASON_SEGMENT_DEFAULT,
+			     dst_info.default_rule_id);
+	else
+		set_decision(d, src_verdict, REASON_SEGMENT_DEFAULT,
+			     src_info.default_rule_id);
 }
 
 /* ---- flows ---- */

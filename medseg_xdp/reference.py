@@ -289,9 +289,9 @@ def dhcp_direction(family: int, sport_raw: int, dport_raw: int) -> int:
     return NOT_DHCP
 
 
-def action_rank(action: int) -> int:
-    """action_rank(): drop > audit > allow."""
-    return 2 if action == C.ACTION_DROP else 1 if action == C.ACTION_AUDIT else 0
+def verdict_rank(verdict: int) -> int:
+    """verdict_rank(): drop > audit > pass."""
+    return 2 if verdict == C.VERDICT_DROP else 1 if verdict == C.VERDICT_AUDIT else 0
 
 
 def beyond(p: int, end: int, limit: int) -> bool:
@@ -699,13 +699,12 @@ class ReferenceDataplane:
                 d, self.verdict_of(rule.action, enforce), C.REASON_PAIR_DEFAULT, rule.rule_id
             )
             return
-        strict = dst_info if action_rank(dst_info.default_action) > action_rank(src_info.default_action) else src_info
-        self.set_decision(
-            d,
-            self.verdict_of(strict.default_action, enforce),
-            C.REASON_SEGMENT_DEFAULT,
-            strict.default_rule_id,
-        )
+        src_verdict = self.verdict_of(src_info.default_action, enforce and src_info.mode == C.MODE_ENFORCE)
+        dst_verdict = self.verdict_of(dst_info.default_action, enforce and dst_info.mode == C.MODE_ENFORCE)
+        if verdict_rank(dst_verdict) > verdict_rank(src_verdict):
+            self.set_decision(d, dst_verdict, C.REASON_SEGMENT_DEFAULT, dst_info.default_rule_id)
+        else:
+            self.set_decision(d, src_verdict, C.REASON_SEGMENT_DEFAULT, src_info.default_rule_id)
 
     # ---- flows ----
 

@@ -34,7 +34,7 @@ from medseg_xdp.trace import Tracer
 pytestmark = pytest.mark.root
 
 FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
-MODALITY, MONITOR, OTHER = "02:00:00:00:00:01", "02:00:00:00:00:03", "02:00:00:00:00:09"
+MODALITY, MONITOR, PRINTER, OTHER = "02:00:00:00:00:01", "02:00:00:00:00:03", "02:00:00:00:00:07", "02:00:00:00:00:09"
 ROUTER = "02:00:00:00:00:fe"
 
 
@@ -88,6 +88,21 @@ CASES = [
         "pair default, enforced by the destination",
         [(b(Ether(src=MONITOR, dst=ROUTER) / IP(src="10.0.3.5", dst="10.0.2.5") / TCP(sport=1, dport=80, flags="S")), "portA")],
         "drop", "pair_default", "monitors-to-pacs", "monitors", "pacs",
+    ),
+    Case(
+        "a life-critical segment's default-drop in monitor mode is not enforced by an enforcing peer that allows",
+        [(b(Ether(src=MONITOR, dst=ROUTER) / IP(src="10.0.3.5", dst="10.0.5.5") / TCP(sport=4, dport=80, flags="S")), "portA")],
+        "audit", "segment_default", "default:monitors", "monitors", "web",
+    ),
+    Case(
+        "a segment's default is enforced by that segment's own mode: a monitor segment's default-drop audits",
+        [(b(Ether(src=PRINTER, dst=ROUTER) / IP(src="10.0.7.5", dst="10.0.5.5") / TCP(sport=5, dport=80, flags="S")), "portA")],
+        "audit", "segment_default", "default:printers", "printers", "web",
+    ),
+    Case(
+        "an enforcing segment's default-drop is enforced towards a monitor segment that allows",
+        [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.5.5.5", dst="10.0.2.5") / TCP(sport=6, dport=80, flags="S")), "portB")],
+        "drop", "segment_default", "default:pacs", "unassigned", "pacs", sample="drop_event",
     ),
     Case(
         "monitor mode audits a would-drop",

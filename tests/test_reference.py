@@ -320,11 +320,18 @@ def test_denied_flow_audits_in_monitor_and_gets_an_entry() -> None:
     assert only_flow(dp).verdict == AUDIT_
 
 
-def test_either_enforcing_segment_enforces() -> None:
-    policy = web(mode=MONITOR).segment(SERVERS, mode=ENFORCE)
+def test_an_enforcing_segments_default_is_enforced_towards_a_monitor_peer() -> None:
+    policy = web(mode=MONITOR).segment(SERVERS, mode=ENFORCE, default_rule_id=92)
     dp = ReferenceDataplane(policy.maps)
     out = send(dp, ip4(CLIENT, SERVER) / TCP(sport=40000, dport=22, flags="S"), CLIENT.port)
-    assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 91)
+    assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 92)
+
+
+def test_a_monitor_segments_default_drop_only_audits_towards_an_enforcing_peer() -> None:
+    policy = web(mode=MONITOR).segment(SERVERS, mode=ENFORCE, default_action=ALLOW, default_rule_id=92)
+    dp = ReferenceDataplane(policy.maps)
+    out = send(dp, ip4(CLIENT, SERVER) / TCP(sport=40000, dport=22, flags="S"), CLIENT.port)
+    assert verdict(out) == (AUDIT_, C.REASON_SEGMENT_DEFAULT, 91)
 
 
 def test_rule_actions_and_missing_segments() -> None:
