@@ -12,10 +12,11 @@ Writes userspace.json and userspace.md. Pinned to one CPU.
   path (decoding the ring-buffer record, then both). The first pass (new
   devices) is reported apart from the steady state.
 - Flow-table read: N flows written into a real pinned flow table (Tracer),
-  read back three ways: bpfsys.Map.items() (two syscalls per flow: what
-  Dataplane.flows() uses), Map.items_batch() (BPF_MAP_LOOKUP_BATCH, decoded
-  into the same ctypes objects) and Map.lookup_batch_raw() (the kernel's
-  buffers, undecoded).
+  read back four ways: bpfsys.Map.items() (two syscalls per flow),
+  Map.items_batch() (BPF_MAP_LOOKUP_BATCH, decoded into the same ctypes
+  objects: Dataplane.flows()), Map.lookup_batch_raw() (the kernel's
+  buffers, undecoded) and Dataplane.top_flows(20) (what the daemon's
+  `flows` command reads: batches, only the 20 largest decoded).
 - Memory: a fresh manager process (the same interpreter, medseg_xdp and BCC
   imported) opens the pinned table and holds all N flows: as decoded
   (key, entry) pairs, and as the raw batch buffers. RSS from /proc.
@@ -175,9 +176,10 @@ def flow_table(args: argparse.Namespace) -> dict[str, Any]:
             B.prefill_flows(flows, ack, entry, n)
         result["write_batch_per_s"] = n / fill.elapsed
         reads: dict[str, Callable[[], int]] = {
-            "Map.items() (key by key, as Dataplane.flows)": lambda: sum(1 for _ in flows.items()),
-            "Map.items_batch() (BPF_MAP_LOOKUP_BATCH, decoded)": lambda: sum(1 for _ in flows.items_batch(8192)),
+            "Map.items() (key by key)": lambda: sum(1 for _ in flows.items()),
+            "Map.items_batch() (BPF_MAP_LOOKUP_BATCH, decoded: Dataplane.flows)": lambda: sum(1 for _ in flows.items_batch(8192)),
             "Map.lookup_batch_raw() (undecoded buffers)": lambda: sum(count for count, _, _ in flows.lookup_batch_raw(8192)),
+            "Dataplane.top_flows(20) (the daemon's `flows` command)": lambda: len(tracer.dataplane.top_flows(20)) and n,
         }
         result["reads"] = {}
         for name, read in reads.items():

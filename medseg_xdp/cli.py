@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -187,6 +188,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drops(args: argparse.Namespace) -> int:
+    rows = _daemon_request(args, "drops", match=args.match, last=args.last)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no drop or audit recorded" + (f" for {args.match}" if args.match else "") + " since the daemon started")
+        return 0
+    print(f"{'time':<19} {'verdict':<7} {'proto':<6} {'source':<30} {'destination':<30} {'segments':<30} {'rule':<24} reason")
+    for row in rows:  # type: ignore[attr-defined]
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+        source = _endpoint(row["src_ip"], row["sport"], row["src_mac"])
+        destination = _endpoint(row["dst_ip"], row["dport"], row["dst_mac"])
+        segments = f"{row['src_segment']}->{row['dst_segment']}"
+        print(f"{when:<19} {row['verdict']:<7} {row['proto']:<6} {source:<30} {destination:<30} {segments:<30} {row['rule']:<24} {row['reason']}")
+    return 0
+
+
+def _endpoint(ip: str, port: int, mac: str) -> str:
+    address = (f"[{ip}]" if ":" in ip else ip) if ip else mac
+    return f"{address}:{port}" if port else address
+
+
 def cmd_flows(args: argparse.Namespace) -> int:
     rows = _daemon_request(args, "flows", top=args.top)
     if args.json:
@@ -218,6 +242,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 EXIT_SIMULATION_DROPS = 3
 EXIT_SIMULATION_CUTS_LIFE_CRITICAL = 4
+EXIT_SIMULATION_NO_EVIDENCE = 5
 
 
 def _learned(args: argparse.Namespace, cfg: config_mod.Config) -> tuple[object, object]:
@@ -262,6 +287,8 @@ def cmd_policy_simulate(args: argparse.Namespace) -> int:
     print(report.to_json() if args.json else report.to_text())
     if report.cuts_life_critical:
         return EXIT_SIMULATION_CUTS_LIFE_CRITICAL
+    if report.no_evidence:
+        return EXIT_SIMULATION_NO_EVIDENCE
     return 0 if report.clean else EXIT_SIMULATION_DROPS
 
 
@@ -502,12 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--netns", help="network namespace the bridge ports live in")
     run.set_defaults(func=cmd_run)
 
-    for name, func, text in (("status", cmd_status, "the running daemon's state"), ("flows", cmd_flows, "the largest flows in the kernel's table")):
+    for name, func, text in (("status", cmd_status, "the running daemon's state"), ("flows", cmd_flows, "the largest flows in the kernel's table"),
+                             ("drops", cmd_drops, "recent drops and audits (denied flows have no flow entry): who, what, which rule")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
         p.set_defaults(func=func)
         if name == "flows":
             p.add_argument("--top", type=int, default=20)
+            p.add_argument("--json", action="store_true")
+        if name == "drops":
+            p.add_argument("match", nargs="?", help="only records where a MAC, an IP address, a segment or the rule is this")
+            p.add_argument("--last", type=int, default=50, help="the newest N records (default 50; the daemon keeps 1,000)")
             p.add_argument("--json", action="store_true")
 
     pin = sub.add_parser("pin", help="pin a device's class and/or segment (never changed automatically)")
@@ -524,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_policy_check)
     propose_parser = policy_sub.add_parser("propose", help="a least-privilege policy from what was learned, for review")
-    simulate_parser = policy_sub.add_parser("simulate", help="what FILE would drop of the learned flows (exit 0 clean, 3 drops, 4 cuts a life-critical device)")
+    simulate_parser = policy_sub.add_parser("simulate", help="what FILE would drop of the learned flows (exit 0 clean, 3 drops, 4 cuts a life-critical device, 5 nothing to replay)")
     simulate_parser.add_argument("file", type=Path)
     simulate_parser.add_argument("--json", action="store_true")
     simulate_parser.set_defaults(func=cmd_policy_simulate)

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,7 @@ SAVE_EVERY_S = 10.0
 ENFORCEMENT_CHECK_S = 5.0  # how often the ports are checked for our program
 REPORT_FLOW_EVERY_S = 60.0  # a drop or audit event per flow at most this often
 REPORTED_FLOWS = 4096
+RECENT_DROPS = 1000  # drop and audit records `medseg-xdp drops` can show (one per flow and REPORT_FLOW_EVERY_S)
 APPLY_DEBOUNCE_S = 0.5  # class changes arrive in bursts: one apply for the burst
 POLL_MS = 100
 RULE_IDS_VERSION = 1
@@ -119,6 +120,7 @@ class Daemon:
         self.events = EventExporter.from_settings(self.config.events, clock)
         self._new_devices: list[str] = []
         self._reported_flows: OrderedDict[tuple[Any, ...], float] = OrderedDict()  # drop/audit events: flow -> when
+        self.recent_drops: deque[dict[str, Any]] = deque(maxlen=RECENT_DROPS)  # what `medseg-xdp drops` shows
         self.xray = Xray.default(learner=self.baseline, on_discovered=self._new_devices.append, max_devices=self.config.daemon.max_devices)
         self.inventory = self.xray.inventory
         self.inventory_store = InventoryStore(self.state_dir)
@@ -437,6 +439,12 @@ class Daemon:
         protocol = config_mod.protocol_name(frame.proto) if frame.proto else f"ethertype 0x{frame.ethertype:04x}"
         ends = f"{frame.src_ip or frame.src_mac}{f':{frame.sport}' if frame.sport else ''} -> {frame.dst_ip or frame.dst_mac}{f':{frame.dport}' if frame.dport else ''}"
         port = next((name for name, index in self.ifindex.items() if index == sample.ifindex), str(sample.ifindex))
+        self.recent_drops.append({
+            "time": now, "verdict": kind, "proto": protocol, "src_mac": frame.src_mac, "dst_mac": frame.dst_mac,
+            "src_ip": frame.src_ip or "", "sport": frame.sport, "dst_ip": frame.dst_ip or "", "dport": frame.dport,
+            "vlan": frame.vlan, "port": port, "src_segment": src_segment, "dst_segment": dst_segment, "rule": rule,
+            "reason": sample.reason.name, "generation": sample.generation,
+        })
         self.events.emit(kind, Severity.warning if kind == "drop" else Severity.notice,
                          f"{kind} {protocol} {ends} ({src_segment} -> {dst_segment}, {sample.reason.name}, rule {rule})",
                          src_mac=frame.src_mac, dst_mac=frame.dst_mac, src_ip=frame.src_ip or "", dst_ip=frame.dst_ip or "",
@@ -453,6 +461,8 @@ class Daemon:
             return self.inventory.summaries()
         if op == "flows":
             return self.flows(int(req.get("top", 20)))
+        if op == "drops":
+            return self.drops(req.get("match"), int(req.get("last", 50)))
         if op == "policy_diff":
             candidate = config_mod.load(Path(req["path"])) if req.get("path") else config_mod.load(self.config_path)
             return describe_changes(self.config, candidate, self._class_of(), self._live_pins(self.config))
@@ -581,11 +591,14 @@ class Daemon:
 
     def flows(self, top: int) -> list[dict[str, Any]]:
         assert self.dataplane is not None
-        rows = []
-        for key, entry in self.dataplane.flows():
-            rows.append(_flow_row(key, entry, self.config, self.rule_names))
-        rows.sort(key=lambda row: row["bytes"], reverse=True)
-        return rows[:top]
+        return [_flow_row(key, entry, self.config, self.rule_names) for key, entry in self.dataplane.top_flows(top)]
+
+    def drops(self, match: str | None, last: int) -> list[dict[str, Any]]:
+        """The newest `last` drop and audit records (one per flow and minute), oldest first; with match, only
+        those where a MAC, an address, a segment or the rule equals it."""
+        fields = ("src_mac", "dst_mac", "src_ip", "dst_ip", "src_segment", "dst_segment", "rule")
+        rows = [r for r in self.recent_drops if match is None or match.lower() in (str(r[f]).lower() for f in fields)]
+        return rows[-last:] if last > 0 else []
 
 
 def _flow_row(key: Any, entry: Any, cfg: Config, rule_names: dict[int, str]) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medseg_xdp import abi, bpfsys
 from medseg_xdp.policy_image import (
     GENERATIONAL_MAPS,
@@ -251,4 +253,23 @@ class Dataplane:
         return self.maps["last_decision"].lookup_percpu(U32(0)) or []
 
     def flows(self) -> Iterator[tuple[abi.FlowKey, abi.FlowEntry]]:  # type: ignore[valid-type]
-        return self.maps["flows"].items()
+        """Every flow in the table, read in batches."""
+        return self.maps["flows"].items_batch()
+
+    def top_flows(self, count: int) -> list[tuple[abi.FlowKey, abi.FlowEntry]]:  # type: ignore[valid-type]
+        """The `count` flows with the most bytes (both directions), most first.
+
+        The table is read in batches and only the chosen entries are decoded:
+        the daemon answers `medseg-xdp flows` from its one loop, which must not
+        stall on a table of a million flows (bench/userspace.py measures both)."""
+        flows = self.maps["flows"]
+        key_size, entry_size = ctypes.sizeof(abi.FlowKey), ctypes.sizeof(abi.FlowEntry)
+        column = abi.FlowEntry.bytes.offset // 8  # bytes[0], bytes[1]: u64, 8-aligned
+        best: list[tuple[int, bytes, bytes]] = []
+        for n, keys, values in flows.lookup_batch_raw():
+            words = np.frombuffer(values, dtype=np.uint64).reshape(n, entry_size // 8)
+            totals = words[:, column] + words[:, column + 1]
+            chosen = np.argsort(totals)[::-1][:count] if n > count else range(n)
+            best += [(int(totals[i]), keys[i * key_size : (i + 1) * key_size], values[i * entry_size : (i + 1) * entry_size]) for i in chosen]
+            best = sorted(best, key=lambda item: item[0], reverse=True)[:count]
+        return [(abi.FlowKey.from_buffer_copy(key), abi.FlowEntry.from_buffer_copy(entry)) for _, key, entry in best]

@@ -23,6 +23,7 @@ import ctypes
 import ipaddress
 import json
 import struct
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -137,6 +138,8 @@ class DeviceImpact:
 class SimulationReport:
     records: int = 0
     flows: int = 0  # every flow start in the baseline
+    first_seen: float = 0.0  # the baseline's window: its oldest and newest flow start (0: none)
+    last_seen: float = 0.0
     replayed: Tally = field(default_factory=Tally)  # the flows of the replayed endpoint pairs
     by_rule: dict[str, Tally] = field(default_factory=dict)
     by_segment_pair: dict[tuple[str, str], Tally] = field(default_factory=dict)
@@ -162,10 +165,25 @@ class SimulationReport:
         """No replayed flow is dropped now or would be once enforced."""
         return self.replayed.lost == 0
 
+    @property
+    def no_evidence(self) -> bool:
+        """Nothing was replayed: an empty baseline (a fresh install, the wrong state directory) proves nothing."""
+        return self.replayed.flows == 0
+
+    def window(self) -> str:
+        if not self.first_seen:
+            return "no learned flows"
+        days = (self.last_seen - self.first_seen) / 86400
+        stamp = "%Y-%m-%d %H:%M"
+        return f"flows learned from {time.strftime(stamp, time.localtime(self.first_seen))} to {time.strftime(stamp, time.localtime(self.last_seen))} ({days:.1f} days)"
+
     def to_json(self) -> str:
         return json.dumps(
             {
                 "clean": self.clean,
+                "no_evidence": self.no_evidence,
+                "first_seen": self.first_seen,
+                "last_seen": self.last_seen,
                 "cuts_life_critical": self.cuts_life_critical,
                 "records": self.records,
                 "flows": self.flows,
@@ -204,7 +222,12 @@ class SimulationReport:
         )
         if self.not_replayed:
             lines.append(f"{self.not_replayed} flows between other endpoint pairs were not replayed (the baseline keeps examples only).")
-        lines.append("CLEAN: no learned flow is dropped, now or once enforced." if self.clean else "NOT CLEAN: see below.")
+        lines.append(f"Baseline: {self.window()}.")
+        if self.no_evidence:
+            lines.append("NO EVIDENCE: there was nothing to replay (a fresh install, or the wrong --state-dir?), so nothing is known "
+                         "about what this policy would drop. Learn first, or pass --pcap.")
+        else:
+            lines.append("CLEAN: no learned flow is dropped, now or once enforced." if self.clean else "NOT CLEAN: see below.")
         lines += [f"warning: {w}" for w in self.warnings]
         rules = sorted(self.by_rule.items(), key=lambda item: (-item[1].lost, item[0]))
         pairs = sorted(self.by_segment_pair.items(), key=lambda item: (-item[1].lost, item[0]))
@@ -275,6 +298,8 @@ class _Simulation:
         for record in sorted(baseline, key=lambda r: r.key):
             report.records += 1
             report.flows += record.flows
+            report.first_seen = min(report.first_seen or record.first_seen, record.first_seen)
+            report.last_seen = max(report.last_seen, record.last_seen)
             for example in record.examples:
                 self.replay(record, example)
         reached = set(report.by_rule)

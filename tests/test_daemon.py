@@ -152,6 +152,13 @@ def test_a_device_is_classified_and_lands_in_its_segment_live(running: Running) 
     assert not ssh_attempt(running)
     flows = running.ask("flows", top=50)
     assert any(f["rule"] == "dicom-store" and f["src_segment"] == "modalities" for f in flows)  # type: ignore[union-attr,index]
+    # the denied ssh has no flow entry, but `medseg-xdp drops` names it, its segments and the rule that dropped it
+    assert wait_until(lambda: any(r["verdict"] == "drop" and r["dport"] == 22 for r in running.ask("drops", match=DEFAULT_CLIENT.mac)), timeout=5)  # type: ignore[union-attr,index]
+    drops = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "drops", DEFAULT_CLIENT.mac, "--state-dir", str(running.state_dir)],
+                           capture_output=True, text=True, check=True).stdout
+    ssh = next(line for line in drops.splitlines() if line.split()[2:3] == ["drop"] and ":22 " in line)
+    assert "modalities->" in ssh and "segment_default" in ssh, drops
+    assert running.ask("drops", match="02:00:00:00:99:99") == []
 
 
 def test_an_invalid_reload_changes_nothing(running: Running) -> None:

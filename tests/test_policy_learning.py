@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,6 +276,7 @@ def test_propose_then_simulate_the_learned_flows_is_clean(catalog: Catalog) -> N
     assert report.by_rule["reason:rail_dhcp"].passed == 1
     assert report.unused_rules == []
     assert "CLEAN" in report.to_text() and json.loads(report.to_json())["clean"] is True
+    assert "Baseline: flows learned from 2024-05-01" in report.to_text() and not report.no_evidence
 
 
 def test_the_proposal_is_deterministic(catalog: Catalog) -> None:
@@ -363,7 +366,19 @@ def test_an_empty_baseline_proposes_a_valid_policy(catalog: Catalog) -> None:
     text = propose(Baseline(), inventory, catalog)
     policy = config.parse(text)
     assert policy.rules == () and "unassigned" in policy.segments
-    assert simulate(policy, Baseline(), inventory, catalog).clean
+    report = simulate(policy, Baseline(), inventory, catalog)
+    assert report.no_evidence and "NO EVIDENCE" in report.to_text() and "CLEAN" not in report.to_text()
+    assert json.loads(report.to_json())["no_evidence"] is True
+
+
+def test_simulate_says_when_there_is_nothing_to_replay(tmp_path: Path) -> None:
+    """A wrong --state-dir or a fresh install must not read as an all-clear: exit 5, not 0."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[segments.pumps]\nmacs = ["02:00:00:00:00:01"]\nlife_critical = true\ndefault = "drop"\n')
+    result = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "policy", "simulate", str(policy), "--state-dir", str(tmp_path / "empty")],
+                            capture_output=True, text=True)
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "NO EVIDENCE" in result.stdout and "Baseline: no learned flows." in result.stdout
 
 
 def test_icmpv6_echo_is_learned_by_its_type(catalog: Catalog) -> None:

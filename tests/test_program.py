@@ -8,6 +8,7 @@ last one's verdict, reason, rule and segments, and that exactly its
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -409,6 +410,27 @@ def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
     with tracer.deployed(), pytest.raises(RuntimeError, match="recorded no decision"):
         tracer.run_frame(frame, "portA")
     assert tracer.trace(frame, "portA").reason == "established"  # the packet above opened the flow
+
+
+def test_top_flows_finds_the_largest_across_batches() -> None:
+    """Dataplane.top_flows, what the daemon's `flows` command reads: the largest flows by bytes (both directions)
+    over several batch chunks, decoded only for those."""
+    count, top = 10_000, 25  # three chunks of 4,096
+    totals = random.Random(7).sample(range(1, 10**9), count)
+    keys, values = bytearray(), bytearray()
+    for i, total in enumerate(totals):
+        keys += abi.to_bytes(abi.FlowKey(port_lo=i & 0xFFFF, port_hi=i >> 16, proto=6, family=4))
+        entry = abi.FlowEntry()
+        entry.bytes[0], entry.bytes[1] = total // 3, total - total // 3
+        values += abi.to_bytes(entry)
+    largest = sorted(range(count), key=lambda i: totals[i], reverse=True)[:top]
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        assert t.dataplane is not None
+        t.dataplane.maps["flows"].update_batch_raw(bytes(keys), bytes(values), count)
+        chosen = t.dataplane.top_flows(top)
+        assert [key.port_lo | key.port_hi << 16 for key, _ in chosen] == largest
+        assert [entry.bytes[0] + entry.bytes[1] for _, entry in chosen] == [totals[i] for i in largest]
+        assert len(t.dataplane.top_flows(count + 1)) == count
 
 
 def test_denied_flow_gets_no_entry(tracer: Tracer) -> None:
