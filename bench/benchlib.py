@@ -185,9 +185,13 @@ def flow_key_of(frame: bytes, vlan: int = 0) -> tuple[bytes, bool]:
     s, d = struct.unpack("<I", src)[0], struct.unpack("<I", dst)[0]
     src_is_lo = s < d if s != d else sport_raw <= dport_raw
     key = abi.FlowKey(proto=frame[23], family=abi.const("FAMILY_IPV4"), vlan=vlan)
-    lo, hi, port_lo, port_hi = (src, dst, sport_raw, dport_raw) if src_is_lo else (dst, src, dport_raw, sport_raw)
+    eth_dst, eth_src = frame[0:6], frame[6:12]
+    lo, hi, mac_lo, mac_hi, port_lo, port_hi = ((src, dst, eth_src, eth_dst, sport_raw, dport_raw) if src_is_lo else
+                                                (dst, src, eth_dst, eth_src, dport_raw, sport_raw))
     ctypes.memmove(key.addr_lo, lo, 4)
     ctypes.memmove(key.addr_hi, hi, 4)
+    ctypes.memmove(key.mac_lo, mac_lo, 6)
+    ctypes.memmove(key.mac_hi, mac_hi, 6)
     key.port_lo, key.port_hi = port_lo, port_hi
     return abi.to_bytes(key), src_is_lo
 

@@ -309,11 +309,15 @@ decided:
 	if (src_is_lo) {
 		__builtin_memcpy(key->addr_lo, pkt->src, 16);
 		__builtin_memcpy(key->addr_hi, pkt->dst, 16);
+		__builtin_memcpy(key->mac_lo, pkt->eth_src, 6);
+		__builtin_memcpy(key->mac_hi, pkt->eth_dst, 6);
 		key->port_lo = pkt->sport;
 		key->port_hi = pkt->dport;
 	} else {
 		__builtin_memcpy(key->addr_lo, pkt->dst, 16);
 		__builtin_memcpy(key->addr_hi, pkt->src, 16);
+		__builtin_memcpy(key->mac_lo, pkt->eth_dst, 6);
+		__builtin_memcpy(key->mac_hi, pkt->eth_src, 6);
 		key->port_lo = pkt->dport;
 		key->port_hi = pkt->sport;
 	}
@@ -385,8 +389,6 @@ static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
 					 int midstream, struct decision *d)
 {
 	denial->flow = *key;
-	__builtin_memcpy(denial->src_mac, pkt->eth_src, 6);
-	__builtin_memcpy(denial->dst_mac, pkt->eth_dst, 6);
 	denial->ifindex = ctx->ingress_ifindex;
 	denial->policy_port = pkt->policy_port;
 	denial->src_is_lo = src_is_lo;
@@ -815,6 +817,10 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 		return 1;
 	}
 	inner.family = pkt->family;
+	/* the error travels back along the flow: from its responder's link-layer
+	 * end (or the router in front of it) to its initiator's */
+	inner.eth_src = pkt->eth_dst;
+	inner.eth_dst = pkt->eth_src;
 
 	struct flow_key key = {};
 	make_flow_key(&inner, vlan, &key);

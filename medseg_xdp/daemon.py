@@ -606,12 +606,15 @@ def _flow_row(key: Any, entry: Any, cfg: Config, rule_names: dict[int, str]) -> 
     lo = ipaddress.ip_address(bytes(key.addr_lo[:width]))
     hi = ipaddress.ip_address(bytes(key.addr_hi[:width]))
     port_lo, port_hi = (int.from_bytes(p.to_bytes(2, "little"), "big") for p in (key.port_lo, key.port_hi))
-    initiator, responder = ((lo, port_lo), (hi, port_hi)) if entry.initiator_is_lo else ((hi, port_hi), (lo, port_lo))
+    mac_lo, mac_hi = (":".join(f"{b:02x}" for b in bytes(mac)) for mac in (key.mac_lo, key.mac_hi))
+    initiator, responder = ((lo, port_lo, mac_lo), (hi, port_hi, mac_hi)) if entry.initiator_is_lo else ((hi, port_hi, mac_hi), (lo, port_lo, mac_lo))
     return {
         "proto": key.proto,
         "vlan": key.vlan,
         "initiator": f"{initiator[0]}:{initiator[1]}" if width == 4 else f"[{initiator[0]}]:{initiator[1]}",
         "responder": f"{responder[0]}:{responder[1]}" if width == 4 else f"[{responder[0]}]:{responder[1]}",
+        "initiator_mac": initiator[2],
+        "responder_mac": responder[2],
         "src_segment": cfg.segment_name(entry.src_segment),
         "dst_segment": cfg.segment_name(entry.dst_segment),
         "verdict": abi.Verdict(entry.verdict).name,

@@ -722,11 +722,15 @@ class ReferenceDataplane:
         if src_is_lo:
             key.addr_lo[:] = pkt.src
             key.addr_hi[:] = pkt.dst
+            key.mac_lo[:] = pkt.eth_src
+            key.mac_hi[:] = pkt.eth_dst
             key.port_lo = pkt.sport
             key.port_hi = pkt.dport
         else:
             key.addr_lo[:] = pkt.dst
             key.addr_hi[:] = pkt.src
+            key.mac_lo[:] = pkt.eth_dst
+            key.mac_hi[:] = pkt.eth_src
             key.port_lo = pkt.dport
             key.port_hi = pkt.sport
         return key, src_is_lo
@@ -1003,6 +1007,7 @@ class ReferenceDataplane:
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RELATED_ICMP, 0)
             return True  # DHCP passes on a rail without a flow entry: its errors are plumbing too
         inner.family = pkt.family
+        inner.eth_src, inner.eth_dst = pkt.eth_dst, pkt.eth_src  # back along the flow
 
         key, _ = self.make_flow_key(inner, vlan)
         e = self.flows.get(bytes(key))

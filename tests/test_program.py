@@ -111,6 +111,12 @@ CASES = [
         "audit", "segment_default", "default:monitors", "monitors", "unassigned",
     ),
     Case(
+        "a flow opened towards a broadcast MAC carries nothing to the real destination's MAC",
+        [(b(Ether(src=OTHER, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=7, dport=22, flags="S")), "portB"),
+         (b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=7, dport=22, flags="S")), "portB")],
+        "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="drop_event",
+    ),
+    Case(
         "management segment passes as a rail",
         [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.99.5", dst="10.0.2.5") / TCP(sport=3, dport=22, flags="S")), "portB")],
         "pass", "rail_mgmt", "-", "mgmt", "pacs",
