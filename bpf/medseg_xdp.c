@@ -465,7 +465,11 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	 * not inherit its flows (TCP comes back through mid-stream pickup). */
 	u32 idle_s = pkt->proto == IPPROTO_TCP ? s->tcp_idle_timeout_s :
 						 s->idle_timeout_s;
-	if (e && idle_s && now - e->last_seen_ns > (u64)idle_s * ONE_SECOND_NS) {
+	/* Signed: the other direction's CPU may have stamped last_seen_ns after
+	 * this packet read its clock, and an unsigned difference would wrap and
+	 * forget a busy flow. */
+	if (e && idle_s &&
+	    (s64)(now - e->last_seen_ns) > (s64)idle_s * (s64)ONE_SECOND_NS) {
 		flows.delete(key);
 		e = NULL;
 	}

@@ -788,7 +788,7 @@ class ReferenceDataplane:
         e = self.flows.get(key_bytes)
 
         idle_s = s.tcp_idle_timeout_s if pkt.proto == IPPROTO_TCP else s.idle_timeout_s
-        if e is not None and idle_s and now - e.last_seen_ns > idle_s * NSEC_PER_SEC:
+        if e is not None and idle_s and now - e.last_seen_ns > idle_s * NSEC_PER_SEC:  # signed, as the C (s64)
             del self.flows[key_bytes]  # idle: judged anew
             e = None
         if e is not None:

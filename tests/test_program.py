@@ -644,6 +644,22 @@ def test_an_apply_never_lets_a_dead_writers_leftovers_go_live() -> None:
         assert not any(k.port_be == leftover.port_be and k.prefixlen == 96 for k in t.dataplane.maps["rules"].keys())
 
 
+def test_a_flow_stamped_by_another_cpu_after_this_packet_read_its_clock_is_not_idle() -> None:
+    """The reply's CPU may write last_seen_ns later than this packet's clock: the difference is negative, not huge."""
+    import time
+
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        assert t.dataplane is not None
+        request = b(modality() / UDP(sport=43001, dport=5000))
+        reply = b(to_modality() / UDP(sport=5000, dport=43001))
+        assert t.trace(request, "portA").reason == "rule"
+        flows = t.dataplane.maps["flows"]
+        [(key, entry)] = [(k, e) for k, e in t.dataplane.flows() if 43001 in (_port(k.port_lo), _port(k.port_hi))]
+        entry.last_seen_ns = time.monotonic_ns() + 10**9  # ahead of any clock this packet reads
+        flows.update(key, entry)
+        assert t.trace(reply, "portB").reason == "reply"
+
+
 def test_an_idle_flow_is_judged_anew_by_the_kernel() -> None:
     """The real clock: a 1 s idle timeout, a 2.5 s pause, and the flow's reply is judged as new."""
     import time
