@@ -794,11 +794,11 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	if (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP) {
 		inner.sport = *(__be16 *)quoted_l4;
 		inner.dport = *(__be16 *)(quoted_l4 + 2);
-	} else if (IS_ICMP_PROTO(inner.proto) &&
-		   is_icmp_echo(inner.proto, quoted_l4[0])) {
-		inner.sport = *(__be16 *)(quoted_l4 + 4);
-		inner.dport = inner.sport;
-	} else if (!IS_ICMP_PROTO(inner.proto)) {
+	} else if (IS_ICMP_PROTO(inner.proto)) {
+		icmp_flow_ports(inner.proto, quoted_l4[0],
+				*(__be16 *)(quoted_l4 + 4), &inner.sport,
+				&inner.dport);
+	} else {
 		return 0;
 	}
 	/* An error goes back to the sender of the packet it quotes, and comes

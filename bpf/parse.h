@@ -106,6 +106,23 @@ static __always_inline int is_icmp_echo(u8 proto, u8 type)
 	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
 }
 
+/* The ports an ICMP message's flow is keyed by: an echo's identifier as both,
+ * any other type (type, 0x100 | type). The two never match, so an allowed
+ * echo opens no other type and an allowed type no echo. */
+#define ICMP_TYPE_KEY_MARK 0x100
+
+static __always_inline void icmp_flow_ports(u8 proto, u8 type, __be16 id,
+					    __be16 *sport, __be16 *dport)
+{
+	if (is_icmp_echo(proto, type)) {
+		*sport = id;
+		*dport = id;
+	} else {
+		*sport = bpf_htons(type);
+		*dport = bpf_htons(ICMP_TYPE_KEY_MARK | type);
+	}
+}
+
 /* L4 header at l4, bounded by end: ports, flags, ICMP type. The L4 header of
  * a first fragment must be whole (RFC 1858, RFC 7112): else malformed. */
 static __always_inline int parse_l4(struct packet *pkt, void *data, u8 *l4,
@@ -131,14 +148,8 @@ static __always_inline int parse_l4(struct packet *pkt, void *data, u8 *l4,
 		if (BEYOND(l4 + 8, end, dgram_end))
 			return PARSE_MALFORMED;
 		pkt->icmp_type = l4[0];
-		if (is_icmp_echo(pkt->proto, pkt->icmp_type)) {
-			pkt->sport = *(__be16 *)(l4 + 4);
-		} else {
-			/* other ICMP: the type keys the flow, so an allowed
-			 * type opens no other type */
-			pkt->sport = bpf_htons(pkt->icmp_type);
-		}
-		pkt->dport = pkt->sport;
+		icmp_flow_ports(pkt->proto, pkt->icmp_type, *(__be16 *)(l4 + 4),
+				&pkt->sport, &pkt->dport);
 		pkt->policy_port = pkt->icmp_type;
 		pkt->has_l4 = 1;
 		return PARSE_IP;

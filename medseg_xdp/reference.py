@@ -304,6 +304,16 @@ def is_icmp_proto(proto: int) -> bool:
     return proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
 
 
+ICMP_TYPE_KEY_MARK = 0x100
+
+
+def icmp_flow_ports(proto: int, icmp_type: int, identifier: int) -> tuple[int, int]:
+    """icmp_flow_ports(): an echo's identifier as both ports, any other type (type, 0x100 | type)."""
+    if is_icmp_echo(proto, icmp_type):
+        return identifier, identifier
+    return bswap16(icmp_type), bswap16(ICMP_TYPE_KEY_MARK | icmp_type)
+
+
 def is_icmp_echo(proto: int, icmp_type: int) -> bool:
     """is_icmp_echo()."""
     if proto == IPPROTO_ICMP:
@@ -331,11 +341,7 @@ def parse_l4(pkt: Packet, frame: bytes, l4: int, dgram_end: int) -> ParseResult:
         if beyond(l4 + ICMP_HLEN, end, dgram_end):
             return ParseResult.MALFORMED
         pkt.icmp_type = frame[l4]
-        if is_icmp_echo(pkt.proto, pkt.icmp_type):
-            pkt.sport = raw16(frame, l4 + 4)
-        else:
-            pkt.sport = bswap16(pkt.icmp_type)  # the type keys other ICMP flows
-        pkt.dport = pkt.sport
+        pkt.sport, pkt.dport = icmp_flow_ports(pkt.proto, pkt.icmp_type, raw16(frame, l4 + 4))
         pkt.policy_port = pkt.icmp_type
         pkt.has_l4 = True
         return ParseResult.IP
@@ -994,10 +1000,9 @@ class ReferenceDataplane:
         if inner.proto in (IPPROTO_TCP, IPPROTO_UDP):
             inner.sport = raw16(frame, l4)
             inner.dport = raw16(frame, l4 + 2)
-        elif is_icmp_proto(inner.proto) and is_icmp_echo(inner.proto, frame[l4]):
-            inner.sport = raw16(frame, l4 + 4)
-            inner.dport = inner.sport
-        elif not is_icmp_proto(inner.proto):
+        elif is_icmp_proto(inner.proto):
+            inner.sport, inner.dport = icmp_flow_ports(inner.proto, frame[l4], raw16(frame, l4 + 4))
+        else:
             return False
         if inner.src != pkt.dst:
             return False  # an error goes back to the sender of the packet it quotes

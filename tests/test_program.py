@@ -117,6 +117,11 @@ CASES = [
         "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="drop_event",
     ),
     Case(
+        "an echo flow opens no other ICMP type, whatever its identifier",
+        [(b(modality() / ICMP(type=8, id=5)), "portA"), (b(modality() / ICMP(type=5, code=1)), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
+    ),
+    Case(
         "management segment passes as a rail",
         [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.99.5", dst="10.0.2.5") / TCP(sport=3, dport=22, flags="S")), "portB")],
         "pass", "rail_mgmt", "-", "mgmt", "pacs",
