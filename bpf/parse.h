@@ -30,6 +30,8 @@
 #define IPV4_OFFSET_MASK 0x1fff
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
 #define IPV6_FRAG_MF 0x0001
+#define TCP_MIN_HLEN 20
+#define ETH_P_802_3_MIN_ 0x0600
 
 enum parse_result {
 	PARSE_IP = 0,         /* IPv4/IPv6 with its L4 header where there is one */
@@ -162,6 +164,15 @@ static __always_inline int parse_l4(struct packet *pkt, void *data, u8 *l4,
 	return PARSE_IP;
 }
 
+/* RFC 1858: a later fragment that starts inside the first fragment's TCP
+ * header would rewrite the flags and ports that fragment was judged by,
+ * wherever a reassembler lets later data win (IPv6 forbids overlaps, RFC
+ * 5722, which old stacks ignore). offset in bytes. */
+static __always_inline int overlaps_tcp_header(u8 proto, u32 offset)
+{
+	return proto == IPPROTO_TCP && offset < TCP_MIN_HLEN;
+}
+
 static __always_inline int parse_ipv4(struct packet *pkt, void *data, void *l3,
 				      void *end)
 {
@@ -188,6 +199,9 @@ static __always_inline int parse_ipv4(struct packet *pkt, void *data, void *l3,
 		pkt->frag_id = bpf_ntohs(ip->id);
 		if (frag & IPV4_OFFSET_MASK) {
 			pkt->is_later_fragment = 1;
+			if (overlaps_tcp_header(ip->protocol,
+						(frag & IPV4_OFFSET_MASK) * 8))
+				return PARSE_MALFORMED;
 			return PARSE_IP;
 		}
 	}
@@ -247,6 +261,9 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *data, void *l3,
 				if (off & IPV6_FRAG_OFFSET_MASK) {
 					pkt->proto = next;
 					pkt->is_later_fragment = 1;
+					if (overlaps_tcp_header(next,
+								off & IPV6_FRAG_OFFSET_MASK))
+						return PARSE_MALFORMED;
 					return PARSE_IP;
 				}
 			}
@@ -262,6 +279,19 @@ static __always_inline int parse_ipv6(struct packet *pkt, void *data, void *l3,
 	}
 	/* more extension headers than we walk (RFC 9098): malformed here */
 	return PARSE_MALFORMED;
+}
+
+/* An 802.3 frame whose LLC/SNAP header (RFC 1042: AA AA 03, OUI 0) names IP,
+ * ARP or a VLAN tag: some stacks take it as that protocol, so it must not
+ * pass unjudged as an unknown EtherType. */
+static __always_inline int snap_wraps_ip(u8 *llc, void *end)
+{
+	if ((void *)(llc + 8) > end || llc[0] != 0xAA || llc[1] != 0xAA ||
+	    llc[2] != 0x03 || llc[3] || llc[4] || llc[5])
+		return 0;
+	u16 inner = (llc[6] << 8) | llc[7];
+	return inner == ETH_P_IP || inner == ETH_P_IPV6 || inner == ETH_P_ARP_ ||
+	       inner == ETH_P_8021Q_ || inner == ETH_P_8021AD_;
 }
 
 /* vlan_tags: how many tags the frame carries (0, 1 or 2). An out-parameter,
@@ -309,8 +339,10 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt,
 		return PARSE_ARP;
 	if (proto == ETH_P_LLDP_ || proto == ETH_P_SLOW_ || proto == ETH_P_PAE_)
 		return PARSE_L2_CONTROL;
+	if (proto < ETH_P_802_3_MIN_ && snap_wraps_ip(cursor, end))
+		return PARSE_MALFORMED;
 	/* 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00 */
-	if (proto < 0x0600 && eth->h_dest[0] == 0x01 && eth->h_dest[1] == 0x80 &&
+	if (proto < ETH_P_802_3_MIN_ && eth->h_dest[0] == 0x01 && eth->h_dest[1] == 0x80 &&
 	    eth->h_dest[2] == 0xc2 && eth->h_dest[3] == 0 && eth->h_dest[4] == 0 &&
 	    eth->h_dest[5] == 0)
 		return PARSE_L2_CONTROL;

@@ -377,6 +377,8 @@ def parse_ipv4(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
         pkt.frag_id = be16(frame, l3 + 4)
         if frag & IPV4_OFFSET_MASK:
             pkt.is_later_fragment = True
+            if overlaps_tcp_header(pkt.proto, (frag & IPV4_OFFSET_MASK) * 8):
+                return ParseResult.MALFORMED
             return ParseResult.IP
     return parse_l4(pkt, frame, l3 + hdr_len, l3 + tot_len)
 
@@ -424,6 +426,8 @@ def parse_ipv6(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
                 if offset & IPV6_FRAG_OFFSET_MASK:
                     pkt.proto = next_header
                     pkt.is_later_fragment = True
+                    if overlaps_tcp_header(next_header, offset & IPV6_FRAG_OFFSET_MASK):
+                        return ParseResult.MALFORMED
                     return ParseResult.IP
         else:
             pkt.proto = next_header
@@ -432,6 +436,22 @@ def parse_ipv6(pkt: Packet, frame: bytes, l3: int) -> ParseResult:
                 return ParseResult.IP
             return parse_l4(pkt, frame, cursor, dgram_end)
     return ParseResult.MALFORMED  # more extension headers than we walk
+
+
+TCP_MIN_HLEN = 20
+SNAP_HEADER = bytes.fromhex("aaaa03000000")
+
+
+def overlaps_tcp_header(proto: int, offset: int) -> bool:
+    """overlaps_tcp_header(): a later fragment starting inside the TCP header (RFC 1858); offset in bytes."""
+    return proto == IPPROTO_TCP and offset < TCP_MIN_HLEN
+
+
+def snap_wraps_ip(frame: bytes, llc: int) -> bool:
+    """snap_wraps_ip(): an RFC 1042 LLC/SNAP header naming IP, ARP or a VLAN tag."""
+    if llc + 8 > len(frame) or frame[llc : llc + 6] != SNAP_HEADER:
+        return False
+    return be16(frame, llc + 6) in (ETH_P_IP, ETH_P_IPV6, ETH_P_ARP, ETH_P_8021Q, ETH_P_8021AD)
 
 
 def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
@@ -467,6 +487,8 @@ def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
         return ParseResult.ARP
     if proto in (ETH_P_LLDP, ETH_P_SLOW, ETH_P_PAE):
         return ParseResult.L2_CONTROL
+    if proto < ETH_P_802_3_MIN and snap_wraps_ip(frame, cursor):
+        return ParseResult.MALFORMED
     # 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00
     if proto < ETH_P_802_3_MIN and pkt.eth_dst == STP_MAC:
         return ParseResult.L2_CONTROL

@@ -26,7 +26,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
-from scapy.layers.l2 import ARP, LLC, STP, Dot1AD, Dot1Q, Dot3, Ether
+from scapy.layers.l2 import ARP, LLC, SNAP, STP, Dot1AD, Dot1Q, Dot3, Ether
 from scapy.packet import Raw
 
 from medseg_xdp import abi, bpfsys, config
@@ -120,6 +120,26 @@ CASES = [
         "an echo flow opens no other ICMP type, whatever its identifier",
         [(b(modality() / ICMP(type=8, id=5)), "portA"), (b(modality() / ICMP(type=5, code=1)), "portA")],
         "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
+    ),
+    Case(
+        "a later TCP fragment that would rewrite the first one's header is dropped (RFC 1858)",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", proto=6, id=77, frag=1) / Raw(b"\x00" * 16)), "portA")],
+        "drop", "malformed",
+    ),
+    Case(
+        "the same in IPv6",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / IPv6ExtHdrFragment(nh=6, offset=2, id=78) / Raw(b"\x00" * 16)), "portA")],
+        "drop", "malformed",
+    ),
+    Case(
+        "a later TCP fragment past the header follows its first fragment as usual",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", proto=6, id=79, frag=3) / Raw(b"\x00" * 16)), "portA")],
+        "drop", "fragment_orphan",
+    ),
+    Case(
+        "IPv4 wrapped in LLC/SNAP (RFC 1042) is no unknown EtherType: dropped",
+        [(b(Dot3(src=OTHER, dst=ROUTER) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x0800) / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=8, dport=22, flags="S")), "portB")],
+        "drop", "malformed",
     ),
     Case(
         "management segment passes as a rail",
