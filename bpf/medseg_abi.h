@@ -328,7 +328,7 @@ struct frag_key {
 	u32 id;
 	u8 proto;
 	u8 family;
-	u16 pad;
+	u16 vlan;  /* the identity VLAN: the same addresses on two VLANs are two hosts */
 };
 
 struct frag_verdict {

@@ -676,7 +676,8 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 	return 1;
 }
 
-static __always_inline void make_frag_key(struct packet *pkt,
+static __always_inline void make_frag_key(struct xdp_md *ctx,
+					  struct packet *pkt,
 					  struct frag_key *key)
 {
 	__builtin_memcpy(key->src, pkt->src, 16);
@@ -684,6 +685,7 @@ static __always_inline void make_frag_key(struct packet *pkt,
 	key->id = pkt->frag_id;
 	key->proto = pkt->frag_proto;
 	key->family = pkt->family;
+	key->vlan = vlan_for_identity(ctx, pkt);
 }
 
 /* A non-first fragment follows its first fragment's verdict. An orphan
@@ -696,7 +698,7 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 {
 	struct frag_key key = {};
 
-	make_frag_key(pkt, &key);
+	make_frag_key(ctx, pkt, &key);
 	struct frag_verdict *first = frags.lookup(&key);
 	/* A first fragment judged under this generation or the one before:
 	 * a datagram in flight at a flip completes, while an older verdict is
@@ -720,7 +722,8 @@ static __always_inline void later_fragment(struct xdp_md *ctx, u32 gen,
 		     REASON_FRAGMENT_ORPHAN, 0);
 }
 
-static __always_inline void record_first_fragment(struct packet *pkt,
+static __always_inline void record_first_fragment(struct xdp_md *ctx,
+						  struct packet *pkt,
 						  struct decision *d)
 {
 	struct frag_key key = {};
@@ -735,7 +738,7 @@ static __always_inline void record_first_fragment(struct packet *pkt,
 		.pair_index = d->pair_index,
 	};
 
-	make_frag_key(pkt, &key);
+	make_frag_key(ctx, pkt, &key);
 	if (frags.update(&key, &v))
 		count_pressure(PRESSURE_FRAG_INSERT_FAILED);
 }
@@ -993,7 +996,7 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 		c->bytes += pkt->len;
 	}
 	if (pkt->is_fragment && !pkt->is_later_fragment)
-		record_first_fragment(pkt, d);
+		record_first_fragment(ctx, pkt, d);
 
 	if (d->sample_kind == SAMPLE_NONE && d->verdict == VERDICT_DROP)
 		d->sample_kind = SAMPLE_DROP_EVENT;

@@ -953,17 +953,16 @@ class ReferenceDataplane:
         d.sample_kind = C.SAMPLE_FLOWLESS
         return True
 
-    @staticmethod
-    def make_frag_key(pkt: Packet) -> abi.FragKey:
-        """make_frag_key()."""
-        key = abi.FragKey(id=pkt.frag_id, proto=pkt.frag_proto, family=pkt.family)
+    def make_frag_key(self, ctx: XdpContext, pkt: Packet) -> abi.FragKey:
+        """make_frag_key(): (src, dst, id, protocol, family, identity VLAN)."""
+        key = abi.FragKey(id=pkt.frag_id, proto=pkt.frag_proto, family=pkt.family, vlan=self.vlan_for_identity(ctx, pkt))
         key.src[:] = pkt.src
         key.dst[:] = pkt.dst
         return key
 
     def later_fragment(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> None:
         """later_fragment(): the first fragment's verdict, else an orphan (drop where enforced)."""
-        first = self.frags.get(bytes(self.make_frag_key(pkt)))
+        first = self.frags.get(bytes(self.make_frag_key(ctx, pkt)))
         if first is not None and (first.gen == gen or (first.gen + 1) & 0xFFFFFFFF == gen):  # this or the previous generation
             self.set_decision(d, first.verdict, C.REASON_FRAGMENT, first.rule_id)
             if first.flags & C.DECISION_SEGMENTS:  # not after a rail
@@ -975,9 +974,9 @@ class ReferenceDataplane:
         verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
         self.set_decision(d, verdict, C.REASON_FRAGMENT_ORPHAN, 0)
 
-    def record_first_fragment(self, pkt: Packet, d: abi.Decision) -> None:
+    def record_first_fragment(self, ctx: XdpContext, pkt: Packet, d: abi.Decision) -> None:
         """record_first_fragment(): the decision, for the fragments that follow."""
-        self.frags[bytes(self.make_frag_key(pkt))] = abi.FragVerdict(
+        self.frags[bytes(self.make_frag_key(ctx, pkt))] = abi.FragVerdict(
             gen=d.gen,
             rule_id=d.rule_id,
             src_segment=d.src_segment,
@@ -1147,7 +1146,7 @@ class ReferenceDataplane:
         if d.flags & C.DECISION_SEGMENTS:
             self.count_pair(d, pkt.len)
         if pkt.is_fragment and not pkt.is_later_fragment:
-            self.record_first_fragment(pkt, d)
+            self.record_first_fragment(ctx, pkt, d)
 
         if d.sample_kind == C.SAMPLE_NONE and d.verdict == C.VERDICT_DROP:
             d.sample_kind = C.SAMPLE_DROP_EVENT

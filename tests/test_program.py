@@ -137,6 +137,12 @@ CASES = [
         "drop", "fragment_orphan",
     ),
     Case(
+        "a later fragment on another VLAN does not ride a first fragment's verdict",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", id=90, flags="MF") / UDP(sport=9, dport=5000) / Raw(bytes(16))), "portA"),
+         (b(Ether(src=OTHER, dst=ROUTER) / Dot1Q(vlan=30) / IP(src="10.0.1.5", dst="10.0.2.5", id=90, frag=3, proto=17) / Raw(bytes(8))), "portC")],
+        "drop", "fragment_orphan",
+    ),
+    Case(
         "IPv4 wrapped in LLC/SNAP (RFC 1042) is no unknown EtherType: dropped",
         [(b(Dot3(src=OTHER, dst=ROUTER) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0, code=0x0800) / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=8, dport=22, flags="S")), "portB")],
         "drop", "malformed",
