@@ -619,11 +619,12 @@ static __always_inline int dhcp_direction(u8 family, __be16 sport_be,
 	return NOT_DHCP;
 }
 
-static __always_inline int is_rail_host(u32 gen, struct packet *pkt, u32 flag)
+/* addr (a packet's src or dst) is a configured host with this RAIL_HOST_* flag */
+static __always_inline int is_rail_host(u32 gen, u8 family, u32 *addr, u32 flag)
 {
-	struct rail_host_key key = { .gen = gen, .family = pkt->family };
+	struct rail_host_key key = { .gen = gen, .family = family };
 
-	__builtin_memcpy(key.addr, pkt->src, 16);
+	__builtin_memcpy(key.addr, addr, 16);
 	u32 *flags = rail_hosts.lookup(&key);
 	return flags && (*flags & flag);
 }
@@ -648,7 +649,7 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 		if (direction == DHCP_TO_CLIENT) {
 			d->sample_kind = SAMPLE_DHCP;
 			if (!(s->flags & SETTING_DHCP_SERVERS_LISTED) ||
-			    is_rail_host(gen, pkt, RAIL_HOST_DHCP_SERVER)) {
+			    is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_DHCP_SERVER)) {
 				set_decision(d, VERDICT_PASS, REASON_RAIL_DHCP, 0);
 				return 1;
 			}
@@ -667,7 +668,7 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
 	} else if (type == ND_ROUTER_ADVERT && pkt->hop_limit == ND_HOP_LIMIT &&
 		   (!(s->flags & SETTING_ROUTERS_LISTED) ||
-		    is_rail_host(gen, pkt, RAIL_HOST_ROUTER))) {
+		    is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_ROUTER))) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_RA, 0);
 	} else {
 		return 0;
@@ -743,6 +744,18 @@ static __always_inline void record_first_fragment(struct xdp_md *ctx,
 		count_pressure(PRESSURE_FRAG_INSERT_FAILED);
 }
 
+#define ICMP_PORT_UNREACH_CODE 3
+#define ICMPV6_PORT_UNREACH_CODE 4
+
+static __always_inline int is_port_unreachable(struct packet *pkt)
+{
+	if (pkt->proto == IPPROTO_ICMP)
+		return pkt->icmp_type == ICMP_DEST_UNREACH &&
+		       pkt->icmp_code == ICMP_PORT_UNREACH_CODE;
+	return pkt->icmp_type == ICMPV6_DEST_UNREACH &&
+	       pkt->icmp_code == ICMPV6_PORT_UNREACH_CODE;
+}
+
 static __always_inline int is_icmp_error(u8 proto, u8 type)
 {
 	if (proto == IPPROTO_ICMP)
@@ -813,13 +826,22 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	if ((s->flags & SETTING_ROUTERS_LISTED) &&
 	    (inner.dst[0] != pkt->src[0] || inner.dst[1] != pkt->src[1] ||
 	     inner.dst[2] != pkt->src[2] || inner.dst[3] != pkt->src[3]) &&
-	    !is_rail_host(gen, pkt, RAIL_HOST_ROUTER))
+	    !is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_ROUTER))
 		return 0;
-	/* DHCP passes on a rail, with no flow entry: its errors are plumbing
-	 * too (a client that already left its socket answers "port
-	 * unreachable" to the server's last reply). */
+	/* DHCP passes on a rail, with no flow entry: one of its errors is
+	 * plumbing too, a client that already left its socket answering "port
+	 * unreachable" to the server's last reply, and goes back to that server
+	 * (a listed one, when servers are listed). Any other error about DHCP
+	 * meets the policy. */
 	if (inner.proto == IPPROTO_UDP &&
 	    dhcp_direction(pkt->family, inner.sport, inner.dport)) {
+		if (dhcp_direction(pkt->family, inner.sport, inner.dport) !=
+			    DHCP_TO_CLIENT ||
+		    !is_port_unreachable(pkt) ||
+		    ((s->flags & SETTING_DHCP_SERVERS_LISTED) &&
+		     !is_rail_host(gen, pkt->family, pkt->dst,
+				   RAIL_HOST_DHCP_SERVER)))
+			return 0;
 		set_decision(d, VERDICT_PASS, REASON_RELATED_ICMP, 0);
 		return 1;
 	}

@@ -75,6 +75,7 @@ struct packet {
 	u8 tcp_flags;
 	u8 hop_limit;
 	u8 icmp_type;
+	u8 icmp_code;
 	u8 has_l4;          /* the L4 header is in this packet */
 	u8 is_fragment;     /* part of a fragmented datagram */
 	u8 is_later_fragment; /* offset > 0: no L4 header */
@@ -150,6 +151,7 @@ static __always_inline int parse_l4(struct packet *pkt, void *data, u8 *l4,
 		if (BEYOND(l4 + 8, end, dgram_end))
 			return PARSE_MALFORMED;
 		pkt->icmp_type = l4[0];
+		pkt->icmp_code = l4[1];
 		icmp_flow_ports(pkt->proto, pkt->icmp_type, *(__be16 *)(l4 + 4),
 				&pkt->sport, &pkt->dport);
 		pkt->policy_port = pkt->icmp_type;

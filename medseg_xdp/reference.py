@@ -266,6 +266,7 @@ class Packet:
     tcp_flags: int = 0
     hop_limit: int = 0
     icmp_type: int = 0
+    icmp_code: int = 0
     has_l4: bool = False
     is_fragment: bool = False
     is_later_fragment: bool = False
@@ -314,6 +315,17 @@ def icmp_flow_ports(proto: int, icmp_type: int, identifier: int) -> tuple[int, i
     return bswap16(icmp_type), bswap16(ICMP_TYPE_KEY_MARK | icmp_type)
 
 
+ICMP_PORT_UNREACH_CODE = 3
+ICMPV6_PORT_UNREACH_CODE = 4
+
+
+def is_port_unreachable(pkt: Packet) -> bool:
+    """is_port_unreachable()."""
+    if pkt.proto == IPPROTO_ICMP:
+        return pkt.icmp_type == ICMP_DEST_UNREACH and pkt.icmp_code == ICMP_PORT_UNREACH_CODE
+    return pkt.icmp_type == ICMPV6_DEST_UNREACH and pkt.icmp_code == ICMPV6_PORT_UNREACH_CODE
+
+
 def is_icmp_echo(proto: int, icmp_type: int) -> bool:
     """is_icmp_echo()."""
     if proto == IPPROTO_ICMP:
@@ -341,6 +353,7 @@ def parse_l4(pkt: Packet, frame: bytes, l4: int, dgram_end: int) -> ParseResult:
         if beyond(l4 + ICMP_HLEN, end, dgram_end):
             return ParseResult.MALFORMED
         pkt.icmp_type = frame[l4]
+        pkt.icmp_code = frame[l4 + 1]
         pkt.sport, pkt.dport = icmp_flow_ports(pkt.proto, pkt.icmp_type, raw16(frame, l4 + 4))
         pkt.policy_port = pkt.icmp_type
         pkt.has_l4 = True
@@ -903,10 +916,10 @@ class ReferenceDataplane:
 
     # ---- rails, fragments, ICMP errors ----
 
-    def is_rail_host(self, gen: int, pkt: Packet, flag: int) -> bool:
-        """is_rail_host(): the sender is a configured host with this RAIL_HOST_* flag."""
-        key = abi.RailHostKey(gen=gen, family=pkt.family)
-        key.addr[:] = pkt.src
+    def is_rail_host(self, gen: int, family: int, addr: bytes, flag: int) -> bool:
+        """is_rail_host(): addr (a packet's src or dst) is a configured host with this RAIL_HOST_* flag."""
+        key = abi.RailHostKey(gen=gen, family=family)
+        key.addr[:] = addr
         flags = self.rail_hosts.get(bytes(key))
         return flags is not None and bool(flags.value & flag)
 
@@ -922,9 +935,7 @@ class ReferenceDataplane:
                 return True
             if direction == DHCP_TO_CLIENT:
                 d.sample_kind = C.SAMPLE_DHCP
-                if not s.flags & C.SETTING_DHCP_SERVERS_LISTED or self.is_rail_host(
-                    gen, pkt, C.RAIL_HOST_DHCP_SERVER
-                ):
+                if not s.flags & C.SETTING_DHCP_SERVERS_LISTED or self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_DHCP_SERVER):
                     self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
                     return True
             return False
@@ -944,7 +955,7 @@ class ReferenceDataplane:
             and pkt.hop_limit == ND_HOP_LIMIT
             and (
                 not s.flags & C.SETTING_ROUTERS_LISTED
-                or self.is_rail_host(gen, pkt, C.RAIL_HOST_ROUTER)
+                or self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_ROUTER)
             )
         ):
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_RA, 0)
@@ -1027,11 +1038,19 @@ class ReferenceDataplane:
             return False
         if inner.src != pkt.dst:
             return False  # an error goes back to the sender of the packet it quotes
-        if s.flags & C.SETTING_ROUTERS_LISTED and inner.dst != pkt.src and not self.is_rail_host(gen, pkt, C.RAIL_HOST_ROUTER):
+        if s.flags & C.SETTING_ROUTERS_LISTED and inner.dst != pkt.src and not self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_ROUTER):
             return False  # ... and comes from its destination, or from a listed router
         if inner.proto == IPPROTO_UDP and dhcp_direction(pkt.family, inner.sport, inner.dport):
+            # DHCP passes on a rail without a flow entry: one of its errors is plumbing too, a client's port
+            # unreachable about a server's reply, back to that (listed) server; any other meets the policy
+            if (
+                dhcp_direction(pkt.family, inner.sport, inner.dport) != DHCP_TO_CLIENT
+                or not is_port_unreachable(pkt)
+                or (s.flags & C.SETTING_DHCP_SERVERS_LISTED and not self.is_rail_host(gen, pkt.family, pkt.dst, C.RAIL_HOST_DHCP_SERVER))
+            ):
+                return False
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RELATED_ICMP, 0)
-            return True  # DHCP passes on a rail without a flow entry: its errors are plumbing too
+            return True
         inner.family = pkt.family
         inner.eth_src, inner.eth_dst = pkt.eth_dst, pkt.eth_src  # back along the flow
 

@@ -333,6 +333,16 @@ CASES = [
         "pass", "related_icmp", "-",
     ),
     Case(
+        "an error about DHCP to a host that is no listed server meets the policy",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.9") / ICMP(type=3, code=3) / IP(src="10.0.2.9", dst="10.0.1.5") / UDP(sport=67, dport=68)), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
+    ),
+    Case(
+        "an error about DHCP other than port unreachable meets the policy",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.0.1") / ICMP(type=3, code=1) / IP(src="10.0.0.1", dst="10.0.1.5") / UDP(sport=67, dport=68)), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "unassigned", sample="drop_event",
+    ),
+    Case(
         "an ICMP error sent to a third party is not related",
         [
             (b(dicom_syn(40012)), "portA"),
