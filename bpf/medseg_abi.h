@@ -103,6 +103,7 @@ enum medseg_pressure {
 #define SETTING_BREAK_GLASS 8          /* every segment in monitor mode: nothing is dropped by policy */
 #define SETTING_VLAN_FILTER 16         /* some port has allowed_vlans (port_info.vlan_filter) */
 #define SETTING_RECORD_DECISION 32     /* write last_decision: the tracer's, never a live bridge's */
+#define SETTING_TRUSTED_PORTS 64       /* DHCP server replies and RAs only through ports with port_info.trusted */
 
 /* Pseudo-segments that policy can name. */
 #define SEGMENT_UNASSIGNED 0
@@ -181,7 +182,7 @@ struct prefix6_key {
 struct port_info {
 	u16 pvid;         /* VLAN of untagged frames on this port, for identity */
 	u8 vlan_filter;   /* 1: tagged frames only of the VLANs in port_vlans */
-	u8 pad;
+	u8 trusted;       /* 1: DHCP server replies and RAs may enter here ([rails] trusted_ports) */
 };
 
 struct port_vlan_key {

@@ -629,12 +629,32 @@ static __always_inline int is_rail_host(u32 gen, u8 family, u32 *addr, u32 flag)
 	return flags && (*flags & flag);
 }
 
+/* A DHCP server's reply or a router's RA (or ICMP error) is trusted as
+ * plumbing when it enters a trusted port, where [rails] trusted_ports names
+ * any (the model of DHCP snooping and RA guard: a device on an access port
+ * cannot spoof its way past it), and comes from a listed host, where any are
+ * listed. */
+static __always_inline int trusted_source(struct xdp_md *ctx, u32 gen,
+					  struct packet *pkt,
+					  struct settings *s, u32 listed,
+					  u32 host_flag)
+{
+	if (s->flags & SETTING_TRUSTED_PORTS) {
+		struct port_info *port = ingress_port(ctx);
+		if (!port || !port->trusted)
+			return 0;
+	}
+	return !(s->flags & listed) ||
+	       is_rail_host(gen, pkt->family, pkt->src, host_flag);
+}
+
 /* The network's plumbing works under any policy. Returns 1 when a rail
- * decided the packet. An unlisted DHCP server or router falls through to
+ * decided the packet. An untrusted DHCP server or router falls through to
  * policy (its packets are still sampled: a DHCP sample, or a drop event
  * when the DHCP budget is spent). */
-static __always_inline int rails(u32 gen, struct packet *pkt,
-				 struct settings *s, struct decision *d)
+static __always_inline int rails(struct xdp_md *ctx, u32 gen,
+				 struct packet *pkt, struct settings *s,
+				 struct decision *d)
 {
 	if (!pkt->has_l4)
 		return 0;
@@ -648,8 +668,9 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 		}
 		if (direction == DHCP_TO_CLIENT) {
 			d->sample_kind = SAMPLE_DHCP;
-			if (!(s->flags & SETTING_DHCP_SERVERS_LISTED) ||
-			    is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_DHCP_SERVER)) {
+			if (trusted_source(ctx, gen, pkt, s,
+					   SETTING_DHCP_SERVERS_LISTED,
+					   RAIL_HOST_DHCP_SERVER)) {
 				set_decision(d, VERDICT_PASS, REASON_RAIL_DHCP, 0);
 				return 1;
 			}
@@ -667,8 +688,8 @@ static __always_inline int rails(u32 gen, struct packet *pkt,
 		    type == MLD2_REPORT) && pkt->hop_limit == MLD_HOP_LIMIT) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
 	} else if (type == ND_ROUTER_ADVERT && pkt->hop_limit == ND_HOP_LIMIT &&
-		   (!(s->flags & SETTING_ROUTERS_LISTED) ||
-		    is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_ROUTER))) {
+		   trusted_source(ctx, gen, pkt, s, SETTING_ROUTERS_LISTED,
+				  RAIL_HOST_ROUTER)) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_RA, 0);
 	} else {
 		return 0;
@@ -826,7 +847,8 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	if ((s->flags & SETTING_ROUTERS_LISTED) &&
 	    (inner.dst[0] != pkt->src[0] || inner.dst[1] != pkt->src[1] ||
 	     inner.dst[2] != pkt->src[2] || inner.dst[3] != pkt->src[3]) &&
-	    !is_rail_host(gen, pkt->family, pkt->src, RAIL_HOST_ROUTER))
+	    !trusted_source(ctx, gen, pkt, s, SETTING_ROUTERS_LISTED,
+			    RAIL_HOST_ROUTER))
 		return 0;
 	/* DHCP passes on a rail, with no flow entry: one of its errors is
 	 * plumbing too, a client that already left its socket answering "port
@@ -867,7 +889,7 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 				      struct packet *pkt, struct settings *s,
 				      u64 now, struct decision *d)
 {
-	if (rails(gen, pkt, s, d))
+	if (rails(ctx, gen, pkt, s, d))
 		return;
 	if (pkt->is_later_fragment) {
 		later_fragment(ctx, gen, pkt, s, d);

@@ -31,8 +31,9 @@ segment whatever address it claims.
     idle_timeout = 300                # an address handed to another device inherits no flows
 
     [rails]
-    dhcp_servers = ["10.0.0.1"]       # when set, other servers' replies meet policy
+    dhcp_servers = ["10.0.0.1"]       # when set, other servers' replies meet policy (list DHCP relays too)
     routers = ["fe80::1"]             # when set, other routers' RAs meet policy
+    trusted_ports = ["uplink"]        # when set, server replies and RAs count only through these ports
 
     [segments.pumps]
     mode = "monitor"                  # or "enforce"
@@ -244,6 +245,7 @@ class Config:
     settings: Settings = Settings()
     dhcp_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     routers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    trusted_ports: tuple[str, ...] = ()  # where DHCP server replies and RAs may enter; empty: any port
     segments: dict[str, Segment] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     pins: tuple[Pin, ...] = ()
@@ -376,9 +378,13 @@ def parse(text: str, source: str = "<config>") -> Config:
 
     settings = _settings(r, r.table(data, "settings", "settings"))
     rails = r.table(data, "rails", "rails")
-    r.unknown_keys(rails, {"dhcp_servers", "routers"}, "rails")
+    r.unknown_keys(rails, {"dhcp_servers", "routers", "trusted_ports"}, "rails")
     dhcp_servers = tuple(_address(r, a, f"rails.dhcp_servers[{i}]") for i, a in enumerate(_strings(r, rails, "dhcp_servers", "rails.dhcp_servers")))
     routers = tuple(_address(r, a, f"rails.routers[{i}]") for i, a in enumerate(_strings(r, rails, "routers", "rails.routers")))
+    trusted_ports = tuple(_strings(r, rails, "trusted_ports", "rails.trusted_ports"))
+    for i, port in enumerate(trusted_ports):
+        if port not in ports:
+            raise r.fail(f"rails.trusted_ports[{i}]", f"{port!r} is not a port listed in bridge.ports")
 
     segments = _segments(r, r.table(data, "segments", "segments"), ports)
     rules_data = data.get("rules", [])
@@ -399,6 +405,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         settings=settings,
         dhcp_servers=dhcp_servers,
         routers=routers,
+        trusted_ports=trusted_ports,
         segments=segments,
         rules=rules,
         pins=pins,

@@ -345,8 +345,8 @@ def with_setting_flags(contents: MapContents, flags: int) -> MapContents:
 
 
 def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapContents) -> None:
-    for port in sorted(config.pvid.keys() | config.allowed_vlans.keys()):
-        info = abi.PortInfo(pvid=config.pvid.get(port, 0), vlan_filter=int(port in config.allowed_vlans))
+    for port in sorted(config.pvid.keys() | config.allowed_vlans.keys() | set(config.trusted_ports)):
+        info = abi.PortInfo(pvid=config.pvid.get(port, 0), vlan_filter=int(port in config.allowed_vlans), trusted=int(port in config.trusted_ports))
         _put(contents, "ports", ctypes.c_uint32(ifindex_of(port)), info)
         for vlan in config.allowed_vlans.get(port, ()):
             _put(contents, "port_vlans", abi.PortVlanKey(ifindex=ifindex_of(port), vlan=vlan), ctypes.c_uint8(1))
@@ -356,6 +356,7 @@ def _in_place(config: Config, ifindex_of: Callable[[str], int], contents: MapCon
         | (abi.const("SETTING_DROP_UNKNOWN_ETHERTYPE") if s.drop_unknown_ethertype else 0)
         | (abi.const("SETTING_DHCP_SERVERS_LISTED") if config.dhcp_servers else 0)
         | (abi.const("SETTING_ROUTERS_LISTED") if config.routers else 0)
+        | (abi.const("SETTING_TRUSTED_PORTS") if config.trusted_ports else 0)
     )
     settings = abi.Settings(
         sample_first_packets=s.sample_first_packets,

@@ -923,7 +923,15 @@ class ReferenceDataplane:
         flags = self.rail_hosts.get(bytes(key))
         return flags is not None and bool(flags.value & flag)
 
-    def rails(self, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> bool:
+    def trusted_source(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, listed: int, host_flag: int) -> bool:
+        """trusted_source(): through a trusted port (where any are named) and from a listed host (where any are listed)."""
+        if s.flags & C.SETTING_TRUSTED_PORTS:
+            port = self.ingress_port(ctx)
+            if port is None or not port.trusted:
+                return False
+        return not s.flags & listed or self.is_rail_host(gen, pkt.family, pkt.src, host_flag)
+
+    def rails(self, ctx: XdpContext, gen: int, pkt: Packet, s: abi.Settings, d: abi.Decision) -> bool:
         """rails(): DHCP and ND/MLD/RA pass under any policy; True when one decided."""
         if not pkt.has_l4:
             return False
@@ -935,7 +943,7 @@ class ReferenceDataplane:
                 return True
             if direction == DHCP_TO_CLIENT:
                 d.sample_kind = C.SAMPLE_DHCP
-                if not s.flags & C.SETTING_DHCP_SERVERS_LISTED or self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_DHCP_SERVER):
+                if self.trusted_source(ctx, gen, pkt, s, C.SETTING_DHCP_SERVERS_LISTED, C.RAIL_HOST_DHCP_SERVER):
                     self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
                     return True
             return False
@@ -953,10 +961,7 @@ class ReferenceDataplane:
         elif (
             icmp_type == ND_ROUTER_ADVERT
             and pkt.hop_limit == ND_HOP_LIMIT
-            and (
-                not s.flags & C.SETTING_ROUTERS_LISTED
-                or self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_ROUTER)
-            )
+            and self.trusted_source(ctx, gen, pkt, s, C.SETTING_ROUTERS_LISTED, C.RAIL_HOST_ROUTER)
         ):
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_RA, 0)
         else:
@@ -1038,7 +1043,11 @@ class ReferenceDataplane:
             return False
         if inner.src != pkt.dst:
             return False  # an error goes back to the sender of the packet it quotes
-        if s.flags & C.SETTING_ROUTERS_LISTED and inner.dst != pkt.src and not self.is_rail_host(gen, pkt.family, pkt.src, C.RAIL_HOST_ROUTER):
+        if (
+            s.flags & C.SETTING_ROUTERS_LISTED
+            and inner.dst != pkt.src
+            and not self.trusted_source(ctx, gen, pkt, s, C.SETTING_ROUTERS_LISTED, C.RAIL_HOST_ROUTER)
+        ):
             return False  # ... and comes from its destination, or from a listed router
         if inner.proto == IPPROTO_UDP and dhcp_direction(pkt.family, inner.sport, inner.dport):
             # DHCP passes on a rail without a flow entry: one of its errors is plumbing too, a client's port
@@ -1072,7 +1081,7 @@ class ReferenceDataplane:
         d: abi.Decision,
     ) -> None:
         """handle_ip(): rails, later fragments, related ICMP errors, then flows."""
-        if self.rails(gen, pkt, s, d):
+        if self.rails(ctx, gen, pkt, s, d):
             return
         if pkt.is_later_fragment:
             self.later_fragment(ctx, gen, pkt, s, d)

@@ -333,6 +333,16 @@ CASES = [
         "pass", "related_icmp", "-",
     ),
     Case(
+        "a listed DHCP server's address on an untrusted port meets the policy (DHCP snooping)",
+        [(b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.0.0.1", dst="10.0.1.5") / UDP(sport=67, dport=68) / Raw(bytes(240))), "portA")],
+        "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="dhcp",
+    ),
+    Case(
+        "a listed router's RA on an untrusted port meets the policy (RA guard)",
+        [(b(Ether(src=OTHER, dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6ND_RA()), "portA")],
+        "pass", "segment_default", "default:unassigned", "unassigned", "multicast",  # no rail: unassigned's own default
+    ),
+    Case(
         "an error about DHCP to a host that is no listed server meets the policy",
         [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.9") / ICMP(type=3, code=3) / IP(src="10.0.2.9", dst="10.0.1.5") / UDP(sport=67, dport=68)), "portA")],
         "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
