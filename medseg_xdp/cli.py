@@ -469,11 +469,18 @@ def cmd_exception(args: argparse.Namespace) -> int:
         proto = config_mod.PROTOCOLS.get(args.proto, int(args.proto) if args.proto.isdigit() else None)
         if proto is None:
             raise CliError(f"--proto {args.proto}: one of {', '.join(config_mod.PROTOCOLS)} or a number")
-        ports = [tuple(int(x) for x in (p.split("-") if "-" in p else (p, p))) for p in args.ports or []]
-        fields = {"src": args.src, "dst": args.dst, "proto": proto, "ports": ports}
+        fields = {"src": args.src, "dst": args.dst, "proto": proto, "ports": [_port_range(p) for p in args.ports or []]}
     result = _daemon_request(args, "exception_add", id=args.id or uuid.uuid4().hex[:8], expires_in=args.expires, reason=args.reason, **fields)
     print(result["exception"])  # type: ignore[index]
     return 0
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    """'443' -> (443, 443), '11000-11999' -> (11000, 11999)."""
+    low, _, high = text.partition("-")
+    if not low.isdigit() or not (high or low).isdigit() or not 0 <= int(low) <= int(high or low) <= 65535:
+        raise CliError(f"--ports {text}: a port or a range low-high, 0..65535")
+    return int(low), int(high or low)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

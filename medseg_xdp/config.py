@@ -666,6 +666,8 @@ def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
     ports = tuple(_port_range(r, value, f"{path}.ports[{i}]") for i, value in enumerate(r.get(data, "ports", f"{path}.ports", list, [])))
     if ports and proto is None:
         raise r.fail(f"{path}.ports", "ports need a proto")
+    if proto in (PROTOCOLS["icmp"], PROTOCOLS["icmpv6"]) and any(high > 255 for _, high in ports):
+        raise r.fail(f"{path}.ports", "an ICMP rule's ports are ICMP types, 0..255")
     name = r.get(data, "id", f"{path}.id", str, None) or f"rule{index + 1}"
     return Rule(
         name=name,

@@ -180,3 +180,9 @@ def test_a_port_beyond_the_port_table_is_refused_before_attach() -> None:
             Loader("bigindex").preflight(["portA"], netns_name=ns.name)
         found = [c for c in check_port("portA", ns.name) if c.name == "port portA ifindex"]
         assert [c.status for c in found] == [Status.FAIL]
+
+
+def test_python_m_medseg_xdp_is_the_command_and_a_bad_port_is_named() -> None:
+    result = subprocess.run([sys.executable, "-m", "medseg_xdp", "exception", "add", "--from", "a", "--to", "b", "--proto", "tcp",
+                             "--ports", "abc", "--expires", "1h"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "--ports abc: a port or a range low-high" in result.stderr, result.stderr

@@ -50,6 +50,8 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         ("[settings]\ndhcp_samples_burst = 0", "settings.dhcp_samples_burst: 0 would hold back every sample"),
         ('[segments.x]\nclasses = ["infusion_pump"]\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
         ('[segments.x]\nmacs = ["00:11:22:33:44:55"]\nlife_critical = true\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
+        ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nproto = "icmp"\nports = [300]\naction = "allow"', "rules[0].ports: an ICMP rule's ports are ICMP types, 0..255"),
+        ('[bridge]\nports = ["portA"]\n[rails]\ntrusted_ports = ["uplink"]', "rails.trusted_ports[0]: 'uplink' is not a port listed in bridge.ports"),
     ],
 )
 def test_errors_name_the_file_and_the_path(text: str, message: str) -> None:
