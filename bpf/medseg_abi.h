@@ -45,7 +45,8 @@ enum medseg_reason {
 	REASON_UNSUPPORTED_ETHERTYPE = 15,
 	REASON_SPOOFED = 16,          /* MAC or prefix seen behind the wrong port */
 	REASON_VLAN_NOT_ALLOWED = 17, /* a tag the port's allowed_vlans does not list */
-	REASON_MAX = 18,
+	REASON_RAIL_IGMP = 18,        /* IGMP (TTL 1, to a multicast group): snooping switches need it */
+	REASON_MAX = 19,
 };
 
 /* Rule and default actions (config words allow / drop / audit). */

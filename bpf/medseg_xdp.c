@@ -598,6 +598,12 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 #define MLD_REPORT 131
 #define MLD_DONE 132
 #define MLD2_REPORT 143
+#define IGMP_TTL 1
+
+static __always_inline int is_ipv4_multicast(u32 *addr)
+{
+	return (((u8 *)addr)[0] & 0xf0) == 0xe0;  /* 224.0.0.0/4 */
+}
 
 enum dhcp_direction {
 	NOT_DHCP = 0,
@@ -676,6 +682,14 @@ static __always_inline int rails(struct xdp_md *ctx, u32 gen,
 			}
 		}
 		return 0;
+	}
+	if (pkt->family == FAMILY_IPV4 && pkt->proto == IPPROTO_IGMP) {
+		/* IGMP is IPv4's MLD: link-local (TTL 1) and to a group */
+		if (pkt->hop_limit != IGMP_TTL || !is_ipv4_multicast(pkt->dst))
+			return 0;
+		set_decision(d, VERDICT_PASS, REASON_RAIL_IGMP, 0);
+		d->sample_kind = SAMPLE_FLOWLESS;
+		return 1;
 	}
 	if (pkt->family != FAMILY_IPV6 || pkt->proto != IPPROTO_ICMPV6)
 		return 0;

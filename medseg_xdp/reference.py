@@ -82,6 +82,8 @@ ICMP_HLEN = 8  # type, code, checksum, and for echo the identifier
 # linux/in.h, linux/in6.h
 IPPROTO_HOPOPTS = 0
 IPPROTO_ICMP = 1
+IPPROTO_IGMP = 2
+IGMP_TTL = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ROUTING = 43
@@ -947,6 +949,12 @@ class ReferenceDataplane:
                     self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_DHCP, 0)
                     return True
             return False
+        if pkt.family == C.FAMILY_IPV4 and pkt.proto == IPPROTO_IGMP:
+            if pkt.hop_limit != IGMP_TTL or pkt.dst[0] & 0xF0 != 0xE0:  # link-local, to a group (224.0.0.0/4)
+                return False
+            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_IGMP, 0)
+            d.sample_kind = C.SAMPLE_FLOWLESS
+            return True
         if pkt.family != C.FAMILY_IPV6 or pkt.proto != IPPROTO_ICMPV6:
             return False
 

@@ -333,6 +333,16 @@ CASES = [
         "pass", "related_icmp", "-",
     ),
     Case(
+        "an IGMP report passes as a rail, whatever the policy (snooping switches need it)",
+        [(b(Ether(src=MODALITY, dst="01:00:5e:00:00:16") / IP(src="10.0.1.5", dst="224.0.0.22", ttl=1, proto=2) / Raw(bytes.fromhex("2200f9020000000104000000effffffa"))), "portA")],
+        "pass", "rail_igmp", sample="flowless",
+    ),
+    Case(
+        "IGMP to a unicast address is no rail",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", ttl=1, proto=2) / Raw(bytes(8))), "portA")],
+        "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
+    ),
+    Case(
         "a listed DHCP server's address on an untrusted port meets the policy (DHCP snooping)",
         [(b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.0.0.1", dst="10.0.1.5") / UDP(sport=67, dport=68) / Raw(bytes(240))), "portA")],
         "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="dhcp",
