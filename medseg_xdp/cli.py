@@ -316,6 +316,9 @@ def cmd_policy_apply(args: argparse.Namespace) -> int:
     print(f"policy generation {record['generation']} in force; applied in {record['duration_ms']:.1f} ms for {record['devices']} devices")  # type: ignore[index]
     if args.confirm_within:
         print(f"it reverts in {args.confirm_within:g} s unless confirmed: medseg-xdp policy confirm")
+    if record.get("restart_loads"):  # type: ignore[union-attr]
+        print(f"note: a restart of the daemon loads {record['restart_loads']} again, not {args.file}: "  # type: ignore[index]
+              "copy the applied file there to keep it across restarts and reboots")
     return 0
 
 

@@ -109,6 +109,7 @@ class Daemon:
         host_checks: Callable[[], list[Check]] = doctor.host_checks,
     ) -> None:
         self.config_path = config_path
+        self.startup_path = config_path  # what a restart (systemd's -c) loads again
         self.host_checks = host_checks
         self.netns = netns
         self.pin_root = pin_root
@@ -210,10 +211,7 @@ class Daemon:
         self.control.serve(0)
         if self._reload:
             self._reload = False
-            try:
-                self.reload()
-            except (ConfigError, OSError):
-                pass  # logged by reload(); the running policy stays
+            self._reload_on_signal()
         now = self.clock()
         if self._apply_due is not None and now >= self._apply_due:
             self._apply_due = None
@@ -360,6 +358,17 @@ class Daemon:
         for mac, device in self.inventory.devices.items():
             if not device.pinned_segment:
                 device.segment = members.get(mac)
+
+    def _reload_on_signal(self) -> None:
+        """SIGHUP (`systemctl reload`): applied or refused, it goes into the audit trail like an apply."""
+        previous, path = self.config, self.config_path
+        try:
+            record = self.reload(path)
+        except (ConfigError, OSError) as exc:  # logged by reload(); the running policy stays
+            self.audit.append("policy reload refused", os.getuid(), "SIGHUP", {"path": str(path), "error": str(exc)})
+            return
+        changes = describe_changes(previous, self.config, self._class_of(), self._live_pins(previous))
+        self.audit.append("policy reload", os.getuid(), "SIGHUP", {"path": str(path), "generation": record.generation, "changes": changes})
 
     def reload(self, path: Path | None = None) -> ApplyRecord:
         """Read the config again and apply it; on any error the running policy stays."""
@@ -514,8 +523,11 @@ class Daemon:
         if confirm_within:
             self.pending = PendingConfirmation(self.clock() + float(confirm_within), record.generation, previous, previous_path, uid)
             details["confirm_within_s"] = float(confirm_within)
+        if self.config_path != self.startup_path:
+            details["restart_loads"] = str(self.startup_path)
         self.audit.append("policy apply", uid, reason, details)
-        return {**record.__dict__, "confirm_by": self.pending.deadline if confirm_within and self.pending else None}
+        return {**record.__dict__, "confirm_by": self.pending.deadline if confirm_within and self.pending else None,
+                "restart_loads": details.get("restart_loads")}
 
     def _retire_expired_exceptions(self) -> None:
         gone = self.exceptions.expire()

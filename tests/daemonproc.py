@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +12,10 @@ from pathlib import Path
 from medseg_xdp.topology import InlineBridge
 
 
-def stop_and_unload(process: subprocess.Popen[bytes], config: Path, ward: InlineBridge) -> None:
-    """Teardown, also after a failure: stop the daemon (SIGTERM, then kill), remove program and pinned maps."""
+def stop_and_unload(process: subprocess.Popen[bytes], config: Path, ward: InlineBridge, pins: Path) -> None:
+    """Teardown, also after a failure: stop the daemon (SIGTERM, then kill), remove program and pinned maps.
+
+    pins is the bridge's pin directory: removed here if unload left it, and then the teardown fails."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -19,4 +23,10 @@ def stop_and_unload(process: subprocess.Popen[bytes], config: Path, ward: Inline
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
+    unload = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"],
+                            capture_output=True, text=True)
+    if pins.exists():  # a test that failed with a broken config on disk: unload could not read it
+        shutil.rmtree(pins)
+        with contextlib.suppress(OSError):
+            pins.parent.rmdir()
+        raise AssertionError(f"unload left {pins} (removed now): {unload.stderr.strip()}")

@@ -119,7 +119,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         try:
             yield daemon
         finally:
-            stop_and_unload(daemon.process, config, ward)
+            stop_and_unload(daemon.process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
     assert not (DEFAULT_PIN_ROOT / f"dtest{os.getpid()}").exists()
 
 
@@ -173,6 +173,12 @@ def test_an_invalid_reload_changes_nothing(running: Running) -> None:
     running.config.write_text(good)
     running.process.send_signal(signal.SIGHUP)
     assert wait_until(lambda: running.ask("status")["generation"] == generation + 1, timeout=10)  # type: ignore[index]
+    # `systemctl reload` is on record like an apply: refused, then applied
+    audit = subprocess.run([sys.executable, "-m", "medseg_xdp.cli", "audit", "--json", "--state-dir", str(running.state_dir)],
+                           capture_output=True, text=True, check=True)
+    reloads = [json.loads(line) for line in audit.stdout.splitlines() if json.loads(line)["action"].startswith("policy reload")]
+    assert [e["action"] for e in reloads] == ["policy reload refused", "policy reload"], reloads
+    assert "unknown segment 'nowhere'" in reloads[0]["details"]["error"] and reloads[1]["details"]["generation"] == generation + 1
 
 
 def test_policy_diff_and_apply_through_the_cli(running: Running, tmp_path: Path) -> None:
@@ -187,6 +193,7 @@ def test_policy_diff_and_apply_through_the_cli(running: Running, tmp_path: Path)
     started = time.monotonic()
     applied = subprocess.run([*cli, "policy", "apply", str(stricter), "--state-dir", str(running.state_dir)], capture_output=True, text=True, check=True)
     assert "in force" in applied.stdout
+    assert f"a restart of the daemon loads {running.config} again" in applied.stdout  # not persistent: said so
     assert not ssh_attempt(running)  # enforced at once: the next new flow is dropped
     assert time.monotonic() - started < 10
 
@@ -219,7 +226,7 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
             assert "resumed bridge" in log.read_text()
             assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
         finally:
-            stop_and_unload(process, config, ward)
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
 
 
 def test_an_unconfirmed_apply_reverts_and_everything_is_audited(running: Running, tmp_path: Path) -> None:
@@ -324,7 +331,7 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
 
             assert wait_until(lambda: {"device-new", "audit", "pin", "drop", "break-glass-on", "break-glass-off"} <= kinds(), timeout=15), kinds()
         finally:
-            stop_and_unload(process, config, ward)
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
         received = rsyslog.received()
 
     by_kind: dict[str, list[Any]] = {}

@@ -314,7 +314,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             finally:
                 if prometheus is not None:
                     prometheus.stop()
-                stop_and_unload(daemon, config, ward)
+                stop_and_unload(daemon, config, ward, DEFAULT_PIN_ROOT / bridge)
     finally:
         notify.close()
     assert not (DEFAULT_PIN_ROOT / bridge).exists()
