@@ -342,6 +342,7 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     """Works on the pinned maps directly: with the daemon down too."""
     from medseg_xdp.audit import AuditLog, caller_uid
     from medseg_xdp.bpfsys import BpfError
+    from medseg_xdp.breakglass import BreakGlassRecord
     from medseg_xdp.dataplane import Dataplane
     from medseg_xdp.events import EventExporter
     from medseg_xdp.loader import Loader
@@ -357,9 +358,11 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     with dataplane:
         was = dataplane.break_glass()
         dataplane.set_break_glass(on)
+    state_dir = args.state_dir or cfg.daemon.state_dir
+    BreakGlassRecord(state_dir).record(on, caller_uid(), args.reason)  # a reboot loses the maps, not this
     events = EventExporter.from_settings(cfg.events)
     try:
-        entry = AuditLog(args.state_dir or cfg.daemon.state_dir, events).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
+        entry = AuditLog(state_dir, events).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
     finally:
         events.close()
     for (destination, why), count in events.counters.dropped.items():

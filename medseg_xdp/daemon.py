@@ -34,6 +34,7 @@ from medseg_xdp import config as config_mod
 from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
+from medseg_xdp.breakglass import BreakGlassRecord
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
@@ -172,6 +173,7 @@ class Daemon:
         self.dataplane = Dataplane(self.loader.pin_dir)
         resumed = self.dataplane.active_generation() != 0
         self.apply("start")
+        self._restore_break_glass()
         # replace=True: a program left by a killed daemon is swapped atomically, maps kept
         self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
         self.enforcing = {a.ifname: True for a in self.attachments}
@@ -187,6 +189,18 @@ class Daemon:
             log.info("%s: %s XDP (program %d)", attachment.ifname, attachment.mode, attachment.prog_id)
         log.info("%s bridge %s, policy generation %d", "resumed" if resumed else "started", self.config.bridge, self.dataplane.active_generation())
         sd_notify("READY=1")  # systemd (Type=notify): the ports are enforced now
+
+    def _restore_break_glass(self) -> None:
+        """Maps lost with break-glass on (a reboot during an emergency): on again, loudly, never silently off."""
+        assert self.dataplane is not None
+        state, _problem = BreakGlassRecord(self.state_dir, self.clock).read()  # a problem is logged by the read
+        if state is None or not state.on or self.dataplane.break_glass():
+            return
+        self.dataplane.set_break_glass(True)
+        log.warning("break-glass was on when the maps were lost (since %s, by uid %d: %s): it is on again; "
+                    "end it with `medseg-xdp break-glass off`", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since)), state.uid, state.reason)
+        self.audit.append("break-glass restored", os.getuid(), "on when the maps were lost (a reboot)",
+                          {"bridge": self.config.bridge, "since": state.since, "by_uid": state.uid, "reason": state.reason})
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, self._on_signal)
@@ -585,6 +599,7 @@ class Daemon:
             "bridge": self.config.bridge,
             "config": str(self.config_path),
             "generation": self.dataplane.active_generation(),
+            "break_glass": self.dataplane.break_glass(),
             "attachments": [a.__dict__ for a in self.attachments],
             "pin_dir": str(self.loader.pin_dir),
             "devices": len(self.inventory.devices),

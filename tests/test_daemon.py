@@ -229,6 +229,35 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
             stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
 
 
+def test_break_glass_outlives_a_reboot(tmp_path: Path) -> None:
+    """bpffs lives in memory: a daemon starting on fresh maps turns break-glass on again from state_dir's record."""
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
+    write_policy(config, state_dir, **{"[segments.pacs]\n": clients})
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    log = tmp_path / "daemon.log"
+    with InlineBridge() as ward:
+        start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
+        process = start_daemon(ward, config, state_dir, log)
+        try:
+            assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+            subprocess.run([*cli, "break-glass", "on", "-c", str(config), "--reason", "code blue, ward 3"], check=True, capture_output=True)
+            assert exchange(ward.client_ns, "tcp", SERVER, 22)
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")  # the reboot: program and maps gone
+            process = start_daemon(ward, config, state_dir, log)
+            assert request(control_socket(state_dir), "status")["break_glass"] is True
+            assert exchange(ward.client_ns, "tcp", SERVER, 22)  # still nothing dropped by policy
+            assert "break-glass was on when the maps were lost" in log.read_text()
+            subprocess.run([*cli, "break-glass", "off", "-c", str(config), "--reason", "over"], check=True, capture_output=True)
+            assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+            audit = subprocess.run([*cli, "audit", "--json", "--state-dir", str(state_dir)], capture_output=True, text=True, check=True)
+            actions = [json.loads(line)["action"] for line in audit.stdout.splitlines()]
+            assert actions[-3:] == ["break-glass on", "break-glass restored", "break-glass off"], actions
+        finally:
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
+
+
 def test_an_unconfirmed_apply_reverts_and_everything_is_audited(running: Running, tmp_path: Path) -> None:
     """The admin who locked themselves out gets their network back; who did what is on record."""
     stricter = tmp_path / "stricter.toml"

@@ -1,0 +1,47 @@
+"""Break-glass across reboots.
+
+The flag lives in the pinned settings map, and bpffs lives in memory: a
+reboot during an emergency would quietly end break-glass and put every
+enforcing segment back in force. So `medseg-xdp break-glass` also records
+the state in state_dir, and a daemon that starts on fresh maps turns
+break-glass on again when the record says it was on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_xdp.statefile import StateFile
+
+FILE_NAME = "break_glass.msgpack"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class BreakGlassState:
+    on: bool
+    since: float
+    uid: int
+    reason: str
+
+
+class BreakGlassRecord:
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.file = StateFile(state_dir / FILE_NAME, VERSION)
+        self.clock = clock
+
+    def record(self, on: bool, uid: int, reason: str) -> None:
+        self.file.write({"on": on, "since": self.clock(), "uid": uid, "reason": reason})
+
+    def read(self) -> tuple[BreakGlassState | None, str | None]:
+        """The recorded state (None: never recorded), and a problem reading it (the file is kept aside)."""
+        body, problem = self.file.read()
+        if not isinstance(body, dict):
+            return None, problem
+        try:
+            return BreakGlassState(bool(body["on"]), float(body["since"]), int(body["uid"]), str(body["reason"])), problem
+        except (KeyError, TypeError, ValueError):
+            return None, self.file.keep_aside("not a break-glass record")
