@@ -156,11 +156,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medseg_xdp.daemon import Daemon, StartRefused
+    from medseg_xdp.daemon import Daemon, StartRefused, watchdog_interval
     from medseg_xdp.events import Severity
 
     _need_root("run")
-    daemon = Daemon(args.config, netns=args.netns)
+    daemon = Daemon(args.config, netns=args.netns, watchdog_s=watchdog_interval(os.environ))
     try:
         daemon.start()
     except StartRefused as exc:

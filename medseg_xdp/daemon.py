@@ -14,6 +14,7 @@ daemon reports ready once the ports are enforced.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -21,7 +22,7 @@ import signal
 import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -92,12 +93,23 @@ def control_socket(state_dir: Path) -> Path:
 
 
 def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) our state; nothing without $NOTIFY_SOCKET."""
+    """Tell systemd (Type=notify) our state; nothing without $NOTIFY_SOCKET.
+
+    Never blocks: a listener that stopped reading must not stall the loop."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), "\0" + address[1:] if address.startswith("@") else address)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(BlockingIOError):
+        sock.sendto(state.encode(), socket.MSG_DONTWAIT, "\0" + address[1:] if address.startswith("@") else address)
+
+
+def watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """Seconds between WATCHDOG=1 pings when systemd's WatchdogSec= is set (half its period), else None."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
 
 
 class Daemon:
@@ -108,10 +120,13 @@ class Daemon:
         pin_root: Path = DEFAULT_PIN_ROOT,
         clock: Callable[[], float] = time.time,
         host_checks: Callable[[], list[Check]] = doctor.host_checks,
+        watchdog_s: float | None = None,
     ) -> None:
         self.config_path = config_path
         self.startup_path = config_path  # what a restart (systemd's -c) loads again
         self.host_checks = host_checks
+        self.watchdog_s = watchdog_s  # systemd's watchdog: ping this often from the loop, or never
+        self._next_watchdog = 0.0
         self.netns = netns
         self.pin_root = pin_root
         self.clock = clock
@@ -137,6 +152,7 @@ class Daemon:
         self.ifindex: dict[str, int] = {}
         self.last_apply: ApplyRecord | None = None
         self.started = clock()
+        self.last_loop = self.started  # a stalled loop shows in the metrics (medseg_main_loop_last_run_timestamp_seconds)
         self._stop = False
         self._reload = False
         self._apply_due: float | None = None
@@ -245,6 +261,10 @@ class Daemon:
                 log.exception("the enforcement check failed; trying again in %.0f s", ENFORCEMENT_CHECK_S)
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
+        self.last_loop = now
+        if self.watchdog_s is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self.watchdog_s
+            sd_notify("WATCHDOG=1")  # a loop that hangs stops pinging: systemd restarts it, enforcement stays
 
     def check_enforcement(self) -> None:
         """Is our program still on every port? Put it back where a port lost it, loudly.

@@ -229,6 +229,10 @@ class _DemoMetricsSource:
 
     # read at each scrape: the demo re-applies policies as it goes
     @property
+    def last_loop(self) -> float:
+        return time.time()  # the demo has no main loop to stall
+
+    @property
     def loader(self) -> Loader:
         return self._program.loader
 

@@ -92,6 +92,8 @@ class MetricsSource(Protocol):
     @property
     def events(self) -> EventExporter: ...
     @property
+    def last_loop(self) -> float: ...  # when the main loop last ran (time.time())
+    @property
     def attachments(self) -> Sequence[Attachment]: ...
     @property
     def last_apply(self) -> ApplyRecord | None: ...
@@ -114,6 +116,9 @@ class DaemonCollector(Collector):
         yield from self._inventory()
         yield from self._state()
         yield GaugeMetricFamily("medseg_up", "1 when this scrape read the data plane's maps, else 0.", value=up)
+        yield GaugeMetricFamily("medseg_main_loop_last_run_timestamp_seconds",
+                                "When the daemon's main loop (samples, control requests, applies, expiries) last ran; "
+                                "the endpoint is served from its own thread, so a hung loop shows here.", value=self.daemon.last_loop)
         info = GaugeMetricFamily("medseg_build_info", "The daemon's version and the pinned maps' layout hash; value 1.", labels=["version", "abi"])
         info.add_metric([_version(), self.daemon.loader.pin_dir.name], 1)
         yield info

@@ -27,7 +27,7 @@ from medseg_xdp import abi
 from medseg_xdp import config as config_mod
 from medseg_xdp.config import ConfigError
 from medseg_xdp.control import ControlError, request
-from medseg_xdp.daemon import control_socket
+from medseg_xdp.daemon import control_socket, watchdog_interval
 from medseg_xdp.dataplane import Dataplane
 from medseg_xdp.loader import DEFAULT_PIN_ROOT
 from medseg_xdp.metrics import SAMPLE_LOSSES
@@ -71,6 +71,7 @@ PINNED: dict[str, tuple[str, frozenset[str]]] = {
     "medseg_events_lost_total": ("counter", frozenset({"destination", "reason"})),
     "medseg_events_suppressed_total": ("counter", frozenset({"kind"})),
     "medseg_up": ("gauge", frozenset()),
+    "medseg_main_loop_last_run_timestamp_seconds": ("gauge", frozenset()),
     "medseg_build_info": ("gauge", frozenset({"version", "abi"})),
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
@@ -290,11 +291,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     [sys.executable, "-m", "medseg_xdp.cli", "run", "-c", str(config), "--netns", ward.bridge_ns.name],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock")},
+                    env={**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"), "WATCHDOG_USEC": "1000000"},
                 )
             try:
                 assert wait_until(lambda: answers(state_dir) or daemon.poll() is not None, timeout=60) and daemon.poll() is None, log.read_text()
-                notified = [notify.recv(4096).decode()]
+                notified = [notify.recv(4096).decode(), notify.recv(4096).decode()]  # ready, then the loop's first ping
                 prometheus = Prometheus(tmp / "prometheus", f"127.0.0.1:{port}")
                 prometheus.ready()
                 running = Live(ward, config, state_dir, daemon, log, prometheus, f"http://127.0.0.1:{port}/metrics", notified)
@@ -416,6 +417,7 @@ def test_prometheus_sees_exactly_the_traffic_sent(live: Live) -> None:
     assert (prom.value("medseg_flows_active") or 0) >= 1
     assert prom.value("medseg_break_glass") == 0
     assert prom.value("medseg_up") == 1
+    assert (prom.value("time() - medseg_main_loop_last_run_timestamp_seconds") or 0) < 30  # the loop runs
     for port in cfg.ports:
         assert prom.value(f'medseg_port_enforcing{{interface="{port}"}}') == 1
     assert prom.value("medseg_port_reattached_total") == 0
@@ -479,10 +481,17 @@ def test_every_dashboard_query_runs_in_prometheus(live: Live) -> None:
 @pytest.mark.root
 @pytest.mark.netns
 def test_the_daemon_tells_systemd_when_it_enforces(live: Live) -> None:
-    assert live.notified == ["READY=1"]
+    assert live.notified == ["READY=1", "WATCHDOG=1"]
 
 
 # ---- without root ----
+
+
+def test_the_watchdog_pings_at_half_systemds_period_and_only_for_its_own_pid() -> None:
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": str(os.getpid())}) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}) is None  # meant for another process
+    assert watchdog_interval({}) is None
 
 
 def test_the_metrics_endpoint_is_loopback_unless_set() -> None:
@@ -539,7 +548,7 @@ def test_the_systemd_unit() -> None:
             unit.setdefault(key.strip(), []).append(value.strip())
     assert unit["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_SYS_ADMIN CAP_BPF CAP_PERFMON"]
     assert unit["Restart"] == ["on-failure"] and unit["StateDirectory"] == ["medseg-xdp"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and unit["Type"] == ["notify"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and unit["Type"] == ["notify"] and unit["WatchdogSec"] == ["60s"]
     assert unit["Before"] == ["network-pre.target"] and unit["Wants"] == ["network-pre.target"]
     assert "ProtectKernelModules" not in unit  # it would hide /lib/modules from BCC
     if shutil.which("systemd-analyze") and Path(unit["ExecStart"][0].split()[0]).exists():
