@@ -14,7 +14,7 @@ segment whatever address it claims.
 
     [bridge]
     name = "br0"
-    ports = ["portA", "portB"]
+    ports = ["portA", "portB", "uplink"]
     pvid = { portA = 20 }            # VLAN of untagged frames, per port
     allowed_vlans = { portB = [20, 30] }  # the only tags a port takes, and no second tag (untagged frames always enter)
 
@@ -48,6 +48,9 @@ segment whatever address it claims.
     classes = ["infusion_pump"]       # devices the classifier (or a pin) puts in these classes
     vlans = [20]                      # everything on VLAN 20 that nothing more specific claims
     allow_enforce_life_critical = false  # enforce mode on life-critical classes must be explicit
+
+    [segments.pump-server]
+    prefixes = ["10.30.0.0/24"]       # the drug-library server; mode and default: monitor, allow
 
     [[pins]]                          # a person's word: never changed automatically
     mac = "00:1a:2b:00:00:09"
@@ -252,6 +255,7 @@ class Config:
     tables: TableSizes = TableSizes()
     daemon: DaemonSettings = DaemonSettings()
     events: EventSettings = EventSettings()
+    source: str = field(default="<config>", compare=False)  # the file, for errors found after parsing
 
     def segment_id(self, name: str) -> int:
         return PSEUDO_SEGMENTS[name] if name in PSEUDO_SEGMENTS else self.segments[name].id
@@ -412,6 +416,7 @@ def parse(text: str, source: str = "<config>") -> Config:
         tables=_tables(r, r.table(data, "tables", "tables")),
         daemon=_daemon(r, r.table(data, "daemon", "daemon")),
         events=_events(r, r.table(data, "events", "events")),
+        source=source,
     )
 
 

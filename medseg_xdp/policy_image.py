@@ -91,12 +91,15 @@ def compile_policy(
     contents: MapContents = {name: {} for name in (*GENERATIONAL_MAPS, *IN_PLACE_MAPS)}
     rule_names: dict[int, str] = {}
     ids = rule_ids if rule_ids is not None else RuleIds()
-    _endpoints(config, generation, ifindex_of, device_segments(config, class_of or {}, pinned), contents)
-    warnings = _rules(config, generation, contents, rule_names, ids)
-    _segment_infos(config, generation, contents, rule_names, ids)
-    _rails(config, generation, contents)
-    _in_place(config, ifindex_of, contents)
-    _check_capacity(config, contents)
+    try:
+        _endpoints(config, generation, ifindex_of, device_segments(config, class_of or {}, pinned), contents)
+        warnings = _rules(config, generation, contents, rule_names, ids)
+        _segment_infos(config, generation, contents, rule_names, ids)
+        _rails(config, generation, contents)
+        _in_place(config, ifindex_of, contents)
+        _check_capacity(config, contents)
+    except ConfigError as exc:  # found only when the whole policy is laid out: the file, at least, is known
+        raise ConfigError(f"{config.source}: {exc}") from exc
     return CompiledPolicy(contents, rule_names, warnings)
 
 

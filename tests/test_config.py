@@ -80,8 +80,8 @@ proto = "tcp"
 ports = ["88-95"]
 action = "drop"
 """
-    with pytest.raises(ConfigError, match=r"rules\[1\] \(block\) and rules\[0\] \(web\)"):
-        compile_policy(config.parse(text), 1, lambda port: 1)
+    with pytest.raises(ConfigError, match=r"^policy.toml: rules\[1\] \(block\) and rules\[0\] \(web\)"):
+        compile_policy(config.parse(text, "policy.toml"), 1, lambda port: 1)
 
 
 def test_an_exact_port_inside_a_range_is_more_specific_not_a_conflict() -> None:
@@ -280,3 +280,10 @@ allow_enforce_life_critical = true
     assert placement_problem(cfg, "ward", "infusion_pump", criticality) is None  # monitor mode
     assert placement_problem(cfg, "icu", "infusion_pump", criticality) is None  # said so explicitly
     assert placement_problem(cfg, "lab", "printer", criticality) is None
+
+
+def test_the_module_docstrings_example_is_a_valid_policy() -> None:
+    """The format's reference example (medseg_xdp/config.py) must pass `policy check`: it is what people copy."""
+    example = "\n".join(line[4:] for line in (config.__doc__ or "").splitlines() if line.startswith("    "))
+    cfg = config.parse(example, "config.py's example")
+    assert {"pumps", "pumps-by-class", "pump-server"} <= set(cfg.segments) and cfg.trusted_ports == ("uplink",)
