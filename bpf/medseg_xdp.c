@@ -940,7 +940,10 @@ static __always_inline int take_token(u32 budget, u64 now)
 			b->tokens += add;
 			if (b->tokens > cfg->burst)
 				b->tokens = cfg->burst;
-			b->last_refill_ns = now;
+			/* the time the tokens were earned, not now: what
+			 * is left of a token carries over, or packets just
+			 * faster than the rate would get half of it */
+			b->last_refill_ns += add * ONE_SECOND_NS / cfg->per_sec;
 		}
 	}
 	if (!b->tokens)

@@ -1122,7 +1122,7 @@ class ReferenceDataplane:
                 b.tokens = (b.tokens + add) & U64_MASK
                 if b.tokens > cfg.burst:
                     b.tokens = cfg.burst
-                b.last_refill_ns = now
+                b.last_refill_ns = (b.last_refill_ns + add * NSEC_PER_SEC // cfg.per_sec) & U64_MASK  # the rest carries over
         if not b.tokens:
             return 0
         b.tokens -= 1
