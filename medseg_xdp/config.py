@@ -423,7 +423,8 @@ def parse(text: str, source: str = "<config>") -> Config:
 def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...]:
     if not isinstance(data, list):
         raise r.fail("pins", "must be an array of tables ([[pins]])")
-    classes = load_catalog().classes
+    catalog = load_catalog()
+    classes = catalog.classes
     pins = []
     seen: set[str] = set()
     for index, body in enumerate(data):
@@ -443,6 +444,9 @@ def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...
             raise r.fail(f"{path}.class", f"unknown device class {device_class!r} (one of {', '.join(classes)})")
         if segment is None and device_class is None:
             raise r.fail(path, "a pin names a segment, a class, or both")
+        problem = _placement_problem(segments.get(segment or ""), segment or "", device_class or "", catalog.criticality)
+        if problem:
+            raise r.fail(path, problem)
         pins.append(Pin(mac, segment, device_class))
     return tuple(pins)
 
@@ -528,7 +532,10 @@ def placement_problem(config: Config, segment: str, device_class: str, criticali
     """Why a person may not place a device of device_class in segment (a pin, a device exception), or None.
 
     The rule for segments of life-critical classes, for one device: enforcing on it must be explicit."""
-    target = config.segments.get(segment)
+    return _placement_problem(config.segments.get(segment), segment, device_class, criticality)
+
+
+def _placement_problem(target: Segment | None, segment: str, device_class: str, criticality: Callable[[str], str]) -> str | None:
     if target is None or target.mode != abi.Mode.enforce or criticality(device_class) != LIFE_CRITICAL:
         return None
     if target.life_critical and target.allow_enforce_life_critical:
