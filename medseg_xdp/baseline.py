@@ -148,6 +148,7 @@ class FlowRecord:
     first_seen: float
     last_seen: float
     examples: list[Example] = field(default_factory=list)
+    answered: int = 0  # TCP: flow starts the responder answered (SYN-ACK); a scan's are not
 
     @property
     def key(self) -> RecordKey:
@@ -178,12 +179,14 @@ class FlowRecord:
             self.examples.append(example)
 
     def to_list(self) -> list[Any]:
-        return [self.src_group, self.dst_group, self.proto, self.port, self.flows, self.first_seen, self.last_seen, [e.to_list() for e in self.examples]]
+        return [self.src_group, self.dst_group, self.proto, self.port, self.flows, self.first_seen, self.last_seen, [e.to_list() for e in self.examples],
+                self.answered]
 
     @classmethod
     def from_list(cls, items: list[Any]) -> FlowRecord:
-        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples = items
-        return cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples])
+        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples, *answered = items  # answered: since 0.2
+        return cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples],
+                   answered[0] if answered else flows)
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,11 @@ def flow_start(frame: Frame) -> _Start | None:
     return None
 
 
+def flow_id(proto: int, vlan: int, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, ...]:
+    """A flow whichever way a frame goes: (proto, VLAN, both (address, port) ends in order)."""
+    return (proto, vlan, *sorted((a, b)))
+
+
 class _RecentFlows:
     """A bounded LRU of recently started flows: tells a new flow from its later packets and replies."""
 
@@ -216,8 +224,7 @@ class _RecentFlows:
 
     def is_new(self, frame: Frame, start: _Start, now: float) -> bool:
         dport = start.sport if start.proto in ECHO_REQUEST else start.port  # echo: both ports are the id
-        a, b = (frame.src_ip, start.sport), (frame.dst_ip, dport)
-        key = (start.proto, frame.vlan, *sorted((a, b)))
+        key = flow_id(start.proto, frame.vlan, (frame.src_ip, start.sport), (frame.dst_ip, dport))
         seen = self.flows.get(key)
         self.flows[key] = now
         self.flows.move_to_end(key)
@@ -263,6 +270,7 @@ class Baseline:
         self.evicted = 0  # single-flow records replaced when full
         self._singles: OrderedDict[RecordKey, None] = OrderedDict()  # records with one flow, oldest first
         self._recent = _RecentFlows()
+        self._awaiting: OrderedDict[tuple[Any, ...], RecordKey] = OrderedDict()  # TCP starts not answered yet
         self._segments = _SegmentNames(config) if config is not None else None
 
     def __len__(self) -> int:
@@ -277,6 +285,9 @@ class Baseline:
 
     def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool:
         """One sampled frame; True when it started a flow that was recorded."""
+        if frame.is_syn_ack:
+            self._answer(frame)
+            return False
         start = flow_start(frame)
         if start is None or not self._recent.is_new(frame, start, now):
             return False
@@ -286,7 +297,19 @@ class Baseline:
         if self._segments is not None:
             example.src_segment = self._segments.name(frame.src_mac, frame.src_ip, frame.vlan, inventory)
             example.dst_segment = self._segments.name(frame.dst_mac, frame.dst_ip, frame.vlan, inventory)
-        return self._add(key, example)
+        added = self._add(key, example)
+        if added and start.proto == TCP:
+            self._awaiting[flow_id(TCP, frame.vlan, (frame.src_ip, start.sport), (frame.dst_ip, start.port))] = key
+            if len(self._awaiting) > MAX_TRACKED_FLOWS:
+                self._awaiting.popitem(last=False)
+        return added
+
+    def _answer(self, frame: Frame) -> None:
+        """A SYN-ACK: the flow it answers was a real connection, not a scan's probe of a closed port."""
+        key = self._awaiting.pop(flow_id(TCP, frame.vlan, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport)), None)
+        record = self.records.get(key) if key is not None else None
+        if record is not None:
+            record.answered += 1
 
     def _add(self, key: RecordKey, example: Example) -> bool:
         record = self.records.get(key)
@@ -345,7 +368,8 @@ class Baseline:
                 if key == main and record.other_flows:
                     flows += record.other_flows
                     first, last = min(first, record.first_seen), max(last, record.last_seen)
-                part = FlowRecord(*key, flows=flows, first_seen=first, last_seen=last, examples=[Example(**vars(e)) for e in examples])
+                part = FlowRecord(*key, flows=flows, first_seen=first, last_seen=last, examples=[Example(**vars(e)) for e in examples],
+                                  answered=min(flows, record.answered))  # answers are counted per record, not per pair
                 result._merge(part)
         return result
 
@@ -356,6 +380,7 @@ class Baseline:
             return
         self._singles.pop(part.key, None)
         record.flows += part.flows
+        record.answered += part.answered
         record.first_seen = min(record.first_seen, part.first_seen)
         record.last_seen = max(record.last_seen, part.last_seen)
         for example in part.examples:

@@ -89,10 +89,18 @@ class _Proposal:
         self.rules: dict[_RuleKey, list[FlowRecord]] = {}
         self.rails: dict[_RuleKey, list[FlowRecord]] = {}
         self.too_few: dict[_RuleKey, list[FlowRecord]] = {}
+        self.unanswered: dict[_RuleKey, list[FlowRecord]] = {}
         for record in self.learned:
             key = _RuleKey(self.segment_of(record.src_group), self.segment_of(record.dst_group), record.proto, record.port)
-            wanted = self.rails if record.is_rail else self.rules
+            if record.is_rail:
+                wanted = self.rails
+            elif record.proto == PROTOCOLS["tcp"] and not record.answered:
+                wanted = self.unanswered  # a scan's probes, a closed port: nothing a device needs
+            else:
+                wanted = self.rules
             wanted.setdefault(key, []).append(record)
+        for key in [k for k in self.unanswered if k in self.rules]:  # answered elsewhere under the same rule
+            self.rules[key] += self.unanswered.pop(key)
         for key in [k for k, records in self.rules.items() if _flows(records) < min_flows]:
             self.too_few[key] = self.rules.pop(key)
         self.over_budget: dict[_RuleKey, list[FlowRecord]] = {}
@@ -203,6 +211,7 @@ class _Proposal:
         lines: list[str] = []
         for title, table in (
             ("Passing on the rails (no rule needed)", self.rails),
+            ("Not proposed: TCP never answered with a SYN-ACK (a scan, a closed port; add by hand if real)", self.unanswered),
             (f"Not proposed: fewer than {self.min_flows} flow starts (add them by hand if they are real)", self.too_few),
             (f"Not proposed: beyond {len(self.rules)} rules, the fewest flows (a scan while learning?)", self.over_budget),
         ):

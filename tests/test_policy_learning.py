@@ -337,6 +337,7 @@ def test_flows_seen_before_a_device_was_classified_are_regrouped(catalog: Catalo
     inventory = Inventory(Classifier(catalog), clock=lambda: T0)
     baseline = Baseline()
     baseline.observe(tcp(CT, PACS, 104, 40000), inventory, T0)  # nobody is classified yet
+    baseline.observe(tcp(PACS, CT, 40000, 104, "SA"), inventory, T0)
     assert next(iter(baseline)).key == ("class:unknown", "class:unknown", 6, 104)
     inventory.pin(CT.mac, device_class="imaging_modality")
     inventory.pin(PACS.mac, device_class="pacs")
@@ -347,11 +348,25 @@ def test_flows_seen_before_a_device_was_classified_are_regrouped(catalog: Catalo
 
 def test_the_number_of_proposed_rules_is_bounded(catalog: Catalog) -> None:
     inventory = inventory_of(catalog)
-    baseline = learn(clinical_frames() + scan(PUMP, PACS, range(1, 51)), inventory)
+    busy = [frame for port in range(1, 51) for frame in connection(PUMP, PACS, port, 55555)]
+    baseline = learn(clinical_frames() + busy, inventory)
     text = propose(baseline, inventory, catalog, max_rules=7)
     policy = config.parse(text)
     assert len(policy.rules) == 7 and "infusion-pump-to-pacs" not in " ".join(rule.name for rule in policy.rules)
     assert "# Not proposed: beyond 7 rules" in text and "#   and 30 more" in text
+
+
+def test_a_scan_while_learning_proposes_no_rules(catalog: Catalog) -> None:
+    """Probes nobody answered with a SYN-ACK (closed ports, RST) are listed, not allowed."""
+    inventory = inventory_of(catalog)
+    baseline = learn(clinical_frames() + scan(PUMP, PACS, range(1, 101)), inventory)
+    text = propose(baseline, inventory, catalog)
+    names = {rule.name for rule in config.parse(text).rules}
+    assert not any(name.startswith("infusion-pump-to-pacs") for name in names)
+    assert "imaging-modality-to-pacs-tcp-104" in names and "infusion-pump-to-web-server-tcp-443" in names
+    assert "# Not proposed: TCP never answered with a SYN-ACK" in text and "#   and 80 more" in text
+    # what simulate replays still holds the scan: enforcing would drop it, and a life-critical pump is named
+    assert simulate(config.parse(text), baseline, inventory, catalog).replayed.would_drop == 100
 
 
 def test_hostnames_cannot_inject_toml(catalog: Catalog) -> None:
