@@ -36,7 +36,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.ingress and args.ingress not in cfg.ports:
         raise CliError(f"--ingress {args.ingress}: not a port in the config's bridge.ports ({', '.join(cfg.ports) or 'none'})")
     _need_root("trace")
-    with Tracer(cfg) as tracer:
+    class_of = pinned = None
+    if args.state_dir:  # the daemon's inventory: devices land in class-based segments as they do live
+        from medseg_xdp.classify import Classifier, load_catalog
+        from medseg_xdp.inventory import Inventory, InventoryStore
+
+        inventory = Inventory(Classifier(load_catalog()))
+        problem = InventoryStore(args.state_dir).load(inventory)
+        if problem:
+            raise CliError(problem)
+        class_of, pinned = inventory.placement_classes(), inventory.live_pins(cfg)
+    with Tracer(cfg, class_of=class_of, pinned=pinned) as tracer:
         for number, frame in enumerate(frames, 1):
             try:
                 result = tracer.trace(frame, args.ingress)
@@ -505,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trace = sub.add_parser("trace", help="run packets through the real kernel program and explain each verdict")
     trace.add_argument("-c", "--config", type=Path, required=True)
+    trace.add_argument("--state-dir", type=Path, help="the daemon's state: its inventory places devices in class-based segments and pins")
     source = trace.add_mutually_exclusive_group(required=True)
     source.add_argument("--pcap", type=Path, help="a pcap or pcapng file of Ethernet frames")
     source.add_argument("--hex", nargs="+", help="frames as hex strings")

@@ -347,25 +347,11 @@ class Daemon:
 
     # ---- policy ----
 
-    def _class_of(self) -> dict[str, str]:
-        """The classes segment placement follows (Device.placement_class)."""
-        return {mac: d.placement_class for mac, d in self.inventory.devices.items()}
-
-    def _live_pins(self, cfg: Config) -> dict[str, str]:
-        pins = {}
-        for mac, device in self.inventory.devices.items():
-            if device.pinned_segment and device.segment is not None:
-                if device.segment in cfg.segments or device.segment in config_mod.PSEUDO_SEGMENTS:
-                    pins[mac] = device.segment
-                else:
-                    log.warning("device %s is pinned to segment %r, which the config no longer has: pin ignored", mac, device.segment)
-        return pins
-
     def compile_for(self, cfg: Config, ifindex: dict[str, int]) -> Callable[[int], dict[str, dict[bytes, bytes]]]:
         def compile_generation(gen: int) -> dict[str, dict[bytes, bytes]]:
             exceptions = self.exceptions.items
-            pins = {**self._live_pins(cfg), **device_moves(exceptions)}
-            compiled = compile_policy(with_exceptions(cfg, exceptions), gen, ifindex.__getitem__, self._class_of(), self.rule_ids, pins)
+            pins = {**self.inventory.live_pins(cfg), **device_moves(exceptions)}
+            compiled = compile_policy(with_exceptions(cfg, exceptions), gen, ifindex.__getitem__, self.inventory.placement_classes(), self.rule_ids, pins)
             self.rule_names = compiled.rule_names
             return compiled.contents
 
@@ -388,7 +374,7 @@ class Daemon:
         return self.last_apply
 
     def _update_device_segments(self) -> None:
-        members = device_segments(self.config, self._class_of(), self._live_pins(self.config))
+        members = device_segments(self.config, self.inventory.placement_classes(), self.inventory.live_pins(self.config))
         for mac, device in self.inventory.devices.items():
             if not device.pinned_segment:
                 device.segment = members.get(mac)
@@ -401,7 +387,7 @@ class Daemon:
         except (ConfigError, OSError) as exc:  # logged by reload(); the running policy stays
             self.audit.append("policy reload refused", os.getuid(), "SIGHUP", {"path": str(path), "error": str(exc)})
             return
-        changes = describe_changes(previous, self.config, self._class_of(), self._live_pins(previous))
+        changes = describe_changes(previous, self.config, self.inventory.placement_classes(), self.inventory.live_pins(previous))
         self.audit.append("policy reload", os.getuid(), "SIGHUP", {"path": str(path), "generation": record.generation, "changes": changes})
 
     def reload(self, path: Path | None = None) -> ApplyRecord:
@@ -508,7 +494,7 @@ class Daemon:
             return self.drops(req.get("match"), int(req.get("last", 50)))
         if op == "policy_diff":
             candidate = config_mod.load(Path(req["path"])) if req.get("path") else config_mod.load(self.config_path)
-            return describe_changes(self.config, candidate, self._class_of(), self._live_pins(self.config))
+            return describe_changes(self.config, candidate, self.inventory.placement_classes(), self.inventory.live_pins(self.config))
         if op == "policy_apply":
             return self.policy_apply(Path(req["path"]) if req.get("path") else None, uid, req.get("confirm_within"), str(req.get("reason", "")))
         if op == "policy_confirm":
@@ -551,7 +537,7 @@ class Daemon:
         """Apply a policy file (or reload ours); with confirm_within, revert unless confirmed in time."""
         previous, previous_path = self.config, self.config_path
         candidate = config_mod.load(path or self.config_path)
-        changes = describe_changes(previous, candidate, self._class_of(), self._live_pins(previous))
+        changes = describe_changes(previous, candidate, self.inventory.placement_classes(), self.inventory.live_pins(previous))
         record = self.reload(path)
         details: dict[str, Any] = {"path": str(path or previous_path), "generation": record.generation, "changes": changes}
         if confirm_within:

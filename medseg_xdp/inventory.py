@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_xdp.classify import UNKNOWN, Classifier, Decision, Evidence
+from medseg_xdp.config import PSEUDO_SEGMENTS, Config
 from medseg_xdp.fingerprint.frame import Frame, Observation, Side
 from medseg_xdp.statefile import StateFile
 
@@ -259,6 +260,21 @@ class Inventory:
         self.change_counts[old, decision.device_class] += 1
         log.info("device %s: class %s -> %s (confidence %.2f; %s)", device.mac, old, decision.device_class, decision.confidence, "; ".join(f"{e.signal}={e.value}" for e in decision.evidence))
         return change
+
+    def placement_classes(self) -> dict[str, str]:
+        """MAC -> the class segment placement follows (Device.placement_class)."""
+        return {mac: device.placement_class for mac, device in self.devices.items()}
+
+    def live_pins(self, config: Config) -> dict[str, str]:
+        """MAC -> segment of the devices pinned to a segment that config has (others are logged and ignored)."""
+        pins = {}
+        for mac, device in self.devices.items():
+            if device.pinned_segment and device.segment is not None:
+                if device.segment in config.segments or device.segment in PSEUDO_SEGMENTS:
+                    pins[mac] = device.segment
+                else:
+                    log.warning("device %s is pinned to segment %r, which the config no longer has: pin ignored", mac, device.segment)
+        return pins
 
     def pin(self, mac: str, device_class: str | None = None, segment: str | None = None) -> Device:
         """A person's word: a pinned class or segment never changes automatically."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -64,8 +64,12 @@ _FLAG_NAMES = {
 class Tracer:
     """The real program on private maps, driven by BPF_PROG_TEST_RUN."""
 
-    def __init__(self, config: Config, sizes: TableSizes = TableSizes()) -> None:
+    def __init__(self, config: Config, sizes: TableSizes = TableSizes(), class_of: Mapping[str, str] | None = None,
+                 pinned: Mapping[str, str] | None = None) -> None:
+        """class_of and pinned: the inventory's classes and pins (MAC -> class, segment), for class-based segments."""
         self.config = config
+        self.class_of = class_of
+        self.pinned = pinned
         self.pin_root = BPFFS / f"medseg-trace-{os.getpid()}-{id(self):x}"
         self.loader = Loader(config.bridge, pin_root=self.pin_root, sizes=sizes)
         self.namespace = Namespace("trace")
@@ -106,7 +110,7 @@ class Tracer:
         compiled = {}
 
         def compile_for(gen: int) -> dict[str, dict[bytes, bytes]]:
-            policy = compile_policy(config, gen, self.ifindex.__getitem__)
+            policy = compile_policy(config, gen, self.ifindex.__getitem__, self.class_of, pinned=self.pinned)
             compiled["names"] = policy.rule_names
             return with_setting_flags(policy.contents, RECORD_DECISION)
 

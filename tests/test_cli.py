@@ -39,6 +39,25 @@ def test_trace_json_answers_each_packet() -> None:
 
 
 @pytest.mark.root
+def test_trace_places_devices_by_the_daemons_inventory(tmp_path: Path) -> None:
+    """Class-based segments need the inventory: with --state-dir, trace sees what the live bridge sees."""
+    from medseg_xdp.classify import Classifier, load_catalog
+    from medseg_xdp.inventory import Inventory, InventoryStore
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[bridge]\nports = ["portA", "portB"]\n[segments.pumps]\nclasses = ["infusion_pump"]\ndefault = "drop"\n'
+                      '[segments.servers]\nprefixes = ["10.0.2.0/24"]\nmode = "enforce"\n')
+    inventory = Inventory(Classifier(load_catalog()))
+    inventory.pin("02:00:00:00:00:31", device_class="infusion_pump")
+    InventoryStore(tmp_path / "state").save(inventory)
+    frame = Ether(src="02:00:00:00:00:31", dst="02:00:00:00:00:fe") / IP(src="10.0.3.5", dst="10.0.2.5") / TCP(sport=1000, dport=443, flags="S")
+    without = json.loads(medseg("trace", "-c", str(policy), "--json", "--hex", bytes(frame).hex(), check=True).stdout)
+    with_inventory = json.loads(medseg("trace", "-c", str(policy), "--state-dir", str(tmp_path / "state"), "--json", "--hex", bytes(frame).hex(), check=True).stdout)
+    assert (without["src_segment"], with_inventory["src_segment"]) == ("unassigned", "pumps")
+    assert (with_inventory["verdict"], with_inventory["rule"]) == ("audit", "default:pumps")  # monitor: its own default audits
+
+
+@pytest.mark.root
 def test_trace_reads_a_real_capture() -> None:
     capture = Path(__file__).resolve().parents[2] / "shared" / "captures" / "ndpi" / "badpackets.pcap"
     if not capture.exists():
