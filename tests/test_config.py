@@ -288,3 +288,9 @@ def test_the_module_docstrings_example_is_a_valid_policy() -> None:
     example = "\n".join(line[4:] for line in (config.__doc__ or "").splitlines() if line.startswith("    "))
     cfg = config.parse(example, "config.py's example")
     assert {"pumps", "pumps-by-class", "pump-server"} <= set(cfg.segments) and cfg.trusted_ports == ("uplink",)
+
+
+def test_the_monitor_only_starter_config_is_valid_and_drops_nothing() -> None:
+    """examples/monitor-only.toml, what a first deployment copies: valid, and no segment enforces."""
+    cfg = config.load(Path(__file__).parents[1] / "examples" / "monitor-only.toml")
+    assert cfg.segments and all(segment.mode == abi.Mode.monitor for segment in cfg.segments.values())
