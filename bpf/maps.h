@@ -119,6 +119,11 @@ BPF_TABLE_PINNED("lru_hash", struct deny_key, struct deny_entry, denied,
  * is written for each packet; never read across packets. */
 BPF_PERCPU_ARRAY(denial_scratch, struct deny_key, 1);
 
+/* Per CPU: the other side's judgement of a mid-stream TCP segment (off the
+ * stack, where the first judgement's state still lives). Written in full for
+ * each such segment, never read across packets. */
+BPF_PERCPU_ARRAY(decision_scratch, struct decision, 1);
+
 /* Per CPU: the ICMP error being matched to its flow (struct icmp_quote);
  * written for each ICMP error, never read across packets. */
 BPF_PERCPU_ARRAY(icmp_quote_scratch, struct icmp_quote, 1);

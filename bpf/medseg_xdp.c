@@ -525,18 +525,21 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	 * began before we saw it; judge it from the other side too, and keep
 	 * the more permissive answer (pass > audit > drop). */
 	if (midstream && d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
-		struct decision other = {};
+		struct decision *other = decision_scratch.lookup(&zero);
 		u16 reply_port = bpf_ntohs(pkt->sport);
 
+		if (!other)  /* cannot happen: slot 0 of a per-CPU array */
+			return;
+		__builtin_memset(other, 0, sizeof(*other));
 		fill_judge_args(&args, pkt, s, vlan, 1, reply_port);
-		judge(ctx, gen, &args, &other);
-		if (other.verdict == VERDICT_PASS ||
-		    (other.verdict == VERDICT_AUDIT &&
+		judge(ctx, gen, &args, other);
+		if (other->verdict == VERDICT_PASS ||
+		    (other->verdict == VERDICT_AUDIT &&
 		     d->verdict == VERDICT_DROP)) {
-			set_decision(d, other.verdict, other.reason,
-				     other.rule_id);
-			set_segments(d, other.src_segment, other.dst_segment,
-				     other.pair_index);
+			set_decision(d, other->verdict, other->reason,
+				     other->rule_id);
+			set_segments(d, other->src_segment, other->dst_segment,
+				     other->pair_index);
 			initiator_is_lo = !src_is_lo;
 			initiator_port = reply_port;
 		}
