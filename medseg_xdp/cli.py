@@ -142,6 +142,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_dir_exists(state_dir: Path) -> None:
+    """An empty answer from a directory that is not there would read as "nothing happened"."""
+    if not state_dir.is_dir():
+        raise CliError(f"no medseg-xdp state at {state_dir}: pass --state-dir (the config's [daemon] state_dir)")
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from medseg_xdp.classify import Classifier, load_catalog
     from medseg_xdp.control import ControlError, request
@@ -151,6 +157,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     try:
         summaries = request(control_socket(args.state_dir), "devices")
     except ControlError:
+        _state_dir_exists(args.state_dir)
         inventory = Inventory(Classifier(load_catalog()))  # no daemon: what it saved last
         problem = InventoryStore(args.state_dir).load(inventory)
         if problem:
@@ -413,6 +420,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from medseg_xdp.audit import AuditLog
 
     since = datetime.datetime.fromisoformat(args.since).timestamp() if args.since else 0.0
+    _state_dir_exists(args.state_dir)
     for entry in AuditLog(args.state_dir).entries(since):
         print(json.dumps(entry.__dict__, sort_keys=True) if args.json else entry.line())
     return 0

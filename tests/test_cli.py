@@ -205,3 +205,9 @@ def test_python_m_medseg_xdp_is_the_command_and_a_bad_port_is_named() -> None:
     result = subprocess.run([sys.executable, "-m", "medseg_xdp", "exception", "add", "--from", "a", "--to", "b", "--proto", "tcp",
                              "--ports", "abc", "--expires", "1h"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "--ports abc: a port or a range low-high" in result.stderr, result.stderr
+
+
+def test_devices_and_audit_say_when_the_state_dir_is_not_there(tmp_path: Path) -> None:
+    for command in ("devices", "audit"):
+        result = medseg(command, "--state-dir", str(tmp_path / "nowhere"))
+        assert result.returncode == 1 and f"no medseg-xdp state at {tmp_path / 'nowhere'}" in result.stderr, result.stderr
