@@ -185,13 +185,9 @@ def flow_key_of(frame: bytes, vlan: int = 0) -> tuple[bytes, bool]:
     s, d = struct.unpack("<I", src)[0], struct.unpack("<I", dst)[0]
     src_is_lo = s < d if s != d else sport_raw <= dport_raw
     key = abi.FlowKey(proto=frame[23], family=abi.const("FAMILY_IPV4"), vlan=vlan)
-    eth_dst, eth_src = frame[0:6], frame[6:12]
-    lo, hi, mac_lo, mac_hi, port_lo, port_hi = ((src, dst, eth_src, eth_dst, sport_raw, dport_raw) if src_is_lo else
-                                                (dst, src, eth_dst, eth_src, dport_raw, sport_raw))
+    lo, hi, port_lo, port_hi = (src, dst, sport_raw, dport_raw) if src_is_lo else (dst, src, dport_raw, sport_raw)
     ctypes.memmove(key.addr_lo, lo, 4)
     ctypes.memmove(key.addr_hi, hi, 4)
-    ctypes.memmove(key.mac_lo, mac_lo, 6)
-    ctypes.memmove(key.mac_hi, mac_hi, 6)
     key.port_lo, key.port_hi = port_lo, port_hi
     return abi.to_bytes(key), src_is_lo
 
@@ -206,8 +202,12 @@ def prefill_flows(flows: bpfsys.Map, template: bytes, entry: abi.FlowEntry, coun
         n = min(chunk, count - start)
         keys, values = bytearray(), bytearray()
         for i in range(start, start + n):
-            key, src_is_lo = flow_key_of(flow_variant(template, i))
+            frame = flow_variant(template, i)
+            key, src_is_lo = flow_key_of(frame)
             entry.initiator_is_lo = int(src_is_lo)
+            ends = (frame[6:12], frame[0:6]) if src_is_lo else (frame[0:6], frame[6:12])  # the MACs it is judged with
+            ctypes.memmove(entry.mac_lo, ends[0], 6)
+            ctypes.memmove(entry.mac_hi, ends[1], 6)
             keys += key
             values += abi.to_bytes(entry)
         flows.update_batch_raw(bytes(keys), bytes(values), n)

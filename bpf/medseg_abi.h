@@ -258,20 +258,13 @@ struct pair_key {
 
 /* ---- flows ---- */
 
-/* Normalised 5-tuple + VLAN + both MACs: (addr_lo, port_lo) is the smaller
- * endpoint, by comparing the address as four native-endian u32 words, then
- * the port as stored (network order). IPv4 uses the first 4 address bytes.
- * ICMP echo uses the identifier as both ports; other ICMP the type.
- * mac_lo is the link-layer end of addr_lo (a router's MAC for a routed
- * host): identity is judged by MAC first, so a flow is bound to the MACs it
- * was judged with. Without them, a frame that reaches a permissive identity
- * (a broadcast or management MAC, another device's MAC) could open an entry
- * that the same 5-tuple to the real destination's MAC then rides. */
+/* Normalised 5-tuple + VLAN: (addr_lo, port_lo) is the smaller endpoint, by
+ * comparing the address as four native-endian u32 words, then the port as
+ * stored (network order). IPv4 uses the first 4 address bytes. ICMP echo uses
+ * the identifier as both ports; other ICMP (type, 0x100 | type). */
 struct flow_key {
 	u8 addr_lo[16];
 	u8 addr_hi[16];
-	u8 mac_lo[6];
-	u8 mac_hi[6];
 	u16 port_lo;
 	u16 port_hi;
 	u16 vlan;
@@ -282,12 +275,14 @@ struct flow_key {
 /* A denied judgement, so that a dropped packet that comes again (a flood, a
  * device retrying a blocked port) costs one lookup instead of a judgement.
  * The key holds everything a judgement depends on besides the policy
- * generation: the flow (both MACs included: identity), which end sent the
- * packet, the ingress port (the spoofing check), the port or ICMP type the
- * policy looks at (an echo reply shares its request's flow key), and whether
- * the packet is a TCP segment without SYN (judged from both ends). */
+ * generation: the flow, which end sent the packet, both MACs (identity),
+ * the ingress port (the spoofing check), the port or ICMP type the policy
+ * looks at (an echo reply shares its request's flow key), and whether the
+ * packet is a TCP segment without SYN (judged from both ends). */
 struct deny_key {
 	struct flow_key flow;
+	u8 src_mac[6];
+	u8 dst_mac[6];
 	u32 ifindex;
 	u16 policy_port;
 	u8 src_is_lo;
@@ -322,6 +317,15 @@ struct flow_entry {
 	u8 tcp_flags[2];   /* OR of all TCP flags seen, per direction */
 	u16 policy_port;   /* the initiator's, to re-judge on a new generation */
 	u32 pair_index;    /* the decision's segment pair, see pair_stats */
+	/* The link-layer ends the flow was judged with: mac_lo is addr_lo's (a
+	 * router's MAC for a routed host). Identity is judged by MAC first, so a
+	 * packet of the flow between other MACs is judged again (see
+	 * handle_flow): else a frame to a permissive identity (a broadcast or a
+	 * management host's MAC) would open an entry that the same 5-tuple to
+	 * the real destination's MAC then rode. */
+	u8 mac_lo[6];
+	u8 mac_hi[6];
+	u32 pad;
 };
 
 struct frag_key {

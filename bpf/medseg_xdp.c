@@ -309,19 +309,42 @@ decided:
 	if (src_is_lo) {
 		__builtin_memcpy(key->addr_lo, pkt->src, 16);
 		__builtin_memcpy(key->addr_hi, pkt->dst, 16);
-		__builtin_memcpy(key->mac_lo, pkt->eth_src, 6);
-		__builtin_memcpy(key->mac_hi, pkt->eth_dst, 6);
 		key->port_lo = pkt->sport;
 		key->port_hi = pkt->dport;
 	} else {
 		__builtin_memcpy(key->addr_lo, pkt->dst, 16);
 		__builtin_memcpy(key->addr_hi, pkt->src, 16);
-		__builtin_memcpy(key->mac_lo, pkt->eth_dst, 6);
-		__builtin_memcpy(key->mac_hi, pkt->eth_src, 6);
 		key->port_lo = pkt->dport;
 		key->port_hi = pkt->sport;
 	}
 	return src_is_lo;
+}
+
+static __always_inline int mac_eq(u8 *a, u8 *b)
+{
+	return *(u32 *)a == *(u32 *)b && *(u16 *)(a + 4) == *(u16 *)(b + 4);
+}
+
+/* The packet travels between the MACs the flow was judged with. */
+static __always_inline int same_ends(struct flow_entry *e, struct packet *pkt,
+				     int src_is_lo)
+{
+	if (src_is_lo)
+		return mac_eq(pkt->eth_src, e->mac_lo) &&
+		       mac_eq(pkt->eth_dst, e->mac_hi);
+	return mac_eq(pkt->eth_dst, e->mac_lo) && mac_eq(pkt->eth_src, e->mac_hi);
+}
+
+static __always_inline void set_ends(struct flow_entry *e, struct packet *pkt,
+				     int src_is_lo)
+{
+	if (src_is_lo) {
+		__builtin_memcpy(e->mac_lo, pkt->eth_src, 6);
+		__builtin_memcpy(e->mac_hi, pkt->eth_dst, 6);
+	} else {
+		__builtin_memcpy(e->mac_lo, pkt->eth_dst, 6);
+		__builtin_memcpy(e->mac_hi, pkt->eth_src, 6);
+	}
 }
 
 static __always_inline void account(struct flow_entry *e, int dir,
@@ -389,6 +412,8 @@ static __always_inline int cached_denial(struct xdp_md *ctx, u32 gen,
 					 int midstream, struct decision *d)
 {
 	denial->flow = *key;
+	__builtin_memcpy(denial->src_mac, pkt->eth_src, 6);
+	__builtin_memcpy(denial->dst_mac, pkt->eth_dst, 6);
 	denial->ifindex = ctx->ingress_ifindex;
 	denial->policy_port = pkt->policy_port;
 	denial->src_is_lo = src_is_lo;
@@ -484,7 +509,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			judge(ctx, gen, &args, d);
 			return;
 		}
-		if (e->gen == gen) {
+		int ends = same_ends(e, pkt, src_is_lo);
+		if (e->gen == gen && ends) {
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
 				     e->rule_id);
@@ -492,11 +518,20 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 				     e->pair_index);
 		} else {
 			/* Re-judge the initiator's direction under the
-			 * active policy. */
+			 * active policy and this packet's MACs: the entry's
+			 * verdict is an older generation's, or was judged
+			 * between other MACs (a gateway pair answering from
+			 * its own MAC, or a frame that opened the entry
+			 * towards a broadcast or another device's MAC). */
 			fill_judge_args(&args, pkt, s, vlan, dir, e->policy_port);
-			args.check_spoof = 0;
+			args.check_spoof = !ends && !dir;
 			judge(ctx, gen, &args, d);
 			d->flags |= DECISION_REVALIDATED;
+			if (!ends) {  /* this packet's judgement; the entry stays */
+				if (d->verdict != VERDICT_DROP)
+					account(e, dir, pkt, now);
+				return;
+			}
 			if (d->verdict == VERDICT_DROP) {
 				flows.delete(key);
 				return;
@@ -564,6 +599,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	fresh->initiator_is_lo = initiator_is_lo;
 	fresh->flags = d->flags & DECISION_MIDSTREAM;
 	fresh->policy_port = initiator_port;
+	set_ends(fresh, pkt, src_is_lo);
 	int dir = src_is_lo == initiator_is_lo ? 0 : 1;
 
 	fresh->packets[dir & 1] = 1;
@@ -575,8 +611,12 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		want_sample(d, flow_sample_kind(fresh, s));
 		return;
 	}
-	/* Lost the race to the other direction's CPU: count into its entry. */
+	/* Lost the race to the other direction's CPU: count into its entry,
+	 * when it was judged between the same MACs (else this packet's own
+	 * judgement stands). */
 	e = flows.lookup(key);
+	if (e && !same_ends(e, pkt, src_is_lo))
+		return;
 	if (e) {
 		dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);
@@ -885,10 +925,6 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 		return 1;
 	}
 	inner.family = pkt->family;
-	/* the error travels back along the flow: from its responder's link-layer
-	 * end (or the router in front of it) to its initiator's */
-	inner.eth_src = pkt->eth_dst;
-	inner.eth_dst = pkt->eth_src;
 
 	struct flow_key key = {};
 	make_flow_key(&inner, vlan, &key);

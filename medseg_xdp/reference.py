@@ -765,18 +765,20 @@ class ReferenceDataplane:
         if src_is_lo:
             key.addr_lo[:] = pkt.src
             key.addr_hi[:] = pkt.dst
-            key.mac_lo[:] = pkt.eth_src
-            key.mac_hi[:] = pkt.eth_dst
             key.port_lo = pkt.sport
             key.port_hi = pkt.dport
         else:
             key.addr_lo[:] = pkt.dst
             key.addr_hi[:] = pkt.src
-            key.mac_lo[:] = pkt.eth_dst
-            key.mac_hi[:] = pkt.eth_src
             key.port_lo = pkt.dport
             key.port_hi = pkt.sport
         return key, src_is_lo
+
+    @staticmethod
+    def same_ends(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool) -> bool:  # type: ignore[valid-type]
+        """same_ends(): the packet travels between the MACs the flow was judged with."""
+        lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
+        return bytes(e.mac_lo) == lo and bytes(e.mac_hi) == hi
 
     @staticmethod
     def account(e: abi.FlowEntry, direction: int, pkt: Packet, now: int) -> None:
@@ -840,16 +842,21 @@ class ReferenceDataplane:
                 # a new connection from the responder's side is no reply: judge it
                 self.judge(ctx, gen, self.fill_judge_args(pkt, s, vlan, False, pkt.policy_port), d)
                 return
-            if e.gen == gen:
+            ends = self.same_ends(e, pkt, src_is_lo)
+            if e.gen == gen and ends:
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
                 self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
             else:
-                # Re-judge the initiator's direction under the active policy.
+                # Re-judge the initiator's direction under the active policy and this packet's MACs.
                 args = self.fill_judge_args(pkt, s, vlan, bool(direction), e.policy_port)
-                args.check_spoof = False
+                args.check_spoof = not ends and not direction
                 self.judge(ctx, gen, args, d)
                 d.flags |= C.DECISION_REVALIDATED
+                if not ends:  # this packet's judgement; the entry stays
+                    if d.verdict != C.VERDICT_DROP:
+                        self.account(e, direction, pkt, now)
+                    return
                 if d.verdict == C.VERDICT_DROP:
                     del self.flows[key_bytes]
                     return
@@ -906,6 +913,7 @@ class ReferenceDataplane:
             policy_port=initiator_port,
             pair_index=d.pair_index,
         )
+        fresh.mac_lo[:], fresh.mac_hi[:] = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
         direction = 0 if src_is_lo == initiator_is_lo else 1
         fresh.packets[direction] = 1
         fresh.bytes[direction] = pkt.len
@@ -1069,7 +1077,6 @@ class ReferenceDataplane:
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RELATED_ICMP, 0)
             return True
         inner.family = pkt.family
-        inner.eth_src, inner.eth_dst = pkt.eth_dst, pkt.eth_src  # back along the flow
 
         key, _ = self.make_flow_key(inner, vlan)
         e = self.flows.get(bytes(key))

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.root
 FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
 MODALITY, MONITOR, PRINTER, OTHER = "02:00:00:00:00:01", "02:00:00:00:00:03", "02:00:00:00:00:07", "02:00:00:00:00:09"
 ROUTER = "02:00:00:00:00:fe"
+ROUTER2 = "02:00:00:00:00:fd"  # the gateway pair's other router
 
 
 def modality(dst: str = "10.0.2.5") -> Ether:
@@ -115,6 +116,11 @@ CASES = [
         [(b(Ether(src=OTHER, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=7, dport=22, flags="S")), "portB"),
          (b(Ether(src=OTHER, dst=MODALITY) / IP(src="10.5.5.5", dst="10.0.1.5") / TCP(sport=7, dport=22, flags="S")), "portB")],
         "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="drop_event",
+    ),
+    Case(
+        "a reply from the gateway pair's other MAC (HSRP: sent to the virtual MAC, answered from the router's own) is judged again and passes",
+        [(b(dicom_syn(40020)), "portA"), (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40020, flags="SA")), "portB")],
+        "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
     ),
     Case(
         "an echo flow opens no other ICMP type, whatever its identifier",

@@ -428,7 +428,6 @@ def test_flow_key_compares_little_endian_words_then_native_ports() -> None:
     assert not src_is_lo
     assert bytes(key.addr_lo[:4]) == bytes([2, 0, 0, 1])
     assert (key.port_lo, key.port_hi) == (socket.htons(20), socket.htons(10))
-    assert (bytes(key.mac_lo), bytes(key.mac_hi)) == (bytes.fromhex("020000000002"), bytes.fromhex("020000000001"))  # with their addresses
     # equal addresses: port 256 (bytes 01 00) is below port 2 (bytes 00 02)
     key, src_is_lo = key_of("10.0.0.1", "10.0.0.1", 2, 256)
     assert not src_is_lo
