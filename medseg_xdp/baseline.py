@@ -111,6 +111,7 @@ class Example:
     last_seen: float
     src_segment: str | None = None  # under the configuration given to the Baseline, if any
     dst_segment: str | None = None
+    answered: int = 0  # TCP: this pair's flow starts the responder answered (SYN-ACK)
 
     @property
     def endpoints(self) -> tuple[str, str, str, str, int]:
@@ -120,7 +121,7 @@ class Example:
         """Compact: MACs and addresses as their bytes."""
         src = [_mac_bytes(self.src_mac), ipaddress.ip_address(self.src_ip).packed]
         dst = [_mac_bytes(self.dst_mac), ipaddress.ip_address(self.dst_ip).packed]
-        return [*src, *dst, self.sport, self.vlan, self.flows, self.first_seen, self.last_seen, self.src_segment, self.dst_segment]
+        return [*src, *dst, self.sport, self.vlan, self.flows, self.first_seen, self.last_seen, self.src_segment, self.dst_segment, self.answered]
 
     @classmethod
     def from_list(cls, items: list[Any]) -> Example:
@@ -184,9 +185,13 @@ class FlowRecord:
 
     @classmethod
     def from_list(cls, items: list[Any]) -> FlowRecord:
-        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples, *answered = items  # answered: since 0.2
-        return cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples],
-                   answered[0] if answered else flows)
+        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples, *answered = items
+        record = cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples],
+                     answered[0] if answered else flows)
+        if not answered:  # written before answers were counted: every flow counts as answered
+            for example in record.examples:
+                example.answered = example.flows
+        return record
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,7 @@ class Baseline:
         self.evicted = 0  # single-flow records replaced when full
         self._singles: OrderedDict[RecordKey, None] = OrderedDict()  # records with one flow, oldest first
         self._recent = _RecentFlows()
-        self._awaiting: OrderedDict[tuple[Any, ...], RecordKey] = OrderedDict()  # TCP starts not answered yet
+        self._awaiting: OrderedDict[tuple[Any, ...], tuple[RecordKey, tuple[str, str, str, str, int]]] = OrderedDict()  # TCP starts not answered yet
         self._segments = _SegmentNames(config) if config is not None else None
 
     def __len__(self) -> int:
@@ -299,17 +304,22 @@ class Baseline:
             example.dst_segment = self._segments.name(frame.dst_mac, frame.dst_ip, frame.vlan, inventory)
         added = self._add(key, example)
         if added and start.proto == TCP:
-            self._awaiting[flow_id(TCP, frame.vlan, (frame.src_ip, start.sport), (frame.dst_ip, start.port))] = key
+            # no VLAN: an answer may come tagged through a trunk to a SYN that came untagged through an access port
+            self._awaiting[flow_id(TCP, 0, (frame.src_ip, start.sport), (frame.dst_ip, start.port))] = (key, example.endpoints)
             if len(self._awaiting) > MAX_TRACKED_FLOWS:
                 self._awaiting.popitem(last=False)
         return added
 
     def _answer(self, frame: Frame) -> None:
         """A SYN-ACK: the flow it answers was a real connection, not a scan's probe of a closed port."""
-        key = self._awaiting.pop(flow_id(TCP, frame.vlan, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport)), None)
-        record = self.records.get(key) if key is not None else None
-        if record is not None:
-            record.answered += 1
+        awaited = self._awaiting.pop(flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport)), None)
+        record = self.records.get(awaited[0]) if awaited is not None else None
+        if record is None:
+            return
+        record.answered += 1
+        for example in record.examples:
+            if example.endpoints == awaited[1]:
+                example.answered += 1
 
     def _add(self, key: RecordKey, example: Example) -> bool:
         record = self.records.get(key)
@@ -368,8 +378,11 @@ class Baseline:
                 if key == main and record.other_flows:
                     flows += record.other_flows
                     first, last = min(first, record.first_seen), max(last, record.last_seen)
+                answered = sum(e.answered for e in examples)
+                if key == main:  # answers of pairs that are not among the examples stay with the main part
+                    answered += record.answered - sum(e.answered for e in record.examples)
                 part = FlowRecord(*key, flows=flows, first_seen=first, last_seen=last, examples=[Example(**vars(e)) for e in examples],
-                                  answered=min(flows, record.answered))  # answers are counted per record, not per pair
+                                  answered=answered)
                 result._merge(part)
         return result
 
@@ -387,6 +400,7 @@ class Baseline:
             known = next((e for e in record.examples if e.endpoints == example.endpoints), None)
             if known is not None:
                 known.flows += example.flows
+                known.answered += example.answered
                 known.first_seen = min(known.first_seen, example.first_seen)
                 known.last_seen = max(known.last_seen, example.last_seen)
             elif len(record.examples) < MAX_EXAMPLES:

@@ -20,6 +20,7 @@ The bridge is modelled without ports (ingress ifindex 0, as `classify
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 import json
 import struct
@@ -286,7 +287,9 @@ class _Simulation:
         self.inventory = inventory
         self.catalog = catalog
         class_of = {mac: device.placement_class for mac, device in inventory.devices.items()}
-        compiled = compile_policy(config, 1, lambda port: 0, class_of)
+        # No ports here (every example replays at ingress 0): trusted ports would make every listed server's
+        # reply look untrusted, or every rogue one trusted. Replies are taken to enter where they should.
+        compiled = compile_policy(dataclasses.replace(config, trusted_ports=()), 1, lambda port: 0, class_of)
         contents = compiled.contents
         contents["active_gen"] = {bytes(ctypes.c_uint32(0)): bytes(ctypes.c_uint32(1))}
         self.rule_names: Mapping[int, str] = compiled.rule_names

@@ -17,7 +17,7 @@ from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
 
 from medseg_xdp import config
-from medseg_xdp.baseline import MAX_EXAMPLES, Baseline, BaselineStore, learn_from_capture
+from medseg_xdp.baseline import MAX_EXAMPLES, Baseline, BaselineStore, Example, FlowRecord, learn_from_capture
 from medseg_xdp.classify import Catalog, Classifier, load_catalog
 from medseg_xdp.fingerprint.frame import Frame, decode
 from medseg_xdp.inventory import Inventory
@@ -367,6 +367,33 @@ def test_a_scan_while_learning_proposes_no_rules(catalog: Catalog) -> None:
     assert "# Not proposed: TCP never answered with a SYN-ACK" in text and "#   and 80 more" in text
     # what simulate replays still holds the scan: enforcing would drop it, and a life-critical pump is named
     assert simulate(config.parse(text), baseline, inventory, catalog).replayed.would_drop == 100
+
+
+def test_answers_follow_their_pairs_through_regrouping_and_across_vlans(catalog: Catalog) -> None:
+    """A scan of unclassified devices regroups into one record per class: only the pair that answered is
+    proposed. A SYN-ACK tagged through a trunk answers a SYN that came untagged through an access port."""
+    inventory = Inventory(Classifier(catalog), clock=lambda: T0)
+    baseline = Baseline()
+    for sport, target in enumerate((PACS, HL7, WEB), start=41000):  # nobody is classified yet
+        baseline.observe(tcp(CT, target, 22, sport), inventory, T0)
+    tagged = frame(Ether(src=PACS.mac, dst=CT.mac) / Dot1Q(vlan=20) / IP(src=PACS.ip, dst=CT.ip) / TCP(sport=22, dport=41000, flags="SA"))
+    baseline.observe(tagged, inventory, T0)
+    for host, device_class in ((CT, "imaging_modality"), (PACS, "pacs"), (HL7, "hl7_interface_engine"), (WEB, "web_server")):
+        inventory.pin(host.mac, device_class=device_class)
+    text = propose(baseline, inventory, catalog)
+    assert [rule.name for rule in config.parse(text).rules] == ["imaging-modality-to-pacs-tcp-22"]
+    assert "imaging-modality -> hl7-interface-engine tcp/22" in text and "imaging-modality -> web-server tcp/22" in text
+
+
+def test_simulate_takes_a_listed_servers_dhcp_replies_as_plumbing_with_trusted_ports(catalog: Catalog) -> None:
+    """simulate has no ports: trusted_ports must not turn the listed server's replies into drops."""
+    policy = config.load(Path(__file__).parent / "fixture_policy.toml")
+    assert policy.trusted_ports
+    baseline = Baseline()
+    reply = Example("02:00:00:00:00:10", "10.0.0.1", "02:00:00:00:00:01", "10.0.1.5", 67, 0, 5, T0, T0)
+    baseline.load_records([FlowRecord("class:unknown", "class:unknown", 17, 68, 5, T0, T0, [reply])])
+    report = simulate(policy, baseline, inventory_of(catalog), catalog)
+    assert report.clean and report.by_rule["reason:rail_dhcp"].passed == 5
 
 
 def test_hostnames_cannot_inject_toml(catalog: Catalog) -> None:
