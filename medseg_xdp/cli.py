@@ -38,6 +38,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     _need_root("trace")
     class_of = pinned = None
     if args.state_dir:  # the daemon's inventory: devices land in class-based segments as they do live
+        _state_dir_exists(args.state_dir)
         from medseg_xdp.classify import Classifier, load_catalog
         from medseg_xdp.inventory import Inventory, InventoryStore
 
@@ -372,11 +373,11 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     except BpfError as exc:
         raise CliError(f"no pinned state for bridge {cfg.bridge} at {pin_dir}: is medseg-xdp loaded? ({exc.strerror})") from exc
     on = args.state == "on"
+    state_dir = args.state_dir or cfg.daemon.state_dir
     with dataplane:
         was = dataplane.break_glass()
+        BreakGlassRecord(state_dir).record(on, caller_uid(), args.reason)  # first: a reboot loses the maps, not this
         dataplane.set_break_glass(on)
-    state_dir = args.state_dir or cfg.daemon.state_dir
-    BreakGlassRecord(state_dir).record(on, caller_uid(), args.reason)  # a reboot loses the maps, not this
     events = EventExporter.from_settings(cfg.events)
     try:
         entry = AuditLog(state_dir, events).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})

@@ -99,7 +99,7 @@ def sd_notify(state: str) -> None:
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(BlockingIOError):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):  # a full queue, a gone listener
         sock.sendto(state.encode(), socket.MSG_DONTWAIT, "\0" + address[1:] if address.startswith("@") else address)
 
 
@@ -189,7 +189,8 @@ class Daemon:
         self.dataplane = Dataplane(self.loader.pin_dir)
         resumed = self.dataplane.active_generation() != 0
         self.apply("start")
-        self._restore_break_glass()
+        if not resumed:  # maps that survived hold the flag themselves
+            self._restore_break_glass()
         # replace=True: a program left by a killed daemon is swapped atomically, maps kept
         self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
         self.enforcing = {a.ifname: True for a in self.attachments}
@@ -262,8 +263,9 @@ class Daemon:
         if self._dirty and now - self._last_save >= SAVE_EVERY_S:
             self.save()
         self.last_loop = now
-        if self.watchdog_s is not None and now >= self._next_watchdog:
-            self._next_watchdog = now + self.watchdog_s
+        tick = time.monotonic()  # not the wall clock: NTP stepping it back must not stop the pings
+        if self.watchdog_s is not None and tick >= self._next_watchdog:
+            self._next_watchdog = tick + self.watchdog_s
             sd_notify("WATCHDOG=1")  # a loop that hangs stops pinging: systemd restarts it, enforcement stays
 
     def check_enforcement(self) -> None:
@@ -543,7 +545,7 @@ class Daemon:
         if confirm_within:
             self.pending = PendingConfirmation(self.clock() + float(confirm_within), record.generation, previous, previous_path, uid)
             details["confirm_within_s"] = float(confirm_within)
-        if self.config_path != self.startup_path:
+        if self.config_path.resolve() != self.startup_path.resolve():
             details["restart_loads"] = str(self.startup_path)
         self.audit.append("policy apply", uid, reason, details)
         return {**record.__dict__, "confirm_by": self.pending.deadline if confirm_within and self.pending else None,

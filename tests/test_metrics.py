@@ -548,7 +548,7 @@ def test_the_systemd_unit() -> None:
             unit.setdefault(key.strip(), []).append(value.strip())
     assert unit["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_SYS_ADMIN CAP_BPF CAP_PERFMON"]
     assert unit["Restart"] == ["on-failure"] and unit["StateDirectory"] == ["medseg-xdp"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and unit["Type"] == ["notify"] and unit["WatchdogSec"] == ["60s"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and unit["Type"] == ["notify"] and unit["WatchdogSec"] == ["60s"] and unit["WatchdogSignal"] == ["SIGKILL"]
     assert unit["Before"] == ["network-pre.target"] and unit["Wants"] == ["network-pre.target"]
     assert "ProtectKernelModules" not in unit  # it would hide /lib/modules from BCC
     if shutil.which("systemd-analyze") and Path(unit["ExecStart"][0].split()[0]).exists():
