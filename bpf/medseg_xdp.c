@@ -727,8 +727,10 @@ static __always_inline int rails(struct xdp_md *ctx, u32 gen,
 		return 0;
 	}
 	if (pkt->family == FAMILY_IPV4 && pkt->proto == IPPROTO_IGMP) {
-		/* IGMP is IPv4's MLD: link-local (TTL 1) and to a group */
-		if (pkt->hop_limit != IGMP_TTL || !is_ipv4_multicast(pkt->dst))
+		/* IGMP is IPv4's MLD: link-local (TTL 1), to a group, in a
+		 * multicast frame (a unicast frame reaches one device only) */
+		if (pkt->hop_limit != IGMP_TTL || !is_ipv4_multicast(pkt->dst) ||
+		    !(pkt->eth_dst[0] & 1))
 			return 0;
 		set_decision(d, VERDICT_PASS, REASON_RAIL_IGMP, 0);
 		d->sample_kind = SAMPLE_FLOWLESS;

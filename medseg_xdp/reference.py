@@ -958,7 +958,8 @@ class ReferenceDataplane:
                     return True
             return False
         if pkt.family == C.FAMILY_IPV4 and pkt.proto == IPPROTO_IGMP:
-            if pkt.hop_limit != IGMP_TTL or pkt.dst[0] & 0xF0 != 0xE0:  # link-local, to a group (224.0.0.0/4)
+            # link-local, to a group (224.0.0.0/4), in a multicast frame (a unicast frame reaches one device only)
+            if pkt.hop_limit != IGMP_TTL or pkt.dst[0] & 0xF0 != 0xE0 or not pkt.eth_dst[0] & 1:
                 return False
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_IGMP, 0)
             d.sample_kind = C.SAMPLE_FLOWLESS

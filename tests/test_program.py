@@ -344,6 +344,11 @@ CASES = [
         "pass", "rail_igmp", sample="flowless",
     ),
     Case(
+        "IGMP to a group in a frame to one device's MAC is no rail",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="224.0.0.22", ttl=1, proto=2) / Raw(bytes(8))), "portA")],
+        "drop", "segment_default", "default:modalities", sample="drop_event",
+    ),
+    Case(
         "IGMP to a unicast address is no rail",
         [(b(Ether(src=MODALITY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5", ttl=1, proto=2) / Raw(bytes(8))), "portA")],
         "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
