@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from medseg_xdp.statefile import StateFile
 
@@ -45,3 +46,27 @@ class BreakGlassRecord:
             return BreakGlassState(bool(body["on"]), float(body["since"]), int(body["uid"]), str(body["reason"])), problem
         except (KeyError, TypeError, ValueError):
             return None, self.file.keep_aside("not a break-glass record")
+
+
+class BreakGlassFlag(Protocol):
+    """The pinned flag (medseg_xdp.dataplane.Dataplane)."""
+
+    def break_glass(self) -> bool: ...
+    def set_break_glass(self, on: bool, grace_s: float = ...) -> None: ...
+
+
+def restore(flag: BreakGlassFlag, state_dir: Path, clock: Callable[[], float] = time.time) -> BreakGlassState | None:
+    """On fresh maps (a reboot): turn break-glass on again when state_dir's record says it was on.
+
+    Returns the record when it did; the caller says so loudly and audits it."""
+    state, _problem = BreakGlassRecord(state_dir, clock).read()  # a problem is logged by the read
+    if state is None or not state.on or flag.break_glass():
+        return None
+    flag.set_break_glass(True)
+    return state
+
+
+def describe(state: BreakGlassState) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since))
+    return (f"break-glass was on when the maps were lost (since {since}, by uid {state.uid}: {state.reason}): "
+            "it is on again; end it with `medseg-xdp break-glass off`")

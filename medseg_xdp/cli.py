@@ -68,6 +68,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from medseg_xdp.audit import AuditLog, caller_uid
+    from medseg_xdp.breakglass import describe as describe_restored
+    from medseg_xdp.breakglass import restore as restore_break_glass
     from medseg_xdp.dataplane import Dataplane
     from medseg_xdp.loader import Loader
     from medseg_xdp.policy_image import compile_policy
@@ -82,7 +85,13 @@ def cmd_load(args: argparse.Namespace) -> int:
     loader.compile()
     ifindex = _ifindexes(ports, args.netns)
     with Dataplane(loader.pin_dir) as dataplane:
+        fresh = dataplane.active_generation() == 0
         gen = dataplane.apply(lambda g: compile_policy(cfg, g, ifindex.__getitem__).contents)
+        restored = restore_break_glass(dataplane, cfg.daemon.state_dir) if fresh else None  # before attaching
+    if restored is not None:
+        print(f"medseg-xdp: warning: {describe_restored(restored)}", file=sys.stderr)
+        AuditLog(cfg.daemon.state_dir).append("break-glass restored", caller_uid(), "on when the maps were lost (a reboot)",
+                                              {"bridge": cfg.bridge, "since": restored.since, "by_uid": restored.uid, "reason": restored.reason})
     for attachment in loader.attach(ports, netns_name=args.netns, replace=args.replace, force_generic=args.generic):
         print(f"{attachment.ifname}: {attachment.mode} XDP, program id {attachment.prog_id}")
     print(f"policy generation {gen}; pinned state in {loader.pin_dir}")

@@ -35,7 +35,8 @@ from medseg_xdp import config as config_mod
 from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
-from medseg_xdp.breakglass import BreakGlassRecord
+from medseg_xdp.breakglass import describe as describe_restored
+from medseg_xdp.breakglass import restore as restore_break_glass
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
@@ -210,12 +211,10 @@ class Daemon:
     def _restore_break_glass(self) -> None:
         """Maps lost with break-glass on (a reboot during an emergency): on again, loudly, never silently off."""
         assert self.dataplane is not None
-        state, _problem = BreakGlassRecord(self.state_dir, self.clock).read()  # a problem is logged by the read
-        if state is None or not state.on or self.dataplane.break_glass():
+        state = restore_break_glass(self.dataplane, self.state_dir, self.clock)
+        if state is None:
             return
-        self.dataplane.set_break_glass(True)
-        log.warning("break-glass was on when the maps were lost (since %s, by uid %d: %s): it is on again; "
-                    "end it with `medseg-xdp break-glass off`", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since)), state.uid, state.reason)
+        log.warning("%s", describe_restored(state))
         self.audit.append("break-glass restored", os.getuid(), "on when the maps were lost (a reboot)",
                           {"bridge": self.config.bridge, "since": state.since, "by_uid": state.uid, "reason": state.reason})
 

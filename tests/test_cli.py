@@ -135,6 +135,24 @@ def test_load_twice_unload_twice_and_restart_on_pinned_state(bridge_config: tupl
 
 @pytest.mark.root
 @pytest.mark.netns
+def test_load_on_fresh_maps_turns_break_glass_on_again(bridge_config: tuple[InlineBridge, Path], tmp_path: Path) -> None:
+    """Without a daemon too: a reboot during break-glass does not quietly put enforcement back."""
+    from medseg_xdp.breakglass import BreakGlassRecord
+
+    ward, path = bridge_config
+    path.write_text(path.read_text() + f'\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    BreakGlassRecord(tmp_path / "state").record(True, 0, "code blue, ward 3")
+    loaded = medseg("load", "-c", str(path), "--netns", ward.bridge_ns.name, check=True)
+    assert "break-glass was on when the maps were lost" in loaded.stderr and "code blue, ward 3" in loaded.stderr
+    server = DEFAULT_SERVER.ipv4.split("/")[0]  # type: ignore[union-attr]
+    start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [22])
+    assert exchange(ward.client_ns, "tcp", server, 22)  # the modality segment enforces, but nothing is dropped
+    audit = medseg("audit", "--state-dir", str(tmp_path / "state"), check=True)
+    assert "break-glass restored" in audit.stdout
+
+
+@pytest.mark.root
+@pytest.mark.netns
 def test_never_touches_a_foreign_program(bridge_config: tuple[InlineBridge, Path]) -> None:
     from bcc import BPF
 
