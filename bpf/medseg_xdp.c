@@ -914,11 +914,11 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	 * unreachable" to the server's last reply, and goes back to that server
 	 * (a listed one, when servers are listed). Any other error about DHCP
 	 * meets the policy. */
-	if (inner.proto == IPPROTO_UDP &&
-	    dhcp_direction(pkt->family, inner.sport, inner.dport)) {
-		if (dhcp_direction(pkt->family, inner.sport, inner.dport) !=
-			    DHCP_TO_CLIENT ||
-		    !is_port_unreachable(pkt) ||
+	int dhcp = inner.proto == IPPROTO_UDP ?
+		   dhcp_direction(pkt->family, inner.sport, inner.dport) :
+		   NOT_DHCP;
+	if (dhcp) {
+		if (dhcp != DHCP_TO_CLIENT || !is_port_unreachable(pkt) ||
 		    ((s->flags & SETTING_DHCP_SERVERS_LISTED) &&
 		     !is_rail_host(gen, pkt->family, pkt->dst,
 				   RAIL_HOST_DHCP_SERVER)))

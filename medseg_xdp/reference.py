@@ -1066,11 +1066,12 @@ class ReferenceDataplane:
             and not self.trusted_source(ctx, gen, pkt, s, C.SETTING_ROUTERS_LISTED, C.RAIL_HOST_ROUTER)
         ):
             return False  # ... and comes from its destination, or from a listed router
-        if inner.proto == IPPROTO_UDP and dhcp_direction(pkt.family, inner.sport, inner.dport):
+        dhcp = dhcp_direction(pkt.family, inner.sport, inner.dport) if inner.proto == IPPROTO_UDP else NOT_DHCP
+        if dhcp:
             # DHCP passes on a rail without a flow entry: one of its errors is plumbing too, a client's port
             # unreachable about a server's reply, back to that (listed) server; any other meets the policy
             if (
-                dhcp_direction(pkt.family, inner.sport, inner.dport) != DHCP_TO_CLIENT
+                dhcp != DHCP_TO_CLIENT
                 or not is_port_unreachable(pkt)
                 or (s.flags & C.SETTING_DHCP_SERVERS_LISTED and not self.is_rail_host(gen, pkt.family, pkt.dst, C.RAIL_HOST_DHCP_SERVER))
             ):
