@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from medseg_xdp.audit import AuditLog
 from medseg_xdp.statefile import StateFile
 
 FILE_NAME = "break_glass.msgpack"
@@ -55,14 +56,17 @@ class BreakGlassFlag(Protocol):
     def set_break_glass(self, on: bool, grace_s: float = ...) -> None: ...
 
 
-def restore(flag: BreakGlassFlag, state_dir: Path, clock: Callable[[], float] = time.time) -> BreakGlassState | None:
-    """On fresh maps (a reboot): turn break-glass on again when state_dir's record says it was on.
+def restore(flag: BreakGlassFlag, state_dir: Path, audit: AuditLog, bridge: str, uid: int,
+            clock: Callable[[], float] = time.time) -> BreakGlassState | None:
+    """On fresh maps (a reboot): turn break-glass on again when state_dir's record says it was on, and audit it.
 
-    Returns the record when it did; the caller says so loudly and audits it."""
+    Returns the record when it did, for the caller to say so loudly (describe())."""
     state, _problem = BreakGlassRecord(state_dir, clock).read()  # a problem is logged by the read
     if state is None or not state.on or flag.break_glass():
         return None
     flag.set_break_glass(True)
+    audit.append("break-glass restored", uid, "on when the maps were lost (a reboot)",
+                 {"bridge": bridge, "since": state.since, "by_uid": state.uid, "reason": state.reason})
     return state
 
 

@@ -87,11 +87,10 @@ def cmd_load(args: argparse.Namespace) -> int:
     with Dataplane(loader.pin_dir) as dataplane:
         fresh = dataplane.active_generation() == 0
         gen = dataplane.apply(lambda g: compile_policy(cfg, g, ifindex.__getitem__).contents)
-        restored = restore_break_glass(dataplane, cfg.daemon.state_dir) if fresh else None  # before attaching
+        state_dir = cfg.daemon.state_dir
+        restored = restore_break_glass(dataplane, state_dir, AuditLog(state_dir), cfg.bridge, caller_uid()) if fresh else None  # before attaching
     if restored is not None:
         print(f"medseg-xdp: warning: {describe_restored(restored)}", file=sys.stderr)
-        AuditLog(cfg.daemon.state_dir).append("break-glass restored", caller_uid(), "on when the maps were lost (a reboot)",
-                                              {"bridge": cfg.bridge, "since": restored.since, "by_uid": restored.uid, "reason": restored.reason})
     for attachment in loader.attach(ports, netns_name=args.netns, replace=args.replace, force_generic=args.generic):
         print(f"{attachment.ifname}: {attachment.mode} XDP, program id {attachment.prog_id}")
     print(f"policy generation {gen}; pinned state in {loader.pin_dir}")

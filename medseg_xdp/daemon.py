@@ -211,12 +211,9 @@ class Daemon:
     def _restore_break_glass(self) -> None:
         """Maps lost with break-glass on (a reboot during an emergency): on again, loudly, never silently off."""
         assert self.dataplane is not None
-        state = restore_break_glass(self.dataplane, self.state_dir, self.clock)
-        if state is None:
-            return
-        log.warning("%s", describe_restored(state))
-        self.audit.append("break-glass restored", os.getuid(), "on when the maps were lost (a reboot)",
-                          {"bridge": self.config.bridge, "since": state.since, "by_uid": state.uid, "reason": state.reason})
+        state = restore_break_glass(self.dataplane, self.state_dir, self.audit, self.config.bridge, os.getuid(), self.clock)
+        if state is not None:
+            log.warning("%s", describe_restored(state))
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, self._on_signal)
