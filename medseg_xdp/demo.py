@@ -166,7 +166,7 @@ class Demo:
         enforced = _enforce_where_safe(proposed)
         monitor = sorted(name for name, s in enforced.segments.items() if s.mode == abi.Mode.monitor)
         started = time.perf_counter()
-        generation = program.apply(enforced, {mac: d.placement_class for mac, d in self.xray.inventory.devices.items()})
+        generation = program.apply(enforced, self.xray.inventory.placement_classes())
         self.say(f"   policy generation {generation} in force after {(time.perf_counter() - started) * 1000:.0f} ms; monitor only: {', '.join(monitor)}")
         assert program.dataplane is not None
         before = program.dataplane.stats()
@@ -177,7 +177,7 @@ class Demo:
         dropped = sum(v.packets for (verdict, _), v in clinical.items() if verdict == abi.Verdict.drop)
         self.say(f"   clinical traffic: {len(traffic.exchanges) - len(traffic.failures)}/{len(traffic.exchanges)} exchanges completed; {passed} packets passed, {dropped} dropped")
 
-        classes = {mac: device.placement_class for mac, device in self.xray.inventory.devices.items()}
+        classes = self.xray.inventory.placement_classes()
         life_critical = {h.name for h in HOSTS_BY_NAME.values() if self.catalog.criticality(classes.get(h.mac, UNKNOWN)) == LIFE_CRITICAL}
         cut = [e.key for e in traffic.exchanges if not e.ok and (e.source in life_critical or e.target in life_critical)]
         self.say(f"   life-critical devices ({', '.join(sorted(life_critical))}): {'never cut off' if not cut else 'CUT OFF: ' + ', '.join(cut)}")

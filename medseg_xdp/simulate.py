@@ -286,7 +286,7 @@ class _Simulation:
         self.config = config
         self.inventory = inventory
         self.catalog = catalog
-        class_of = {mac: device.placement_class for mac, device in inventory.devices.items()}
+        class_of = inventory.placement_classes()
         # No ports here (every example replays at ingress 0): trusted ports would make every listed server's
         # reply look untrusted, or every rogue one trusted. Replies are taken to enter where they should.
         compiled = compile_policy(dataclasses.replace(config, trusted_ports=()), 1, lambda port: 0, class_of)
