@@ -509,11 +509,11 @@ def cmd_exception(args: argparse.Namespace) -> int:
 
 
 def _port_range(text: str) -> tuple[int, int]:
-    """'443' -> (443, 443), '11000-11999' -> (11000, 11999)."""
-    low, _, high = text.partition("-")
-    if not low.isdigit() or not (high or low).isdigit() or not 0 <= int(low) <= int(high or low) <= 65535:
-        raise CliError(f"--ports {text}: a port or a range low-high, 0..65535")
-    return int(low), int(high or low)
+    """'443' -> (443, 443), '11000-11999' -> (11000, 11999), as the config reads them."""
+    try:
+        return config_mod.port_range(text)
+    except ValueError:
+        raise CliError(f"--ports {text}: a port or a range low-high, 0..65535") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -691,14 +691,22 @@ def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
     )
 
 
-def _port_range(r: _Reader, value: Any, path: str) -> tuple[int, int]:
+def port_range(value: Any) -> tuple[int, int]:
+    """A port (a number, or its text) or a range 'low-high' -> (low, high); ValueError says what is wrong."""
     if isinstance(value, int) and not isinstance(value, bool):
         low = high = value
     elif isinstance(value, str) and re.fullmatch(r"\d+(-\d+)?", value):
         low_text, _, high_text = value.partition("-")
         low, high = int(low_text), int(high_text or low_text)
     else:
-        raise r.fail(path, f"{value!r} is not a port or a range 'low-high'")
+        raise ValueError(f"{value!r} is not a port or a range 'low-high'")
     if not 0 <= low <= high <= 65535:
-        raise r.fail(path, f"{value!r} is out of range 0..65535 (low <= high)")
+        raise ValueError(f"{value!r} is out of range 0..65535 (low <= high)")
     return low, high
+
+
+def _port_range(r: _Reader, value: Any, path: str) -> tuple[int, int]:
+    try:
+        return port_range(value)
+    except ValueError as exc:
+        raise r.fail(path, str(exc)) from None
