@@ -648,6 +648,16 @@ static __always_inline int is_ipv4_multicast(u32 *addr)
 	return (((u8 *)addr)[0] & 0xf0) == 0xe0;  /* 224.0.0.0/4 */
 }
 
+/* MLD's sources: link-local, or unspecified before DAD (RFC 3810 5.2.13,
+ * RFC 3590); hosts discard MLD from any other source. */
+static __always_inline int is_mld_source(u32 *addr)
+{
+	u8 *bytes = (u8 *)addr;
+
+	return (bytes[0] == 0xfe && (bytes[1] & 0xc0) == 0x80) ||  /* fe80::/10 */
+	       (addr[0] | addr[1] | addr[2] | addr[3]) == 0;
+}
+
 enum dhcp_direction {
 	NOT_DHCP = 0,
 	DHCP_TO_SERVER,
@@ -744,7 +754,11 @@ static __always_inline int rails(struct xdp_md *ctx, u32 gen,
 	     type == ND_ROUTER_SOLICIT) && pkt->hop_limit == ND_HOP_LIMIT) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
 	} else if ((type == MLD_QUERY || type == MLD_REPORT || type == MLD_DONE ||
-		    type == MLD2_REPORT) && pkt->hop_limit == MLD_HOP_LIMIT) {
+		    type == MLD2_REPORT) && pkt->hop_limit == MLD_HOP_LIMIT &&
+		   ((u8 *)pkt->dst)[0] == 0xff && (pkt->eth_dst[0] & 1) &&
+		   is_mld_source(pkt->src)) {
+		/* as IGMP: to a group, in a multicast frame; a unicast MLD
+		 * query (RFC 3810 5.1.15, for debugging) meets the policy */
 		set_decision(d, VERDICT_PASS, REASON_RAIL_ND, 0);
 	} else if (type == ND_ROUTER_ADVERT && pkt->hop_limit == ND_HOP_LIMIT &&
 		   trusted_source(ctx, gen, pkt, s, SETTING_ROUTERS_LISTED,

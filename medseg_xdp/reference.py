@@ -328,6 +328,11 @@ def is_port_unreachable(pkt: Packet) -> bool:
     return pkt.icmp_type == ICMPV6_DEST_UNREACH and pkt.icmp_code == ICMPV6_PORT_UNREACH_CODE
 
 
+def is_mld_source(addr: bytes) -> bool:
+    """is_mld_source(): link-local (fe80::/10), or unspecified before DAD; hosts discard MLD from others."""
+    return (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) or addr == ZERO_ADDR
+
+
 def is_icmp_echo(proto: int, icmp_type: int) -> bool:
     """is_icmp_echo()."""
     if proto == IPPROTO_ICMP:
@@ -973,7 +978,13 @@ class ReferenceDataplane:
             and pkt.hop_limit == ND_HOP_LIMIT
         ):
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
-        elif icmp_type in (MLD_QUERY, MLD_REPORT, MLD_DONE, MLD2_REPORT) and pkt.hop_limit == MLD_HOP_LIMIT:
+        elif (
+            icmp_type in (MLD_QUERY, MLD_REPORT, MLD_DONE, MLD2_REPORT)
+            and pkt.hop_limit == MLD_HOP_LIMIT
+            and pkt.dst[0] == 0xFF
+            and pkt.eth_dst[0] & 1
+            and is_mld_source(pkt.src)
+        ):  # to a group, in a multicast frame, from a link-local or unspecified source
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_ND, 0)
         elif (
             icmp_type == ND_ROUTER_ADVERT

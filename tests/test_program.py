@@ -321,6 +321,31 @@ CASES = [
         "drop", "segment_default", "default:modalities",
     ),
     Case(
+        "an MLDv2 report to a group passes as a rail, whatever the policy",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "pass", "rail_nd", sample="flowless",
+    ),
+    Case(
+        "an MLD report before DAD (unspecified source) is a rail too",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "pass", "rail_nd", sample="flowless",
+    ),
+    Case(
+        "MLD in a frame to one device's MAC is no rail",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fe80::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "drop", "segment_default", "default:modalities", sample="drop_event",
+    ),
+    Case(
+        "MLD to a unicast address is no rail",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="fd00:2::5", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "drop", "segment_default", "default:modalities", sample="drop_event",
+    ),
+    Case(
+        "MLD from a global source is no rail (hosts discard it)",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fd00:1::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        "drop", "segment_default", "default:modalities", sample="drop_event",
+    ),
+    Case(
         "MLD with hop limit 64 is no rail",
         [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=64, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
         "drop", "segment_default", "default:modalities",

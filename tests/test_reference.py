@@ -546,8 +546,10 @@ def test_neighbor_discovery_rails() -> None:
         DROP_,
         C.REASON_SEGMENT_DEFAULT,
     )
-    mld = ip6(CLIENT, SERVER, hlim=1) / ICMPv6MLReport()
+    mld = Ether(src=CLIENT.mac, dst="33:33:00:00:00:16") / IPv6(src="fe80::1", dst="ff02::16", hlim=1) / ICMPv6MLReport()
     assert verdict(send(dp, mld, 1)) == (PASS_, C.REASON_RAIL_ND, 0)
+    # unicast MLD (a query for debugging, RFC 3810 5.1.15) meets the policy
+    assert verdict(send(dp, ip6(CLIENT, SERVER, hlim=1) / ICMPv6MLReport(), 1))[:2] == (DROP_, C.REASON_SEGMENT_DEFAULT)
     ra = ICMPv6ND_RA()
     assert verdict(send(dp, ip6(SERVER, CLIENT, hlim=255) / ra, 2)) == (PASS_, C.REASON_RAIL_RA, 0)
     unlisted = send(dp, ip6(CLIENT, SERVER, hlim=255) / ra, 1)
