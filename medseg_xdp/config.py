@@ -444,7 +444,9 @@ def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...
             raise r.fail(f"{path}.class", f"unknown device class {device_class!r} (one of {', '.join(classes)})")
         if segment is None and device_class is None:
             raise r.fail(path, "a pin names a segment, a class, or both")
-        problem = _placement_problem(segments.get(segment or ""), segment or "", device_class or "", catalog.criticality)
+        # a pin without a segment leaves the device where a segment's macs put it
+        placed_in = segment or next((s.name for s in segments.values() if mac in s.macs), "")
+        problem = _placement_problem(segments.get(placed_in), placed_in, device_class or "", catalog.criticality)
         if problem:
             raise r.fail(path, problem)
         pins.append(Pin(mac, segment, device_class))

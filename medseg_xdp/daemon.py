@@ -515,6 +515,11 @@ class Daemon:
             return [e.describe() for e in self.exceptions.items]
         if op == "import_assets":
             assets = parse_assets(str(req["csv"]), set(self.inventory.classifier.catalog.classes), str(req.get("source", "<csv>")))
+            for asset in assets:  # all or nothing: checked before any is pinned
+                try:
+                    self._check_placement(asset.mac, None, asset.device_class)
+                except ConfigError as exc:
+                    raise ConfigError(f"{req.get('source', '<csv>')}: {asset.mac}: {exc}") from None
             disagreements = import_assets(self.inventory, assets)
             self.audit.append("asset import", uid, str(req.get("reason", "")), {"source": req.get("source"), "devices": len(assets), "disagreements": [d.line() for d in disagreements]})
             self.apply(f"asset import of {len(assets)} devices")
@@ -523,8 +528,7 @@ class Daemon:
             segment = req.get("segment")
             if segment is not None and segment not in self.config.segments and segment not in config_mod.PSEUDO_SEGMENTS:
                 raise ConfigError(f"unknown segment {segment!r}")
-            if segment is not None:
-                self._check_placement(str(req["mac"]), segment, req.get("class"))
+            self._check_placement(str(req["mac"]), segment, req.get("class"))
             device = self.inventory.pin(req["mac"], device_class=req.get("class"), segment=segment)
             self.audit.append("pin", uid, str(req.get("reason", "")), {"mac": device.mac, "class": req.get("class"), "segment": segment})
             self.apply(f"pin of {device.mac}")
@@ -558,11 +562,17 @@ class Daemon:
             log.info("exception expired: %s", exception.describe())
             self.audit.append("exception expired", exception.uid, exception.reason, {"exception": exception.describe()})
 
-    def _check_placement(self, mac: str, segment: str, device_class: str | None = None) -> None:
-        """ConfigError when a person would place a life-critical device in an enforcing segment without the flag."""
-        known = self.inventory.devices.get(mac.lower())
+    def _check_placement(self, mac: str, segment: str | None, device_class: str | None = None) -> None:
+        """ConfigError when a person would place a life-critical device in an enforcing segment without the flag.
+
+        Without a segment, the device stays where a pin or a segment's macs put it (or goes to its class's)."""
+        mac = mac.lower()
+        known = self.inventory.devices.get(mac)
         device_class = device_class or (known.device_class if known is not None else None)
         if device_class is None:
+            return
+        segment = segment or device_segments(self.config, {mac: device_class}, self.inventory.live_pins(self.config)).get(mac)
+        if segment is None:
             return
         problem = config_mod.placement_problem(self.config, segment, device_class, self.inventory.classifier.catalog.criticality)
         if problem:

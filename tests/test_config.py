@@ -52,6 +52,8 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         ('[segments.x]\nmacs = ["00:11:22:33:44:55"]\nlife_critical = true\nmode = "enforce"', "segments.x.mode: enforcing a segment of life-critical devices must be explicit"),
         ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nproto = "icmp"\nports = [300]\naction = "allow"', "rules[0].ports: an ICMP rule's ports are ICMP types, 0..255"),
         ('[segments.x]\nmode = "enforce"\n[[pins]]\nmac = "00:11:22:33:44:55"\nsegment = "x"\nclass = "infusion_pump"', "pins[0]: segment 'x' enforces, and a device of class infusion_pump is life-critical"),
+        ('[segments.x]\nmode = "enforce"\nmacs = ["00:11:22:33:44:55"]\n[[pins]]\nmac = "00:11:22:33:44:55"\nclass = "infusion_pump"',
+         "pins[0]: segment 'x' enforces, and a device of class infusion_pump is life-critical"),  # a class alone: stays in x
         ('[bridge]\nports = ["portA"]\n[rails]\ntrusted_ports = ["uplink"]', "rails.trusted_ports[0]: 'uplink' is not a port listed in bridge.ports"),
     ],
 )

@@ -393,6 +393,12 @@ def test_a_port_that_loses_the_program_gets_it_back_and_it_is_reported(running: 
         running.ask("pin", mac="02:77:00:00:00:42", segment="modalities", **{"class": "infusion_pump"})
     assert "02:77:00:00:00:42" not in {d["mac"] for d in running.ask("devices")}  # type: ignore[union-attr, index]
     running.ask("pin", mac=DEFAULT_CLIENT.mac, segment="modalities")
+    # a class alone leaves a device where it is: in an enforcing segment, a life-critical class is refused too
+    with pytest.raises(ControlError, match="life-critical"):
+        running.ask("pin", mac=DEFAULT_CLIENT.mac, **{"class": "infusion_pump"})
+    with pytest.raises(ControlError, match=f"cmdb.csv: {DEFAULT_CLIENT.mac}: segment 'modalities' enforces"):
+        running.ask("import_assets", csv=f"mac,class\n02:77:00:00:00:43,printer\n{DEFAULT_CLIENT.mac},infusion_pump\n", source="cmdb.csv")
+    assert "02:77:00:00:00:43" not in {d["mac"] for d in running.ask("devices")}  # type: ignore[union-attr, index]
     assert not ssh_attempt(running)
     port = DEFAULT_CLIENT.port_name
     with in_netns(running.ward.bridge_ns.name):
