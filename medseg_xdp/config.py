@@ -391,6 +391,7 @@ def parse(text: str, source: str = "<config>") -> Config:
             raise r.fail(f"rails.trusted_ports[{i}]", f"{port!r} is not a port listed in bridge.ports")
 
     segments = _segments(r, r.table(data, "segments", "segments"), ports)
+    _check_segment_vlans_enter(r, segments, ports, pvid, allowed_vlans)
     rules_data = data.get("rules", [])
     if not isinstance(rules_data, list):
         raise r.fail("rules", "must be an array of tables ([[rules]])")
@@ -418,6 +419,26 @@ def parse(text: str, source: str = "<config>") -> Config:
         events=_events(r, r.table(data, "events", "events")),
         source=source,
     )
+
+
+def _check_segment_vlans_enter(r: _Reader, segments: dict[str, Segment], ports: tuple[str, ...], pvid: dict[str, int],
+                               allowed_vlans: dict[str, tuple[int, ...]]) -> None:
+    """A segment's VLAN must be able to enter its port (or, unbound, some port); otherwise every frame of it is
+    dropped as vlan_not_allowed, a typo that cuts a whole segment off."""
+    def enters(port: str, vlan: int) -> bool:
+        return port not in allowed_vlans or vlan in allowed_vlans[port] or pvid.get(port) == vlan
+
+    for segment in segments.values():
+        placed = [("vlan", segment.vlan)] if segment.vlan else []
+        placed += [(f"vlans[{index}]", vlan) for index, vlan in enumerate(segment.vlans)]
+        for key, vlan in placed:
+            path = f"segments.{segment.name}.{key}"
+            if segment.port is not None and not enters(segment.port, vlan):
+                raise r.fail(path, f"VLAN {vlan} cannot enter the segment's port {segment.port!r}: it is not in "
+                                   f"bridge.allowed_vlans.{segment.port} and not the port's PVID")
+            if segment.port is None and ports and not any(enters(port, vlan) for port in ports):
+                raise r.fail(path, f"VLAN {vlan} enters no port: every port has bridge.allowed_vlans, none lists it, "
+                                   f"and it is no port's PVID")
 
 
 def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...]:
@@ -625,12 +646,12 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
                 raise r.fail(f"{path}.classes[{index}]", f"{device_class} is already in segment {owner_of_class[device_class]!r}")
             owner_of_class[device_class] = name
         vlans = r.get(body, "vlans", f"{path}.vlans", list, [])
-        for index, vlan in enumerate(vlans):
-            if not isinstance(vlan, int) or isinstance(vlan, bool) or not 1 <= vlan <= 4094:
-                raise r.fail(f"{path}.vlans[{index}]", f"{vlan!r} is not a VLAN id 1..4094")
-            if vlan in owner_of_vlan:
-                raise r.fail(f"{path}.vlans[{index}]", f"VLAN {vlan} is already segment {owner_of_vlan[vlan]!r}")
-            owner_of_vlan[vlan] = name
+        for index, whole_vlan in enumerate(vlans):
+            if not isinstance(whole_vlan, int) or isinstance(whole_vlan, bool) or not 1 <= whole_vlan <= 4094:
+                raise r.fail(f"{path}.vlans[{index}]", f"{whole_vlan!r} is not a VLAN id 1..4094")
+            if whole_vlan in owner_of_vlan:
+                raise r.fail(f"{path}.vlans[{index}]", f"VLAN {whole_vlan} is already segment {owner_of_vlan[whole_vlan]!r}")
+            owner_of_vlan[whole_vlan] = name
         mode = r.choice(body, "mode", f"{path}.mode", MODES, abi.Mode.monitor)
         # life-critical by its classes, or because the config says so (a segment of MACs or prefixes)
         life_critical = any(catalog.criticality(c) == LIFE_CRITICAL for c in classes) or r.get(

@@ -54,6 +54,10 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
         ('[segments.x]\nmode = "enforce"\n[[pins]]\nmac = "00:11:22:33:44:55"\nsegment = "x"\nclass = "infusion_pump"', "pins[0]: segment 'x' enforces, and a device of class infusion_pump is life-critical"),
         ('[segments.x]\nmode = "enforce"\nmacs = ["00:11:22:33:44:55"]\n[[pins]]\nmac = "00:11:22:33:44:55"\nclass = "infusion_pump"',
          "pins[0]: segment 'x' enforces, and a device of class infusion_pump is life-critical"),  # a class alone: stays in x
+        ('[bridge]\nports = ["portA", "portB"]\nallowed_vlans = { portA = [30] }\n[segments.x]\nport = "portA"\nvlans = [20]',
+         "segments.x.vlans[0]: VLAN 20 cannot enter the segment's port 'portA'"),
+        ('[bridge]\nports = ["portA"]\nallowed_vlans = { portA = [30] }\n[segments.x]\nprefixes = ["10.0.0.0/8"]\nvlan = 20',
+         "segments.x.vlan: VLAN 20 enters no port"),
         ('[bridge]\nports = ["portA"]\n[rails]\ntrusted_ports = ["uplink"]', "rails.trusted_ports[0]: 'uplink' is not a port listed in bridge.ports"),
     ],
 )
@@ -258,6 +262,19 @@ def test_allowed_vlans_per_port() -> None:
     for bad, message in (("{ portZ = [20] }", "not a port listed"), ("{ portA = [] }", "non-empty list"), ("{ portA = [4095] }", "1..4094")):
         with pytest.raises(ConfigError, match=message):
             parse(f'[bridge]\nports = ["portA"]\nallowed_vlans = {bad}\n')
+    # a segment's VLAN enters through the list, the PVID (untagged frames), or a port without a list
+    bridge = '[bridge]\nports = ["portA", "portB"]\npvid = { portA = 20 }\nallowed_vlans = { portA = [30] }\n'
+    assert parse(bridge + '[segments.x]\nport = "portA"\nvlans = [20, 30]\n').segments["x"].vlans == (20, 30)
+    assert parse(bridge + '[segments.x]\nvlans = [40]\n').segments["x"].vlans == (40,)  # portB takes any tag
+
+
+def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
+    """`vlans` and `vlan` are separate keys: a segment's prefixes without `vlan` hold on any VLAN."""
+    segment = parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20, 30]\n').segments["x"]
+    assert (segment.vlan, segment.vlans) == (0, (20, 30))
+    contents = compile_policy(parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20]\n'), 1, {}.__getitem__).contents
+    prefix_vlans = {abi.Prefix4Key.from_buffer_copy(k).vlan for k, _ in contents["prefixes_v4"].items() if abi.Prefix4Key.from_buffer_copy(k).prefixlen > 48}
+    assert prefix_vlans == {0}
 
 
 def test_a_person_may_not_place_a_life_critical_device_in_an_enforcing_segment_without_the_flag() -> None:
