@@ -1,5 +1,7 @@
 """The TOML configuration: bridge ports, settings, rails, segments, rules.
 
+docs/configuration.md is the reference of every key; the example below is a valid policy.
+
 This is the format `medseg-xdp trace` reads; the policy issue extends it
 (device classes, VLAN segments, stable rule ids from the inventory) without
 replacing it. Every error names the file, the line where it can, and the path of the bad
@@ -211,6 +213,24 @@ class Rule:
         return self.proto is None
 
 
+# Every key the format has, by table ("" the top level; "segments" each [segments.NAME], "rules" and "pins"
+# each entry): the parser refuses any other, and docs/configuration.md documents exactly these.
+KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon", "events"}),
+    "bridge": frozenset({"name", "ports", "pvid", "allowed_vlans"}),
+    "settings": frozenset({"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "dhcp_samples_per_sec",
+                           "dhcp_samples_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}),
+    "rails": frozenset({"dhcp_servers", "routers", "trusted_ports"}),
+    "segments": frozenset({"id", "mode", "default", "life_critical", "management", "macs", "prefixes", "vlan", "port", "classes",
+                           "vlans", "allow_enforce_life_critical"}),
+    "rules": frozenset({"id", "from", "to", "proto", "ports", "action"}),
+    "pins": frozenset({"mac", "segment", "class"}),
+    "tables": frozenset(TableSizes.__dataclass_fields__),
+    "daemon": frozenset({"state_dir", "on_stop", "learning_days", "metrics", "max_devices", "reclassify"}),
+    "events": frozenset({"syslog", "json_lines", "facility", "drop_events_per_minute", "queue"}),
+}
+
+
 # The token buckets (BUDGET_*) of the samples that no flow paces, by their [settings] keys: (rate, burst).
 SAMPLE_BUDGET_KEYS = {
     abi.const("BUDGET_EVENTS"): ("events_per_sec", "events_burst"),
@@ -335,7 +355,7 @@ class _Reader:
             raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
         return choices[value]
 
-    def unknown_keys(self, data: dict[str, Any], allowed: set[str], path: str) -> None:
+    def unknown_keys(self, data: dict[str, Any], allowed: frozenset[str], path: str) -> None:
         extra = sorted(set(data) - allowed)
         if extra:
             raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
@@ -359,10 +379,10 @@ def parse(text: str, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     r = _Reader(source, text)
-    r.unknown_keys(data, {"bridge", "settings", "rails", "segments", "rules", "pins", "tables", "daemon", "events"}, "")
+    r.unknown_keys(data, KEYS[""], "")
 
     bridge = r.table(data, "bridge", "bridge")
-    r.unknown_keys(bridge, {"name", "ports", "pvid", "allowed_vlans"}, "bridge")
+    r.unknown_keys(bridge, KEYS["bridge"], "bridge")
     ports = tuple(_strings(r, bridge, "ports", "bridge.ports"))
     pvid_table = r.table(bridge, "pvid", "bridge.pvid")
     pvid = {}
@@ -382,7 +402,7 @@ def parse(text: str, source: str = "<config>") -> Config:
 
     settings = _settings(r, r.table(data, "settings", "settings"))
     rails = r.table(data, "rails", "rails")
-    r.unknown_keys(rails, {"dhcp_servers", "routers", "trusted_ports"}, "rails")
+    r.unknown_keys(rails, KEYS["rails"], "rails")
     dhcp_servers = tuple(_address(r, a, f"rails.dhcp_servers[{i}]") for i, a in enumerate(_strings(r, rails, "dhcp_servers", "rails.dhcp_servers")))
     routers = tuple(_address(r, a, f"rails.routers[{i}]") for i, a in enumerate(_strings(r, rails, "routers", "rails.routers")))
     trusted_ports = tuple(_strings(r, rails, "trusted_ports", "rails.trusted_ports"))
@@ -452,7 +472,7 @@ def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...
         path = f"pins[{index}]"
         if not isinstance(body, dict):
             raise r.fail(path, "must be a table")
-        r.unknown_keys(body, {"mac", "segment", "class"}, path)
+        r.unknown_keys(body, KEYS["pins"], path)
         mac = _mac(r, body.get("mac"), f"{path}.mac")
         if mac in seen:
             raise r.fail(f"{path}.mac", f"{mac} is pinned twice")
@@ -476,7 +496,7 @@ def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...
 
 def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
     defaults = TableSizes()
-    r.unknown_keys(data, set(defaults.__dataclass_fields__), "tables")
+    r.unknown_keys(data, KEYS["tables"], "tables")
     values = {name: r.integer(data, name, f"tables.{name}", getattr(defaults, name), 1, 1 << 24) for name in defaults.__dataclass_fields__}
     if values["ring_pages"] & (values["ring_pages"] - 1):
         raise r.fail("tables.ring_pages", f"{values['ring_pages']} is not a power of two")
@@ -486,7 +506,7 @@ def _tables(r: _Reader, data: dict[str, Any]) -> TableSizes:
 
 
 def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
-    r.unknown_keys(data, {"state_dir", "on_stop", "learning_days", "metrics", "max_devices", "reclassify"}, "daemon")
+    r.unknown_keys(data, KEYS["daemon"], "daemon")
     defaults = DaemonSettings()
     return DaemonSettings(
         state_dir=Path(r.get(data, "state_dir", "daemon.state_dir", str, str(defaults.state_dir))),
@@ -499,7 +519,7 @@ def _daemon(r: _Reader, data: dict[str, Any]) -> DaemonSettings:
 
 
 def _events(r: _Reader, data: dict[str, Any]) -> EventSettings:
-    r.unknown_keys(data, {"syslog", "json_lines", "facility", "drop_events_per_minute", "queue"}, "events")
+    r.unknown_keys(data, KEYS["events"], "events")
     defaults = EventSettings()
     syslog = r.get(data, "syslog", "events.syslog", str, "")
     if syslog and not re.fullmatch(r"(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}|unix:/\S+", syslog):
@@ -568,7 +588,7 @@ def _placement_problem(target: Segment | None, segment: str, device_class: str, 
 
 
 def _settings(r: _Reader, data: dict[str, Any]) -> Settings:
-    r.unknown_keys(data, {"sample_first_packets", "sample_one_in_n", "events_per_sec", "events_burst", "dhcp_samples_per_sec", "dhcp_samples_burst", "snaplen", "unknown_ethertype", "tcp_idle_timeout", "idle_timeout"}, "settings")
+    r.unknown_keys(data, KEYS["settings"], "settings")
     defaults = Settings()
     u32 = 2**32 - 1
     settings = Settings(
@@ -604,7 +624,7 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             raise r.fail(path, "must be a table")
         if not _SEGMENT_NAME.match(name):
             raise r.fail(path, "a segment name is letters, digits, '_', '.', '-' (at most 63)")
-        r.unknown_keys(body, {"id", "mode", "default", "life_critical", "management", "macs", "prefixes", "vlan", "port", "classes", "vlans", "allow_enforce_life_critical"}, path)
+        r.unknown_keys(body, KEYS["segments"], path)
         if name in PSEUDO_SEGMENTS:
             number = PSEUDO_SEGMENTS[name]
             for key in ("id", "macs", "prefixes", "vlan", "port", "classes", "vlans"):
@@ -681,7 +701,7 @@ def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
     path = f"rules[{index}]"
     if not isinstance(data, dict):
         raise r.fail(path, "must be a table")
-    r.unknown_keys(data, {"id", "from", "to", "proto", "ports", "action"}, path)
+    r.unknown_keys(data, KEYS["rules"], path)
     for key in ("from", "to", "action"):
         if key not in data:
             raise r.fail(f"{path}.{key}", "missing")
