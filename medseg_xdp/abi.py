@@ -18,7 +18,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+_PACKAGE = Path(__file__).resolve().parent
+# An installed copy carries bpf/ inside the package (pyproject.toml maps it there); a checkout, and an
+# editable install of it, has bpf/ beside the package.
+BPF_DIR = _PACKAGE / "bpf" if (_PACKAGE / "bpf" / "medseg_abi.h").is_file() else _PACKAGE.parent / "bpf"
 ABI_HEADER = BPF_DIR / "medseg_abi.h"
 MAPS_HEADER = BPF_DIR / "maps.h"
 

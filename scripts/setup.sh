@@ -2,7 +2,20 @@
 # Prepares a Debian 12/13 host for medseg-xdp: system packages, kernel headers
 # for BCC, bpffs, and a venv with the package installed in editable mode.
 # Idempotent: a re-run on a prepared host changes nothing and touches no network.
+#
+#   setup.sh                for the demo, the tests and development: the ward's software and the
+#                           test tools too, and an editable install that follows this checkout
+#   setup.sh --production   for a bridge in service: only what the daemon needs, and a copy of this
+#                           checkout in the venv, so the service never runs a half-edited or moved
+#                           checkout; run it again to install an update
 set -euo pipefail
+
+PRODUCTION=0
+case ${1:-} in
+    "") ;;
+    --production) PRODUCTION=1 ;;
+    *) echo "usage: setup.sh [--production]" >&2; exit 2 ;;
+esac
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${MEDSEG_VENV:-/opt/medseg-xdp/venv}
@@ -55,6 +68,10 @@ install_packages() {
     # they start in a namespace. See without_services for the packages' own services.
     local observability=(prometheus rsyslog)
     local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "${ward[@]}" "${observability[@]}" "$(headers_meta_package)")
+    if ((PRODUCTION)); then
+        # no attacker (nmap), no servers, no benchmark baselines on a bridge in service
+        required=(python3-bpfcc python3-venv iproute2 ethtool tcpdump "$(headers_meta_package)")
+    fi
     # Headers matching the running kernel exist only for Debian's own kernels,
     # and bpftool is not packaged under that name on every release.
     local optional=(bpftool)
@@ -212,18 +229,31 @@ ensure_venv() {
         changed "created venv $VENV (from $SYSTEM_PYTHON, with system site-packages for bcc)"
     fi
 
-    # The stamp names the repo too: CI installs from a fresh clone elsewhere,
-    # and an editable install must follow it there.
-    local want
-    want="repo=$REPO_ROOT pyproject=$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
     local origin
     origin=$(cd / && "$VENV/bin/python" -c \
         'import importlib.util as u; s = u.find_spec("medseg_xdp"); print(s.origin if s else "")' 2>/dev/null || true)
-    if [[ $(cat "$STAMP" 2>/dev/null) != "$want" || $origin != "$REPO_ROOT"/* ]]; then
-        say "installing medseg-xdp (editable) into $VENV"
-        "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT[test]"
-        echo "$want" >"$STAMP"
-        changed "pip-installed $REPO_ROOT[test] (editable) into $VENV"
+    local want
+    if ((PRODUCTION)); then
+        # The stamp is the content of what gets installed: an update of the checkout installs again.
+        want="production tree=$(cd "$REPO_ROOT" && find pyproject.toml medseg_xdp bpf -type f ! -path '*/__pycache__/*' -print0 |
+            sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+        if [[ $(cat "$STAMP" 2>/dev/null) != "$want" || $origin != "$VENV"/* ]]; then
+            say "installing a copy of medseg-xdp into $VENV"
+            "$VENV/bin/python" -m pip uninstall -q -y medseg-xdp 2>/dev/null || true
+            "$VENV/bin/python" -m pip install -q "$REPO_ROOT"
+            echo "$want" >"$STAMP"
+            changed "pip-installed a copy of $REPO_ROOT into $VENV (the service no longer reads the checkout)"
+        fi
+    else
+        # The stamp names the repo too: CI installs from a fresh clone elsewhere,
+        # and an editable install must follow it there.
+        want="repo=$REPO_ROOT pyproject=$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+        if [[ $(cat "$STAMP" 2>/dev/null) != "$want" || $origin != "$REPO_ROOT"/* ]]; then
+            say "installing medseg-xdp (editable) into $VENV"
+            "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT[test]"
+            echo "$want" >"$STAMP"
+            changed "pip-installed $REPO_ROOT[test] (editable) into $VENV"
+        fi
     fi
 
     local err
