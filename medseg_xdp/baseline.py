@@ -11,14 +11,21 @@ the dataplane's rules read it.
 
 What counts as a flow start:
 
-- TCP: a SYN without ACK; every other TCP sample is ignored (a connection
-  opened before learning began is not seen: see propose's header);
+- TCP: a SYN without ACK; or, for a connection already open when learning
+  began (a long-lived HL7 or monitor link), its first segment seen without
+  SYN, which the dataplane samples when it picks the connection up
+  mid-stream. Such a start is counted in `midstream`. Which end opened it is
+  unknown: a record of either direction between the two groups on either
+  port decides, else the ports do (see responder_is_dst). A connection is
+  one flow while samples of it come at most TCP_IDLE_SECONDS apart;
 - UDP: a datagram whose 5-tuple was not seen, in either direction, within
   FLOW_IDLE_SECONDS; later datagrams of the flow and its replies are not
   counted again (a small bounded table of recent flows, not persisted);
 - ICMP and ICMPv6: an echo request, with the same idle rule by identifier.
 
-A SYN retransmitted within the idle time is the same flow. Each record keeps
+A SYN retransmitted within the idle time is the same flow. A TCP start is
+"answered" once the other end sends a segment without RST (for a SYN, its
+SYN-ACK): a scan's probes of closed ports, SYN or ACK, are not. Each record keeps
 its flow count, first and last seen, and up to MAX_EXAMPLES example endpoint
 pairs (MACs, IPs, VLAN, one source port), each with its own count: the
 examples are what `policy simulate` replays, and what lets records be
@@ -63,6 +70,11 @@ STATE_VERSION = 1
 MAX_RECORDS = 20_000
 MAX_EXAMPLES = 8
 FLOW_IDLE_SECONDS = 120.0
+# The dataplane's default tcp_idle_timeout: a connection quieter than this is picked up anew there too.
+TCP_IDLE_SECONDS = 7200.0
+# Linux's ephemeral ports start here (Windows' and IANA's at 49152): a port below it, facing one above, listens.
+EPHEMERAL_PORT_LOW = 32768
+TCP_RST = 0x04
 MAX_TRACKED_FLOWS = 8192
 SECONDS_PER_DAY = 86_400
 UNKNOWN_GROUP = f"class:{UNKNOWN}"
@@ -112,6 +124,7 @@ class Example:
     src_segment: str | None = None  # under the configuration given to the Baseline, if any
     dst_segment: str | None = None
     answered: int = 0  # TCP: this pair's flow starts the responder answered (SYN-ACK)
+    midstream: int = 0  # TCP: this pair's flows first seen mid-stream (open before learning began)
 
     @property
     def endpoints(self) -> tuple[str, str, str, str, int]:
@@ -121,7 +134,8 @@ class Example:
         """Compact: MACs and addresses as their bytes."""
         src = [_mac_bytes(self.src_mac), ipaddress.ip_address(self.src_ip).packed]
         dst = [_mac_bytes(self.dst_mac), ipaddress.ip_address(self.dst_ip).packed]
-        return [*src, *dst, self.sport, self.vlan, self.flows, self.first_seen, self.last_seen, self.src_segment, self.dst_segment, self.answered]
+        return [*src, *dst, self.sport, self.vlan, self.flows, self.first_seen, self.last_seen, self.src_segment, self.dst_segment, self.answered,
+                self.midstream]
 
     @classmethod
     def from_list(cls, items: list[Any]) -> Example:
@@ -150,6 +164,7 @@ class FlowRecord:
     last_seen: float
     examples: list[Example] = field(default_factory=list)
     answered: int = 0  # TCP: flow starts the responder answered (SYN-ACK); a scan's are not
+    midstream: int = 0  # TCP: flows first seen mid-stream
 
     @property
     def key(self) -> RecordKey:
@@ -168,11 +183,13 @@ class FlowRecord:
     def add(self, example: Example) -> None:
         """One flow start of this record's key."""
         self.flows += 1
+        self.midstream += example.midstream
         self.first_seen = min(self.first_seen, example.first_seen)
         self.last_seen = max(self.last_seen, example.last_seen)
         for known in self.examples:
             if known.endpoints == example.endpoints:
                 known.flows += 1
+                known.midstream += example.midstream
                 known.last_seen = max(known.last_seen, example.last_seen)
                 known.src_segment, known.dst_segment = example.src_segment, example.dst_segment
                 return
@@ -181,13 +198,14 @@ class FlowRecord:
 
     def to_list(self) -> list[Any]:
         return [self.src_group, self.dst_group, self.proto, self.port, self.flows, self.first_seen, self.last_seen, [e.to_list() for e in self.examples],
-                self.answered]
+                self.answered, self.midstream]
 
     @classmethod
     def from_list(cls, items: list[Any]) -> FlowRecord:
-        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples, *answered = items
+        src_group, dst_group, proto, port, flows, first_seen, last_seen, examples, *later = items  # later fields: absent in older files
+        answered = later[:1]
         record = cls(src_group, dst_group, proto, port, flows, first_seen, last_seen, [Example.from_list(e) for e in examples],
-                     answered[0] if answered else flows)
+                     answered[0] if answered else flows, later[1] if len(later) > 1 else 0)
         if not answered:  # written before answers were counted: every flow counts as answered
             for example in record.examples:
                 example.answered = example.flows
@@ -214,28 +232,46 @@ def flow_start(frame: Frame) -> _Start | None:
     return None
 
 
+def is_midstream(frame: Frame) -> bool:
+    """A TCP segment of an open connection (ACK, neither SYN nor RST), between known endpoints."""
+    return (frame.proto == TCP and frame.tcp_flags & 0x16 == 0x10 and bool(frame.sport and frame.dport)
+            and bool(frame.src_ip and frame.dst_ip and frame.src_mac and frame.dst_mac))
+
+
+def responder_is_dst(sport: int, dport: int) -> bool:
+    """Which end of a connection seen mid-stream listens, from its ports alone: a well-known port (below 1024)
+    facing a higher one; else a port below the ephemeral range facing one in it; else the lower port."""
+    if (dport < 1024) != (sport < 1024):
+        return dport < 1024
+    if (dport < EPHEMERAL_PORT_LOW) != (sport < EPHEMERAL_PORT_LOW):
+        return dport < EPHEMERAL_PORT_LOW
+    return dport <= sport
+
+
 def flow_id(proto: int, vlan: int, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, ...]:
     """A flow whichever way a frame goes: (proto, VLAN, both (address, port) ends in order)."""
     return (proto, vlan, *sorted((a, b)))
 
 
 class _RecentFlows:
-    """A bounded LRU of recently started flows: tells a new flow from its later packets and replies."""
+    """A bounded LRU of recently seen flows: tells a new flow from its later packets and replies."""
 
-    def __init__(self, capacity: int = MAX_TRACKED_FLOWS, idle: float = FLOW_IDLE_SECONDS) -> None:
+    def __init__(self, capacity: int = MAX_TRACKED_FLOWS) -> None:
         self.capacity = capacity
-        self.idle = idle
         self.flows: OrderedDict[tuple[Any, ...], float] = OrderedDict()
 
-    def is_new(self, frame: Frame, start: _Start, now: float) -> bool:
+    def is_new(self, frame: Frame, start: _Start, now: float, idle: float = FLOW_IDLE_SECONDS) -> bool:
+        """Whether this frame starts a flow not seen within idle seconds; it refreshes the flow either way."""
         dport = start.sport if start.proto in ECHO_REQUEST else start.port  # echo: both ports are the id
-        key = flow_id(start.proto, frame.vlan, (frame.src_ip, start.sport), (frame.dst_ip, dport))
+        # TCP without the VLAN: the answers may come tagged through a trunk, the requests untagged through an access port
+        vlan = 0 if start.proto == TCP else frame.vlan
+        key = flow_id(start.proto, vlan, (frame.src_ip, start.sport), (frame.dst_ip, dport))
         seen = self.flows.get(key)
         self.flows[key] = now
         self.flows.move_to_end(key)
         if len(self.flows) > self.capacity:
             self.flows.popitem(last=False)
-        return seen is None or now - seen > self.idle
+        return seen is None or now - seen > idle
 
 
 class _SegmentNames:
@@ -275,7 +311,8 @@ class Baseline:
         self.evicted = 0  # single-flow records replaced when full
         self._singles: OrderedDict[RecordKey, None] = OrderedDict()  # records with one flow, oldest first
         self._recent = _RecentFlows()
-        self._awaiting: OrderedDict[tuple[Any, ...], tuple[RecordKey, tuple[str, str, str, str, int]]] = OrderedDict()  # TCP starts not answered yet
+        # TCP starts not answered yet: flow id -> (record, endpoints, the (address, port) that sent the start)
+        self._awaiting: OrderedDict[tuple[Any, ...], tuple[RecordKey, tuple[str, str, str, str, int], tuple[str, int]]] = OrderedDict()
         self._segments = _SegmentNames(config) if config is not None else None
 
     def __len__(self) -> int:
@@ -290,30 +327,56 @@ class Baseline:
 
     def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool:
         """One sampled frame; True when it started a flow that was recorded."""
-        if frame.is_syn_ack:
+        if frame.proto == TCP:
             self._answer(frame)
-            return False
         start = flow_start(frame)
-        if start is None or not self._recent.is_new(frame, start, now):
+        midstream = start is None and is_midstream(frame)
+        if midstream:
+            if not self._recent.is_new(frame, _Start(TCP, frame.dport, frame.sport), now, TCP_IDLE_SECONDS):
+                return False
+        elif start is None or not self._recent.is_new(frame, start, now):
             return False
-        assert frame.src_ip is not None and frame.dst_ip is not None  # flow_start checked
-        key = (group_of(frame.src_mac, inventory), group_of(frame.dst_mac, inventory), start.proto, start.port)
-        example = Example(frame.src_mac, frame.src_ip, frame.dst_mac, frame.dst_ip, start.sport, frame.vlan, 1, now, now)
+        assert frame.src_ip is not None and frame.dst_ip is not None  # flow_start and is_midstream checked
+        src, dst = (frame.src_mac, frame.src_ip), (frame.dst_mac, frame.dst_ip)
+        port, sport = frame.dport, frame.sport
+        if start is not None:
+            port, sport = start.port, start.sport
+        elif not self._opened_by_src(frame, inventory):
+            src, dst, port, sport = dst, src, sport, port
+        key = (group_of(src[0], inventory), group_of(dst[0], inventory), start.proto if start else TCP, port)
+        example = Example(*src, *dst, sport, frame.vlan, 1, now, now, midstream=int(midstream))
         if self._segments is not None:
-            example.src_segment = self._segments.name(frame.src_mac, frame.src_ip, frame.vlan, inventory)
-            example.dst_segment = self._segments.name(frame.dst_mac, frame.dst_ip, frame.vlan, inventory)
+            example.src_segment = self._segments.name(*src, frame.vlan, inventory)
+            example.dst_segment = self._segments.name(*dst, frame.vlan, inventory)
         added = self._add(key, example)
-        if added and start.proto == TCP:
-            # no VLAN: an answer may come tagged through a trunk to a SYN that came untagged through an access port
-            self._awaiting[flow_id(TCP, 0, (frame.src_ip, start.sport), (frame.dst_ip, start.port))] = (key, example.endpoints)
+        if added and key[2] == TCP:
+            self._awaiting[flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport))] = (
+                key, example.endpoints, (frame.src_ip, frame.sport))
             if len(self._awaiting) > MAX_TRACKED_FLOWS:
                 self._awaiting.popitem(last=False)
         return added
 
+    def _opened_by_src(self, frame: Frame, inventory: Inventory) -> bool:
+        """Which end opened a connection seen mid-stream: the direction already learned between the two groups
+        (on the port it listens on), else the ports' say (responder_is_dst)."""
+        src_group, dst_group = group_of(frame.src_mac, inventory), group_of(frame.dst_mac, inventory)
+        if (src_group, dst_group, TCP, frame.dport) in self.records:
+            return True
+        if (dst_group, src_group, TCP, frame.sport) in self.records:
+            return False
+        return responder_is_dst(frame.sport, frame.dport)
+
     def _answer(self, frame: Frame) -> None:
-        """A SYN-ACK: the flow it answers was a real connection, not a scan's probe of a closed port."""
-        awaited = self._awaiting.pop(flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport)), None)
-        record = self.records.get(awaited[0]) if awaited is not None else None
+        """A segment without RST from the other end of an awaited start (for a SYN, its SYN-ACK): the flow was a
+        real connection, not a scan's probe of a closed port."""
+        if frame.tcp_flags & TCP_RST:
+            return
+        fid = flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport))
+        awaited = self._awaiting.get(fid)
+        if awaited is None or awaited[2] == (frame.src_ip, frame.sport):
+            return
+        del self._awaiting[fid]
+        record = self.records.get(awaited[0])
         if record is None:
             return
         record.answered += 1
@@ -379,10 +442,12 @@ class Baseline:
                     flows += record.other_flows
                     first, last = min(first, record.first_seen), max(last, record.last_seen)
                 answered = sum(e.answered for e in examples)
-                if key == main:  # answers of pairs that are not among the examples stay with the main part
+                midstream = sum(e.midstream for e in examples)
+                if key == main:  # answers and pickups of pairs that are not among the examples stay with the main part
                     answered += record.answered - sum(e.answered for e in record.examples)
+                    midstream += record.midstream - sum(e.midstream for e in record.examples)
                 part = FlowRecord(*key, flows=flows, first_seen=first, last_seen=last, examples=[Example(**vars(e)) for e in examples],
-                                  answered=answered)
+                                  answered=answered, midstream=midstream)
                 result._merge(part)
         return result
 
@@ -394,6 +459,7 @@ class Baseline:
         self._singles.pop(part.key, None)
         record.flows += part.flows
         record.answered += part.answered
+        record.midstream += part.midstream
         record.first_seen = min(record.first_seen, part.first_seen)
         record.last_seen = max(record.last_seen, part.last_seen)
         for example in part.examples:
@@ -401,6 +467,7 @@ class Baseline:
             if known is not None:
                 known.flows += example.flows
                 known.answered += example.answered
+                known.midstream += example.midstream
                 known.first_seen = min(known.first_seen, example.first_seen)
                 known.last_seen = max(known.last_seen, example.last_seen)
             elif len(record.examples) < MAX_EXAMPLES:

@@ -154,8 +154,9 @@ class _Proposal:
             "# allow_enforce_life_critical = true to enforce.",
             "# The rails pass under any policy and need no rules: ARP, IPv6 ND/RA/MLD, DHCP and DHCPv6,",
             "# STP/LACP/LLDP/EAPOL, and ICMP errors of allowed flows.",
-            "# A TCP connection opened before learning began and never reopened (e.g. a long-lived HL7 link)",
-            "# was not seen and has no rule: check the audit counters before enforcing.",
+            "# A TCP connection already open when learning began (e.g. a long-lived HL7 link) is learned from",
+            "# its first segments after the bridge picked it up; which end listens is then inferred (from a",
+            "# direction seen opened, else from the ports): check rules whose evidence says 'mid-stream'.",
             "# [bridge], [settings], [rails], [[pins]], [tables] and [daemon] come from the running",
             "# configuration: merge them in.",
             "",
@@ -190,6 +191,9 @@ class _Proposal:
         others = flows - sum(e.flows for e in examples[:8])
         if others:
             lines.append(f"#   and {count(others, 'flow')} between other devices")
+        midstream = sum(r.midstream for r in records)
+        if midstream:
+            lines.append(f"#   {midstream} of them seen mid-stream (open before learning began): the listening end was inferred")
         lines += [
             "[[rules]]",
             f'id = "{key.rule_id}"',
@@ -211,7 +215,7 @@ class _Proposal:
         lines: list[str] = []
         for title, table in (
             ("Passing on the rails (no rule needed)", self.rails),
-            ("Not proposed: TCP never answered with a SYN-ACK (a scan, a closed port; add by hand if real)", self.unanswered),
+            ("Not proposed: TCP the other end never answered (a scan, a closed port; add by hand if real)", self.unanswered),
             (f"Not proposed: fewer than {self.min_flows} flow starts (add them by hand if they are real)", self.too_few),
             (f"Not proposed: beyond {len(self.rules)} rules, the fewest flows (a scan while learning?)", self.over_budget),
         ):

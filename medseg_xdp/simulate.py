@@ -2,7 +2,9 @@
 
 For each record of the baseline, each example endpoint pair's first packet
 (a TCP SYN, a UDP datagram or an ICMP echo request to the record's port, on
-the example's VLAN) is built and judged by reference.ReferenceDataplane,
+the example's VLAN; for TCP connections first seen mid-stream, an ACK, which
+the dataplane judges from both ends as it does an open connection after a
+policy change) is built and judged by reference.ReferenceDataplane,
 loaded with the candidate configuration compiled against the inventory's
 classes, with an empty flow table for every packet. A verdict `drop` is
 "dropped now" (an enforcing segment); `audit` is "would drop when enforced"
@@ -42,13 +44,15 @@ VERDICT_NAMES = {C.VERDICT_PASS: "pass", C.VERDICT_DROP: "drop", C.VERDICT_AUDIT
 MAX_LOST_PER_DEVICE = 16  # distinct (proto, peer) listed per device, each with its ports
 TEXT_ROWS = 40  # rows per table in to_text()
 TCP_SYN = 0x02
+TCP_ACK = 0x10
 
 
-def first_packet(proto: int, port: int, example: Example) -> bytes:
-    """The Ethernet frame that starts the example's flow: a TCP SYN, a UDP datagram or an ICMP echo request."""
+def first_packet(proto: int, port: int, example: Example, midstream: bool = False) -> bytes:
+    """The Ethernet frame that starts the example's flow: a TCP SYN, a UDP datagram or an ICMP echo request;
+    midstream: a TCP ACK, a connection's first packet after a restart or a policy change."""
     src, dst = ipaddress.ip_address(example.src_ip), ipaddress.ip_address(example.dst_ip)
     if proto == TCP:
-        l4 = struct.pack("!HHIIBBHHH", example.sport, port, 0, 0, 5 << 4, TCP_SYN, 65535, 0, 0)
+        l4 = struct.pack("!HHIIBBHHH", example.sport, port, 0, 0, 5 << 4, TCP_ACK if midstream else TCP_SYN, 65535, 0, 0)
     elif proto == UDP:
         l4 = struct.pack("!HHHH", example.sport, port, 8, 0)
     elif proto in (ICMP, ICMPV6):
@@ -106,6 +110,7 @@ class ReplayedFlow:
     rule: str
     src_segment: str
     dst_segment: str
+    midstream: bool = False  # connections open before learning began, replayed as an ACK
 
 
 @dataclass
@@ -310,18 +315,25 @@ class _Simulation:
         return report
 
     def replay(self, record: FlowRecord, example: Example) -> None:
+        """The example's opened flows as their first packet, and its connections seen mid-stream as an ACK."""
+        if example.flows - example.midstream > 0:
+            self.judge(record, example, example.flows - example.midstream, midstream=False)
+        if example.midstream:
+            self.judge(record, example, example.midstream, midstream=True)
+
+    def judge(self, record: FlowRecord, example: Example, flows: int, midstream: bool) -> None:
         self.model.flows.clear()  # every example is the first packet of its flow
         self.model.frags.clear()
-        d: Any = self.model.run(first_packet(record.proto, record.port, example), 0).decision
+        d: Any = self.model.run(first_packet(record.proto, record.port, example, midstream), 0).decision
         verdict = VERDICT_NAMES[d.verdict]
         reason = abi.Reason(d.reason).name
         rule = self.rule_names.get(d.rule_id) or f"reason:{reason}"  # rule id 0: a rail decided
         src_segment, dst_segment = self.config.segment_name(d.src_segment), self.config.segment_name(d.dst_segment)
         report = self.report
-        report.replayed.add(verdict, example.flows)
-        report.by_rule.setdefault(rule, Tally()).add(verdict, example.flows)
+        report.replayed.add(verdict, flows)
+        report.by_rule.setdefault(rule, Tally()).add(verdict, flows)
         if not reason.startswith("rail"):  # a rail decides before identity: no segments
-            report.by_segment_pair.setdefault((src_segment, dst_segment), Tally()).add(verdict, example.flows)
+            report.by_segment_pair.setdefault((src_segment, dst_segment), Tally()).add(verdict, flows)
         if verdict == "pass":
             return
         proto = protocol_name(record.proto)
@@ -333,12 +345,13 @@ class _Simulation:
             dst_mac=example.dst_mac,
             dst_ip=example.dst_ip,
             vlan=example.vlan,
-            flows=example.flows,
+            flows=flows,
             verdict=verdict,
             reason=reason,
             rule=rule,
             src_segment=src_segment,
             dst_segment=dst_segment,
+            midstream=midstream,
         )
         report.cut.append(flow)
         self.impact(example.src_mac, example.src_ip, src_segment, flow, f"{proto} to {example.dst_ip} ({dst_segment})")

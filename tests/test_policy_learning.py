@@ -199,9 +199,71 @@ def test_the_size_is_bounded_and_scans_make_room(catalog: Catalog) -> None:
     assert len(baseline) == 10 and baseline.overflow == 1
 
 
+def open_connection(client: Host, server: Host, port: int, sport: int) -> list[Frame]:
+    """What the sampler gives of a connection open before learning began: its segments, the server's first."""
+    return [tcp(server, client, sport, port, "PA"), tcp(client, server, port, sport, "A"), tcp(client, server, port, sport, "PA")]
+
+
+def test_a_connection_open_before_learning_is_learned_from_its_segments(catalog: Catalog) -> None:
+    """A monitor's HL7 link up for weeks never shows its SYN: picked up mid-stream, the server's segment first."""
+    inventory = inventory_of(catalog)
+    baseline = learn(open_connection(MONITOR, HL7, 2575, 42100), inventory)
+    (record,) = baseline
+    assert record.key == ("class:patient_monitor", "class:hl7_interface_engine", 6, 2575)
+    assert (record.flows, record.midstream, record.answered) == (1, 1, 1)
+    (example,) = record.examples
+    assert (example.src_ip, example.dst_ip, example.sport, example.midstream) == (MONITOR.ip, HL7.ip, 42100, 1)
+    # later samples of the connection are no new flow, until it has been quiet for longer than the dataplane keeps it
+    assert not baseline.observe(tcp(MONITOR, HL7, 2575, 42100, "A"), inventory, T0 + 3600)
+    assert baseline.observe(tcp(HL7, MONITOR, 42100, 2575, "A"), inventory, T0 + 3600 + 7201)
+    assert (record.flows, record.midstream) == (2, 2) and len(baseline) == 1
+
+
+def test_the_listening_end_of_a_connection_seen_midstream(catalog: Catalog) -> None:
+    """A well-known port, else a port below the ephemeral range; else the direction already learned between the groups."""
+    from medseg_xdp.baseline import responder_is_dst
+
+    assert responder_is_dst(42100, 2575) and not responder_is_dst(2575, 42100)
+    assert responder_is_dst(5000, 443) and not responder_is_dst(104, 11112)
+    assert responder_is_dst(50000, 40000)  # both ephemeral: the lower port
+    inventory = inventory_of(catalog)
+    # a server listening on 50000, seen opened once: its connection picked up later goes the same way
+    baseline = learn(connection(WORKSTATION, WEB, 50000, 60000)[:2], inventory)
+    learn(open_connection(WORKSTATION, WEB, 50000, 40000), inventory, baseline, T0 + 100)
+    assert [(r.key, r.flows, r.midstream) for r in baseline] == [(("class:workstation", "class:web_server", 6, 50000), 2, 1)]
+
+
+def test_an_ack_scan_proposes_nothing(catalog: Catalog) -> None:
+    """ACK probes (nmap -sA) look like open connections, but the target answers each with a RST."""
+    inventory = inventory_of(catalog)
+    probes = [f for port in range(1000, 1020) for f in (tcp(PUMP, PACS, port, 55555, "A"), tcp(PACS, PUMP, 55555, port, "R"))]
+    baseline = learn(clinical_frames() + probes, inventory)
+    assert sum(r.midstream for r in baseline) == 20 and all(r.answered == 0 for r in baseline if r.midstream)
+    text = propose(baseline, inventory, catalog)
+    assert "# Not proposed: TCP the other end never answered" in text
+    assert not [rule for rule in config.parse(text).rules if rule.src == "infusion-pump" and rule.dst == "pacs"]
+
+
+def test_simulate_replays_open_connections_as_the_dataplane_judges_them(catalog: Catalog) -> None:
+    """Judged from both ends, as the dataplane judges a connection it picks up: the proposal passes it, and a
+    policy without its rule cuts it (and says it is an open connection)."""
+    inventory = inventory_of(catalog)
+    baseline = learn(open_connection(MONITOR, HL7, 2575, 42100), inventory)
+    text = propose(baseline, inventory, catalog)
+    assert "#   1 of them seen mid-stream (open before learning began)" in text
+    assert config.parse(text).rules[0].name == "patient-monitor-to-hl7-interface-engine-tcp-2575"
+    report = simulate(config.parse(text), baseline, inventory, catalog)
+    assert report.clean and report.replayed.passed == 1
+    without = simulate(config.parse(text.split("[[rules]]")[0]), baseline, inventory, catalog)
+    (cut,) = without.cut
+    assert cut.midstream and cut.verdict == "audit" and (cut.src_ip, cut.port) == (MONITOR.ip, 2575)
+    assert without.cuts_life_critical  # a monitor's link
+
+
 def test_persistence_survives_a_restart(tmp_path: Path, catalog: Catalog) -> None:
     inventory = inventory_of(catalog)
-    baseline = learn(clinical_frames(), inventory)
+    baseline = learn(clinical_frames() + open_connection(MONITOR, HL7, 2575, 42100), inventory)
+    assert any(record.midstream for record in baseline)
     baseline.overflow, baseline.evicted = 3, 4
     store = BaselineStore(tmp_path)
     store.save(baseline)
@@ -364,7 +426,7 @@ def test_a_scan_while_learning_proposes_no_rules(catalog: Catalog) -> None:
     names = {rule.name for rule in config.parse(text).rules}
     assert not any(name.startswith("infusion-pump-to-pacs") for name in names)
     assert "imaging-modality-to-pacs-tcp-104" in names and "infusion-pump-to-web-server-tcp-443" in names
-    assert "# Not proposed: TCP never answered with a SYN-ACK" in text and "#   and 80 more" in text
+    assert "# Not proposed: TCP the other end never answered" in text and "#   and 80 more" in text
     # what simulate replays still holds the scan: enforcing would drop it, and a life-critical pump is named
     assert simulate(config.parse(text), baseline, inventory, catalog).replayed.would_drop == 100
 
