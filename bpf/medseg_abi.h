@@ -89,6 +89,13 @@ enum medseg_pressure {
 #define DECISION_NO_FLOW_ENTRY 8 /* allowed, but the flow insert failed */
 #define DECISION_SEGMENTS 16     /* src/dst_segment are known (not a rail) */
 
+/* A connection picked up mid-stream: which end listens, by its ports (the
+ * program's tie-break and the baseline's reading agree): a well-known port
+ * facing a higher one; else one below the ephemeral range facing one in it
+ * (Linux's starts at 32768, Windows' at 49152); else the lower port. */
+#define WELL_KNOWN_PORT_END 1024
+#define EPHEMERAL_PORT_LOW 32768
+
 /* Flags in struct segment_info.flags */
 #define SEGMENT_MGMT 1           /* management hosts: every flow passes (rail) */
 #define SEGMENT_LIFE_CRITICAL 2  /* holds life-critical devices */

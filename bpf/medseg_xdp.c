@@ -474,6 +474,17 @@ static __always_inline void stamp_entry(struct flow_entry *e,
 	e->gen = gen;
 }
 
+/* Which end of a connection picked up mid-stream listens (see
+ * EPHEMERAL_PORT_LOW): 1 when it is the packet's destination. */
+static __always_inline int listens_at_dst(u16 sport, u16 dport)
+{
+	if ((dport < WELL_KNOWN_PORT_END) != (sport < WELL_KNOWN_PORT_END))
+		return dport < WELL_KNOWN_PORT_END;
+	if ((dport < EPHEMERAL_PORT_LOW) != (sport < EPHEMERAL_PORT_LOW))
+		return dport < EPHEMERAL_PORT_LOW;
+	return dport <= sport;
+}
+
 /* The flow path: hit, stale hit, or a new flow. */
 static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 					struct packet *pkt, struct settings *s,
@@ -558,7 +569,9 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 
 	/* Mid-stream pickup: a TCP segment without SYN belongs to a flow that
 	 * began before we saw it; judge it from the other side too, and keep
-	 * the more permissive answer (pass > audit > drop). */
+	 * the more permissive answer (pass > audit > drop). On a tie, the end
+	 * that listens is the responder: the entry's initiator is what a
+	 * policy flip judges the connection by. */
 	if (midstream && d->verdict != VERDICT_PASS && d->reason != REASON_SPOOFED) {
 		struct decision *other = decision_scratch.lookup(&zero);
 		u16 reply_port = bpf_ntohs(pkt->sport);
@@ -568,9 +581,10 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		__builtin_memset(other, 0, sizeof(*other));
 		fill_judge_args(&args, pkt, s, vlan, 1, reply_port);
 		judge(ctx, gen, &args, other);
-		if (other->verdict == VERDICT_PASS ||
-		    (other->verdict == VERDICT_AUDIT &&
-		     d->verdict == VERDICT_DROP)) {
+		int stricter = verdict_rank(other->verdict) - verdict_rank(d->verdict);
+
+		if (stricter < 0 ||
+		    (stricter == 0 && !listens_at_dst(reply_port, pkt->policy_port))) {
 			set_decision(d, other->verdict, other->reason,
 				     other->rule_id);
 			set_segments(d, other->src_segment, other->dst_segment,

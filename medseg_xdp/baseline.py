@@ -16,7 +16,8 @@ What counts as a flow start:
   SYN, which the dataplane samples when it picks the connection up
   mid-stream. Such a start is counted in `midstream`. Which end opened it is
   unknown: a record of either direction between the two groups on either
-  port decides, else the ports do (see responder_is_dst). A connection is
+  port decides, else the ports do (reference.listens_at_dst, which is the
+  program's own tie-break at a pickup). A connection is
   one flow while samples of it come at most TCP_IDLE_SECONDS apart;
 - UDP: a datagram whose 5-tuple was not seen, in either direction, within
   FLOW_IDLE_SECONDS; later datagrams of the flow and its replies are not
@@ -62,6 +63,7 @@ from medseg_xdp.reference import (
     ICMP_ECHO,
     ICMPV6_ECHO_REQUEST,
     ReferenceDataplane,
+    listens_at_dst,
 )
 from medseg_xdp.statefile import StateFile
 from medseg_xdp.xray import Xray, xray_capture
@@ -72,8 +74,6 @@ MAX_EXAMPLES = 8
 FLOW_IDLE_SECONDS = 120.0
 # The dataplane's default tcp_idle_timeout: a connection quieter than this is picked up anew there too.
 TCP_IDLE_SECONDS = 7200.0
-# Linux's ephemeral ports start here (Windows' and IANA's at 49152): a port below it, facing one above, listens.
-EPHEMERAL_PORT_LOW = 32768
 TCP_RST = 0x04
 MAX_TRACKED_FLOWS = 8192
 SECONDS_PER_DAY = 86_400
@@ -238,16 +238,6 @@ def is_midstream(frame: Frame) -> bool:
             and bool(frame.src_ip and frame.dst_ip and frame.src_mac and frame.dst_mac))
 
 
-def responder_is_dst(sport: int, dport: int) -> bool:
-    """Which end of a connection seen mid-stream listens, from its ports alone: a well-known port (below 1024)
-    facing a higher one; else a port below the ephemeral range facing one in it; else the lower port."""
-    if (dport < 1024) != (sport < 1024):
-        return dport < 1024
-    if (dport < EPHEMERAL_PORT_LOW) != (sport < EPHEMERAL_PORT_LOW):
-        return dport < EPHEMERAL_PORT_LOW
-    return dport <= sport
-
-
 def flow_id(proto: int, vlan: int, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, ...]:
     """A flow whichever way a frame goes: (proto, VLAN, both (address, port) ends in order)."""
     return (proto, vlan, *sorted((a, b)))
@@ -358,13 +348,13 @@ class Baseline:
 
     def _opened_by_src(self, frame: Frame, inventory: Inventory) -> bool:
         """Which end opened a connection seen mid-stream: the direction already learned between the two groups
-        (on the port it listens on), else the ports' say (responder_is_dst)."""
+        (on the port it listens on), else the ports' say, as the program reads them (listens_at_dst)."""
         src_group, dst_group = group_of(frame.src_mac, inventory), group_of(frame.dst_mac, inventory)
         if (src_group, dst_group, TCP, frame.dport) in self.records:
             return True
         if (dst_group, src_group, TCP, frame.sport) in self.records:
             return False
-        return responder_is_dst(frame.sport, frame.dport)
+        return listens_at_dst(frame.sport, frame.dport)
 
     def _answer(self, frame: Frame) -> None:
         """A segment without RST from the other end of an awaited start (for a SYN, its SYN-ACK): the flow was a

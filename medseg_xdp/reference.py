@@ -297,6 +297,17 @@ def verdict_rank(verdict: int) -> int:
     return 2 if verdict == C.VERDICT_DROP else 1 if verdict == C.VERDICT_AUDIT else 0
 
 
+def listens_at_dst(sport: int, dport: int) -> bool:
+    """listens_at_dst(): which end of a connection picked up mid-stream listens, by its ports: a well-known port
+    facing a higher one; else one below the ephemeral range facing one in it; else the lower port."""
+    well_known, ephemeral = C.WELL_KNOWN_PORT_END, C.EPHEMERAL_PORT_LOW
+    if (dport < well_known) != (sport < well_known):
+        return dport < well_known
+    if (dport < ephemeral) != (sport < ephemeral):
+        return dport < ephemeral
+    return dport <= sport
+
+
 def beyond(p: int, end: int, limit: int) -> bool:
     """BEYOND(): p is past the frame's end or past the datagram's end."""
     return p > end or p > limit
@@ -882,7 +893,8 @@ class ReferenceDataplane:
         initiator_port = pkt.policy_port
 
         # Mid-stream pickup: TCP without SYN is judged from the other side too,
-        # and the more permissive answer is kept (pass > audit > drop).
+        # and the more permissive answer is kept (pass > audit > drop); on a tie,
+        # the end that listens is the responder.
         if (
             pkt.proto == IPPROTO_TCP
             and pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_ACK
@@ -893,9 +905,8 @@ class ReferenceDataplane:
             reply_port = bswap16(pkt.sport)
             args = self.fill_judge_args(pkt, s, vlan, True, reply_port)
             self.judge(ctx, gen, args, other)
-            if other.verdict == C.VERDICT_PASS or (
-                other.verdict == C.VERDICT_AUDIT and d.verdict == C.VERDICT_DROP
-            ):
+            stricter = verdict_rank(other.verdict) - verdict_rank(d.verdict)
+            if stricter < 0 or (stricter == 0 and not listens_at_dst(reply_port, pkt.policy_port)):
                 self.set_decision(d, other.verdict, other.reason, other.rule_id)
                 self.set_segments(d, other.src_segment, other.dst_segment, other.pair_index)
                 initiator_is_lo = not src_is_lo

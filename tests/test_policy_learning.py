@@ -221,11 +221,11 @@ def test_a_connection_open_before_learning_is_learned_from_its_segments(catalog:
 
 def test_the_listening_end_of_a_connection_seen_midstream(catalog: Catalog) -> None:
     """A well-known port, else a port below the ephemeral range; else the direction already learned between the groups."""
-    from medseg_xdp.baseline import responder_is_dst
+    from medseg_xdp.reference import listens_at_dst
 
-    assert responder_is_dst(42100, 2575) and not responder_is_dst(2575, 42100)
-    assert responder_is_dst(5000, 443) and not responder_is_dst(104, 11112)
-    assert responder_is_dst(50000, 40000)  # both ephemeral: the lower port
+    assert listens_at_dst(42100, 2575) and not listens_at_dst(2575, 42100)
+    assert listens_at_dst(5000, 443) and not listens_at_dst(104, 11112)
+    assert listens_at_dst(50000, 40000)  # both ephemeral: the lower port
     inventory = inventory_of(catalog)
     # a server listening on 50000, seen opened once: its connection picked up later goes the same way
     baseline = learn(connection(WORKSTATION, WEB, 50000, 60000)[:2], inventory)

@@ -601,6 +601,26 @@ def test_new_generation_rejudges_established_flows() -> None:
         assert not [key for key, _ in t.dataplane.flows() if 41000 in (_port(key.port_lo), _port(key.port_hi))]
 
 
+def test_a_connection_picked_up_midstream_takes_the_listening_end_for_the_responder() -> None:
+    """Picked up from the PACS's segment while both ends judge alike (audit), the entry takes the end that listens
+    (port 104, not 41500) for the responder, whichever end sent first: at the next flip the connection is judged
+    from the modality's end, by the rule that allows it, and is not dropped for a wrong guess."""
+    cfg = config.load(FIXTURE_CONFIG)
+    from_pacs = b(to_modality() / TCP(sport=104, dport=41500, flags="PA"))
+    audited = config.parse(FIXTURE_CONFIG.read_text().replace('action = "allow"  # dicom', 'action = "audit"  # dicom'), "audited")
+    with Tracer(audited) as t:
+        assert t.dataplane is not None
+        t.dataplane.set_break_glass(True)  # both ends audit: a tie
+        picked = t.trace(from_pacs, "portB")
+        assert (picked.verdict, picked.rule, "midstream" in picked.flags) == ("audit", "dicom", True), picked
+        t.dataplane.set_break_glass(False)
+        t.load_config(cfg)
+        after = t.trace(from_pacs, "portB")
+        assert (after.verdict, after.reason, after.rule, after.flags) == ("pass", "rule", "dicom", ("revalidated",)), after
+        assert t.trace(from_pacs, "portB").reason == "reply"
+        assert t.trace(b(modality() / TCP(sport=41500, dport=104, flags="A")), "portA").reason == "established"
+
+
 def test_an_icmp_error_about_a_flow_of_the_previous_generation_meets_the_policy() -> None:
     """A flow entry not yet judged again under the active policy vouches for no ICMP error."""
     error = b(to_modality() / ICMP(type=3, code=4) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=41001, dport=104, flags="S"))

@@ -780,7 +780,7 @@ def test_mid_stream_tcp_is_judged_from_both_sides() -> None:
     syn = ip4(SERVER, CLIENT) / TCP(sport=443, dport=40000, flags="S")
     assert verdict(send(dp, syn, 2)) == (DROP_, C.REASON_SEGMENT_DEFAULT, 92)
     out = send(dp, ip4(SERVER, CLIENT) / TCP(sport=22, dport=40000, flags="A"), 2)
-    assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 92)
+    assert verdict(out) == (DROP_, C.REASON_SEGMENT_DEFAULT, 91)  # a tie: judged as the listening end (22) sees it
     assert out.decision.flags == C.DECISION_MIDSTREAM | C.DECISION_SEGMENTS
     assert dp.flows == {}
 
@@ -790,6 +790,20 @@ def test_mid_stream_audit_beats_drop() -> None:
     out = send(dp, ip4(SERVER, CLIENT) / TCP(sport=22, dport=40000, flags="A"), 2)
     assert verdict(out) == (AUDIT_, C.REASON_RULE, 4)
     assert only_flow(dp).verdict == AUDIT_
+
+
+def test_a_midstream_tie_takes_the_listening_end_for_the_responder() -> None:
+    """Both ends audit (monitor mode): the server's segment came first, yet the client is the initiator (443
+    listens), so a flip to a policy allowing the client's side keeps the connection."""
+    dp = ReferenceDataplane(clinic(mode=MONITOR).maps)
+    from_server = ip4(SERVER, CLIENT) / TCP(sport=443, dport=40000, flags="PA")
+    assert verdict(send(dp, from_server, 2)) == (AUDIT_, C.REASON_SEGMENT_DEFAULT, 91)  # CLINICAL's default, the client's end
+    entry = only_flow(dp)
+    assert (entry.flags, entry.policy_port, list(entry.packets)) == (C.DECISION_MIDSTREAM, 443, [0, 1])
+    dp.load(web(gen=2).maps)
+    out = send(dp, from_server, 2)
+    assert verdict(out) == (PASS_, C.REASON_RULE, 7)
+    assert out.decision.flags == C.DECISION_REVALIDATED | C.DECISION_SEGMENTS
 
 
 def test_stale_generation_is_rejudged_from_the_initiator() -> None:
