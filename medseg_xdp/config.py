@@ -116,6 +116,7 @@ ACTIONS = {action.name: action for action in abi.Action}
 MODES = {mode.name: mode for mode in abi.Mode}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")
 MAX_SEGMENT_ID = abi.const("SEGMENT_MULTICAST") - 1
 
 
@@ -351,7 +352,7 @@ class _Reader:
         value = data.get(key)
         if value is None:
             return default
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
         return choices[value]
 
@@ -423,7 +424,7 @@ def parse(text: str, source: str = "<config>") -> Config:
             raise r.fail(f"rules[{index}].id", f"duplicate rule id {name!r}")
     pins = _pins(r, data.get("pins", []), segments)
     return Config(
-        bridge=r.get(bridge, "name", "bridge.name", str, "br0"),
+        bridge=_bridge_name(r, r.get(bridge, "name", "bridge.name", str, "br0")),
         ports=ports,
         pvid=pvid,
         allowed_vlans=allowed_vlans,
@@ -459,6 +460,13 @@ def _check_segment_vlans_enter(r: _Reader, segments: dict[str, Segment], ports: 
             if segment.port is None and ports and not any(enters(port, vlan) for port in ports):
                 raise r.fail(path, f"VLAN {vlan} enters no port: every port has bridge.allowed_vlans, none lists it, "
                                    f"and it is no port's PVID")
+
+
+def _bridge_name(r: _Reader, name: str) -> str:
+    """The bridge's name is a directory of the pinned maps (/sys/fs/bpf/medseg/<name>/): an interface-like name."""
+    if not _BRIDGE_NAME.match(name):
+        raise r.fail("bridge.name", f"{name!r}: letters, digits, '_', '.', '-', at most 15, not starting with '.' or '-'")
+    return name
 
 
 def _pins(r: _Reader, data: Any, segments: dict[str, Segment]) -> tuple[Pin, ...]:
@@ -522,7 +530,8 @@ def _events(r: _Reader, data: dict[str, Any]) -> EventSettings:
     r.unknown_keys(data, KEYS["events"], "events")
     defaults = EventSettings()
     syslog = r.get(data, "syslog", "events.syslog", str, "")
-    if syslog and not re.fullmatch(r"(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[\w.-]+):\d{1,5}|unix:/\S+", syslog):
+    network = re.fullmatch(r"(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[\w.-]+):(\d{1,5})", syslog)
+    if syslog and not (network and 1 <= int(network.group(3)) <= 65535 or re.fullmatch(r"unix:/\S+", syslog)):
         raise r.fail("events.syslog", f'{syslog!r} is not udp://host:port, tcp://host:port or unix:/path (or "" for off)')
     json_lines = r.get(data, "json_lines", "events.json_lines", str, "")
     return EventSettings(
@@ -551,8 +560,12 @@ def _listen_address(r: _Reader, text: str, path: str) -> str:
 
 
 def _mac(r: _Reader, value: Any, path: str) -> str:
+    """A device's MAC: a group (multicast or broadcast) MAC is none, and the program places it in a pseudo-segment."""
     if not isinstance(value, str) or not _MAC.match(value.lower().replace("-", ":")):
         raise r.fail(path, f"{value!r} is not a MAC address")
+    if int(value[:2], 16) & 1:
+        raise r.fail(path, f"{value} is a group (multicast or broadcast) MAC: no device sends from it, and as a destination it is "
+                           "the pseudo-segment 'multicast' or 'broadcast'")
     return value.lower().replace("-", ":")
 
 
@@ -706,7 +719,7 @@ def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
         if key not in data:
             raise r.fail(f"{path}.{key}", "missing")
     for key in ("from", "to"):
-        if data[key] not in known:
+        if not isinstance(data[key], str) or data[key] not in known:
             raise r.fail(f"{path}.{key}", f"unknown segment {data[key]!r}")
     proto_value = data.get("proto")
     proto: int | None
@@ -721,9 +734,14 @@ def _rule(r: _Reader, data: Any, index: int, known: set[str]) -> Rule:
     ports = tuple(_port_range(r, value, f"{path}.ports[{i}]") for i, value in enumerate(r.get(data, "ports", f"{path}.ports", list, [])))
     if ports and proto is None:
         raise r.fail(f"{path}.ports", "ports need a proto")
+    if ports and proto not in PROTOCOLS.values():
+        raise r.fail(f"{path}.ports", f"protocol {proto} has no ports the program reads (only {', '.join(PROTOCOLS)} do): leave ports out")
     if proto in (PROTOCOLS["icmp"], PROTOCOLS["icmpv6"]) and any(high > 255 for _, high in ports):
         raise r.fail(f"{path}.ports", "an ICMP rule's ports are ICMP types, 0..255")
-    name = r.get(data, "id", f"{path}.id", str, None) or f"rule{index + 1}"
+    name = r.get(data, "id", f"{path}.id", str, None)
+    if name is not None and (not name or name.startswith("default:")):
+        raise r.fail(f"{path}.id", f"{name!r}: a rule id is not empty and does not start with 'default:' (the segments' defaults' counters)")
+    name = name or f"rule{index + 1}"
     return Rule(
         name=name,
         src=data["from"],

@@ -118,9 +118,12 @@ def _check_capacity(config: Config, contents: MapContents) -> None:
 
 
 def device_segments(config: Config, class_of: Mapping[str, str], pinned: Mapping[str, str] | None = None) -> dict[str, str]:
-    """MAC -> segment name, by precedence: a live pin (`medseg-xdp pin`), a config pin, a segment's macs, its classes."""
+    """MAC -> segment name, by precedence: a live pin (`medseg-xdp pin`), a config pin, a segment's macs, its classes.
+
+    The class is a config pin's, else class_of's (the inventory's)."""
     by_class = {device_class: segment.name for segment in config.segments.values() for device_class in segment.classes}
-    members = {mac: by_class[device_class] for mac, device_class in class_of.items() if device_class in by_class}
+    classes = {**class_of, **{pin.mac: pin.device_class for pin in config.pins if pin.device_class is not None}}
+    members = {mac: by_class[device_class] for mac, device_class in classes.items() if device_class in by_class}
     members.update({mac: segment.name for segment in config.segments.values() for mac in segment.macs})
     members.update({pin.mac: pin.segment for pin in config.pins if pin.segment is not None})
     members.update(pinned or {})

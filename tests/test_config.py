@@ -58,6 +58,15 @@ def test_port_prefixes_cover_exactly_the_range(a: int, b: int) -> None:
          "segments.x.vlans[0]: VLAN 20 cannot enter the segment's port 'portA'"),
         ('[bridge]\nports = ["portA"]\nallowed_vlans = { portA = [30] }\n[segments.x]\nprefixes = ["10.0.0.0/8"]\nvlan = 20',
          "segments.x.vlan: VLAN 20 enters no port"),
+        ('[segments.x]\nmode = []', "segments.x.mode: [] is not one of monitor, enforce"),
+        ('[segments.x]\n[[rules]]\nfrom = ["x"]\nto = "x"\naction = "allow"', "rules[0].from: unknown segment ['x']"),
+        ('[segments.x]\n[[rules]]\nid = "default:x"\nfrom = "x"\nto = "x"\naction = "allow"', "rules[0].id: 'default:x': a rule id is not empty"),
+        ('[segments.x]\n[[rules]]\nid = ""\nfrom = "x"\nto = "x"\naction = "allow"', "rules[0].id: '': a rule id is not empty"),
+        ('[segments.x]\n[[rules]]\nfrom = "x"\nto = "x"\nproto = 47\nports = [1]\naction = "allow"', "rules[0].ports: protocol 47 has no ports"),
+        ('[events]\nsyslog = "udp://10.0.0.1:99999"', "events.syslog: 'udp://10.0.0.1:99999' is not udp://host:port"),
+        ('[bridge]\nname = "../x"', "bridge.name: '../x': letters, digits"),
+        ('[segments.x]\nmacs = ["01:00:5e:00:00:16"]', "segments.x.macs[0]: 01:00:5e:00:00:16 is a group (multicast or broadcast) MAC"),
+        ('[[pins]]\nmac = "ff:ff:ff:ff:ff:ff"\nclass = "printer"', "pins[0].mac: ff:ff:ff:ff:ff:ff is a group"),
         ('[bridge]\nports = ["portA"]\n[rails]\ntrusted_ports = ["uplink"]', "rails.trusted_ports[0]: 'uplink' is not a port listed in bridge.ports"),
     ],
 )
@@ -266,6 +275,19 @@ def test_allowed_vlans_per_port() -> None:
     bridge = '[bridge]\nports = ["portA", "portB"]\npvid = { portA = 20 }\nallowed_vlans = { portA = [30] }\n'
     assert parse(bridge + '[segments.x]\nport = "portA"\nvlans = [20, 30]\n').segments["x"].vlans == (20, 30)
     assert parse(bridge + '[segments.x]\nvlans = [40]\n').segments["x"].vlans == (40,)  # portB takes any tag
+
+
+def test_a_config_pins_class_places_the_device_by_class() -> None:
+    """`class` in [[pins]] is a person's word on the device's class: it places the device in that class's segment,
+    over the inventory's class, while a segment's macs and any pin's segment still come first."""
+    from medseg_xdp.policy_image import device_segments
+
+    cfg = parse('[segments.imaging]\nclasses = ["imaging_modality"]\n[segments.printers]\nclasses = ["printer"]\n'
+                '[segments.lab]\nmacs = ["02:00:00:00:00:02"]\n'
+                '[[pins]]\nmac = "02:00:00:00:00:01"\nclass = "imaging_modality"\n[[pins]]\nmac = "02:00:00:00:00:02"\nclass = "printer"\n')
+    members = device_segments(cfg, {"02:00:00:00:00:01": "printer", "02:00:00:00:00:03": "printer"})
+    assert members == {"02:00:00:00:00:01": "imaging", "02:00:00:00:00:02": "lab", "02:00:00:00:00:03": "printers"}
+    assert device_segments(cfg, {}, {"02:00:00:00:00:01": "lab"})["02:00:00:00:00:01"] == "lab"  # a live pin's segment first
 
 
 def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
