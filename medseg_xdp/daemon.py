@@ -145,6 +145,7 @@ class Daemon:
         self.rule_ids_file = StateFile(self.state_dir / "rule-ids.msgpack", RULE_IDS_VERSION)
         self.rule_ids = RuleIds()
         self.rule_names: dict[int, str] = {}
+        self.compile_warnings: set[str] = set()  # logged once each
         self.loader = Loader(self.config.bridge, pin_root=pin_root, sizes=self.config.tables)
         self.dataplane: Dataplane | None = None
         self.reader: SampleReader | None = None
@@ -351,6 +352,9 @@ class Daemon:
             pins = {**self.inventory.live_pins(cfg), **device_moves(exceptions)}
             compiled = compile_policy(with_exceptions(cfg, exceptions), gen, ifindex.__getitem__, self.inventory.placement_classes(), self.rule_ids, pins)
             self.rule_names = compiled.rule_names
+            for warning in set(compiled.warnings) - self.compile_warnings:  # each once, not at every apply
+                log.warning("policy: %s", warning)
+            self.compile_warnings = set(compiled.warnings)
             return compiled.contents
 
         return compile_generation

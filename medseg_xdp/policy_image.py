@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from medseg_xdp import abi
-from medseg_xdp.config import PSEUDO_SEGMENTS, Config, ConfigError, Rule, Segment
+from medseg_xdp.classify import load_catalog
+from medseg_xdp.config import PSEUDO_SEGMENTS, Config, ConfigError, Rule, Segment, placement_problem
 
 MapContents = dict[str, dict[bytes, bytes]]
 
@@ -92,8 +93,9 @@ def compile_policy(
     rule_names: dict[int, str] = {}
     ids = rule_ids if rule_ids is not None else RuleIds()
     try:
-        _endpoints(config, generation, ifindex_of, device_segments(config, class_of or {}, pinned), contents)
-        warnings = _rules(config, generation, contents, rule_names, ids)
+        members = device_segments(config, class_of or {}, pinned)
+        _endpoints(config, generation, ifindex_of, members, contents)
+        warnings = _rules(config, generation, contents, rule_names, ids) + _unguarded_life_critical(config, members, class_of or {})
         _segment_infos(config, generation, contents, rule_names, ids)
         _rails(config, generation, contents)
         _in_place(config, ifindex_of, contents)
@@ -101,6 +103,20 @@ def compile_policy(
     except ConfigError as exc:  # found only when the whole policy is laid out: the file, at least, is known
         raise ConfigError(f"{config.source}: {exc}") from exc
     return CompiledPolicy(contents, rule_names, warnings)
+
+
+def _unguarded_life_critical(config: Config, members: Mapping[str, str], class_of: Mapping[str, str]) -> list[str]:
+    """Devices of a life-critical class that a segment's macs, a pin or an exception put in an enforcing segment
+    not marked for them. A person's placement is refused (config.placement_problem); this catches the rest: a
+    device in a MAC list that the classifier then finds to be a pump."""
+    criticality = load_catalog().criticality
+    classes = {**class_of, **{pin.mac: pin.device_class for pin in config.pins if pin.device_class is not None}}
+    warnings = []
+    for mac, segment in sorted(members.items()):
+        problem = placement_problem(config, segment, classes[mac], criticality) if mac in classes else None
+        if problem:
+            warnings.append(f"device {mac}: {problem}; it can be cut off")
+    return warnings
 
 
 def _check_capacity(config: Config, contents: MapContents) -> None:

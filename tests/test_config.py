@@ -290,6 +290,17 @@ def test_a_config_pins_class_places_the_device_by_class() -> None:
     assert device_segments(cfg, {}, {"02:00:00:00:00:01": "lab"})["02:00:00:00:00:01"] == "lab"  # a live pin's segment first
 
 
+def test_a_life_critical_device_in_an_enforcing_mac_list_is_a_compile_warning() -> None:
+    """The classifier finds a pump in an enforcing segment's macs: no person placed it, so nothing was refused,
+    and the compiled policy (policy check, simulate, the daemon's log) says it can be cut off."""
+    cfg = parse('[segments.lab]\nmacs = ["02:00:00:00:00:01", "02:00:00:00:00:02"]\nmode = "enforce"\n'
+                '[segments.icu]\nmacs = ["02:00:00:00:00:03"]\nmode = "enforce"\nlife_critical = true\nallow_enforce_life_critical = true\n')
+    classes = {"02:00:00:00:00:01": "infusion_pump", "02:00:00:00:00:02": "printer", "02:00:00:00:00:03": "infusion_pump"}
+    warnings = compile_policy(cfg, 1, {}.__getitem__, classes).warnings
+    assert warnings == ["device 02:00:00:00:00:01: segment 'lab' enforces, and a device of class infusion_pump is life-critical: place it in "
+                        "a monitor segment, or mark 'lab' life_critical = true with allow_enforce_life_critical = true; it can be cut off"]
+
+
 def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
     """`vlans` and `vlan` are separate keys: a segment's prefixes without `vlan` hold on any VLAN."""
     segment = parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20, 30]\n').segments["x"]
