@@ -12,13 +12,15 @@ the dataplane's rules read it.
 What counts as a flow start:
 
 - TCP: a SYN without ACK; or, for a connection already open when learning
-  began (a long-lived HL7 or monitor link), its first segment seen without
-  SYN, which the dataplane samples when it picks the connection up
-  mid-stream. Such a start is counted in `midstream`. Which end opened it is
-  unknown: a record of either direction between the two groups on either
-  port decides, else the ports do (reference.listens_at_dst, which is the
-  program's own tie-break at a pickup). A connection is
-  one flow while samples of it come at most TCP_IDLE_SECONDS apart;
+  began (a long-lived HL7 or monitor link), the first of the first-packets
+  samples (SAMPLE_FIRST_PACKETS) the program takes when it picks the
+  connection up mid-stream: a segment without SYN of a connection not seen
+  within FLOW_IDLE_SECONDS. Such a start is counted in `midstream`; the
+  program picks a connection up again after its idle timeout, an eviction
+  or a restart on fresh maps, and each pickup is a start. Which end opened
+  it is unknown: a record of either direction between the two groups on
+  either port decides, else the ports do (reference.listens_at_dst, the
+  program's own tie-break at a pickup);
 - UDP: a datagram whose 5-tuple was not seen, in either direction, within
   FLOW_IDLE_SECONDS; later datagrams of the flow and its replies are not
   counted again (a small bounded table of recent flows, not persisted);
@@ -72,9 +74,8 @@ STATE_VERSION = 1
 MAX_RECORDS = 20_000
 MAX_EXAMPLES = 8
 FLOW_IDLE_SECONDS = 120.0
-# The dataplane's default tcp_idle_timeout: a connection quieter than this is picked up anew there too.
-TCP_IDLE_SECONDS = 7200.0
 TCP_RST = 0x04
+FIRST_PACKETS = abi.SampleKind.first_packets
 MAX_TRACKED_FLOWS = 8192
 SECONDS_PER_DAY = 86_400
 UNKNOWN_GROUP = f"class:{UNKNOWN}"
@@ -240,7 +241,7 @@ def is_midstream(frame: Frame) -> bool:
 
 def flow_id(proto: int, vlan: int, a: tuple[Any, int], b: tuple[Any, int]) -> tuple[Any, ...]:
     """A flow whichever way a frame goes: (proto, VLAN, both (address, port) ends in order)."""
-    return (proto, vlan, *sorted((a, b)))
+    return (proto, vlan, a, b) if a <= b else (proto, vlan, b, a)
 
 
 class _RecentFlows:
@@ -250,18 +251,14 @@ class _RecentFlows:
         self.capacity = capacity
         self.flows: OrderedDict[tuple[Any, ...], float] = OrderedDict()
 
-    def is_new(self, frame: Frame, start: _Start, now: float, idle: float = FLOW_IDLE_SECONDS) -> bool:
-        """Whether this frame starts a flow not seen within idle seconds; it refreshes the flow either way."""
-        dport = start.sport if start.proto in ECHO_REQUEST else start.port  # echo: both ports are the id
-        # TCP without the VLAN: the answers may come tagged through a trunk, the requests untagged through an access port
-        vlan = 0 if start.proto == TCP else frame.vlan
-        key = flow_id(start.proto, vlan, (frame.src_ip, start.sport), (frame.dst_ip, dport))
+    def is_new(self, key: tuple[Any, ...], now: float) -> bool:
+        """Whether the flow (flow_id) was not seen within FLOW_IDLE_SECONDS; it is refreshed either way."""
         seen = self.flows.get(key)
         self.flows[key] = now
         self.flows.move_to_end(key)
         if len(self.flows) > self.capacity:
             self.flows.popitem(last=False)
-        return seen is None or now - seen > idle
+        return seen is None or now - seen > FLOW_IDLE_SECONDS
 
 
 class _SegmentNames:
@@ -315,16 +312,24 @@ class Baseline:
     def flows(self) -> int:
         return sum(record.flows for record in self.records.values())
 
-    def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool:
-        """One sampled frame; True when it started a flow that was recorded."""
+    def observe(self, frame: Frame, inventory: Inventory, now: float, kind: int = FIRST_PACKETS) -> bool:
+        """One sampled frame (kind: its SampleKind); True when it started a flow that was recorded."""
+        tcp_id = None
         if frame.proto == TCP:
-            self._answer(frame)
+            # no VLAN: answers may come tagged through a trunk, the requests untagged through an access port
+            tcp_id = flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport))
+            if self._awaiting:
+                self._answer(frame, tcp_id)
         start = flow_start(frame)
-        midstream = start is None and is_midstream(frame)
-        if midstream:
-            if not self._recent.is_new(frame, _Start(TCP, frame.dport, frame.sport), now, TCP_IDLE_SECONDS):
-                return False
-        elif start is None or not self._recent.is_new(frame, start, now):
+        midstream = start is None and kind == FIRST_PACKETS and is_midstream(frame)
+        if start is None and not midstream:
+            return False
+        flow = tcp_id
+        if flow is None:
+            assert start is not None
+            dport = start.sport if start.proto in ECHO_REQUEST else start.port  # echo: both ports are the id
+            flow = flow_id(start.proto, frame.vlan, (frame.src_ip, start.sport), (frame.dst_ip, dport))
+        if not self._recent.is_new(flow, now):
             return False
         assert frame.src_ip is not None and frame.dst_ip is not None  # flow_start and is_midstream checked
         src, dst = (frame.src_mac, frame.src_ip), (frame.dst_mac, frame.dst_ip)
@@ -339,9 +344,8 @@ class Baseline:
             example.src_segment = self._segments.name(*src, frame.vlan, inventory)
             example.dst_segment = self._segments.name(*dst, frame.vlan, inventory)
         added = self._add(key, example)
-        if added and key[2] == TCP:
-            self._awaiting[flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport))] = (
-                key, example.endpoints, (frame.src_ip, frame.sport))
+        if added and tcp_id is not None:
+            self._awaiting[tcp_id] = (key, example.endpoints, (frame.src_ip, frame.sport))
             if len(self._awaiting) > MAX_TRACKED_FLOWS:
                 self._awaiting.popitem(last=False)
         return added
@@ -356,16 +360,15 @@ class Baseline:
             return False
         return listens_at_dst(frame.sport, frame.dport)
 
-    def _answer(self, frame: Frame) -> None:
+    def _answer(self, frame: Frame, tcp_id: tuple[Any, ...]) -> None:
         """A segment without RST from the other end of an awaited start (for a SYN, its SYN-ACK): the flow was a
         real connection, not a scan's probe of a closed port."""
         if frame.tcp_flags & TCP_RST:
             return
-        fid = flow_id(TCP, 0, (frame.src_ip, frame.sport), (frame.dst_ip, frame.dport))
-        awaited = self._awaiting.get(fid)
+        awaited = self._awaiting.get(tcp_id)
         if awaited is None or awaited[2] == (frame.src_ip, frame.sport):
             return
-        del self._awaiting[fid]
+        del self._awaiting[tcp_id]
         record = self.records.get(awaited[0])
         if record is None:
             return

@@ -411,7 +411,7 @@ class Daemon:
         return record
 
     def _on_sample(self, sample: Sample) -> None:
-        frame, changes = self.xray.observe(sample.data, self.clock())
+        frame, changes = self.xray.observe(sample.data, self.clock(), sample.kind)
         self._dirty = True
         if self._new_devices:
             new, self._new_devices[:] = list(self._new_devices), []

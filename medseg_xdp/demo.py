@@ -57,7 +57,7 @@ class Demo:
         self.say(f"\n== {number}. {title}  [{time.monotonic() - self.started:5.1f} s]")
 
     def _ingest(self, sample: Sample) -> None:
-        self.xray.ingest(sample.data, sample.timestamp_ns / 1e9)
+        self.xray.ingest(sample.data, sample.timestamp_ns / 1e9, sample.kind)
 
     def run(self, keep_running: bool = False) -> dict[str, Any]:
         self.say("building the ward: 11 hosts in network namespaces around a Linux bridge, real servers starting ...")

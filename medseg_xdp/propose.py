@@ -193,7 +193,8 @@ class _Proposal:
             lines.append(f"#   and {count(others, 'flow')} between other devices")
         midstream = sum(r.midstream for r in records)
         if midstream:
-            lines.append(f"#   {midstream} of them seen mid-stream (open before learning began): the listening end was inferred")
+            lines.append(f"#   {midstream} of them seen mid-stream (open before learning began): the listening end was inferred;")
+            lines.append("#   check the direction, a reconnection from the other end would meet no rule")
         lines += [
             "[[rules]]",
             f'id = "{key.rule_id}"',

@@ -2,15 +2,16 @@
 
 For each record of the baseline, each example endpoint pair's first packet
 (a TCP SYN, a UDP datagram or an ICMP echo request to the record's port, on
-the example's VLAN; for TCP connections first seen mid-stream, an ACK, which
-the dataplane judges from both ends as it does an open connection after a
-policy change) is built and judged by reference.ReferenceDataplane,
+the example's VLAN) is built and judged by reference.ReferenceDataplane,
 loaded with the candidate configuration compiled against the inventory's
 classes, with an empty flow table for every packet. A verdict `drop` is
 "dropped now" (an enforcing segment); `audit` is "would drop when enforced"
 (a monitored segment whose policy denies the flow). Both are reported, per
 rule, per segment pair and per device, with the flow counts of the endpoint
-pairs replayed. A device that would lose a flow and is life-critical (its
+pairs replayed. A TCP connection first seen mid-stream replays as a SYN from
+the end the baseline inferred opened it: what its reconnection meets, and
+what a policy flip judges the open connection by (the program takes the same
+end for the initiator when both ends judge alike); it is marked midstream. A device that would lose a flow and is life-critical (its
 class's criticality, or a segment marked life_critical) is listed first.
 
 Only the examples are replayed (at most baseline.MAX_EXAMPLES endpoint pairs
@@ -44,15 +45,13 @@ VERDICT_NAMES = {C.VERDICT_PASS: "pass", C.VERDICT_DROP: "drop", C.VERDICT_AUDIT
 MAX_LOST_PER_DEVICE = 16  # distinct (proto, peer) listed per device, each with its ports
 TEXT_ROWS = 40  # rows per table in to_text()
 TCP_SYN = 0x02
-TCP_ACK = 0x10
 
 
-def first_packet(proto: int, port: int, example: Example, midstream: bool = False) -> bytes:
-    """The Ethernet frame that starts the example's flow: a TCP SYN, a UDP datagram or an ICMP echo request;
-    midstream: a TCP ACK, a connection's first packet after a restart or a policy change."""
+def first_packet(proto: int, port: int, example: Example) -> bytes:
+    """The Ethernet frame that starts the example's flow: a TCP SYN, a UDP datagram or an ICMP echo request."""
     src, dst = ipaddress.ip_address(example.src_ip), ipaddress.ip_address(example.dst_ip)
     if proto == TCP:
-        l4 = struct.pack("!HHIIBBHHH", example.sport, port, 0, 0, 5 << 4, TCP_ACK if midstream else TCP_SYN, 65535, 0, 0)
+        l4 = struct.pack("!HHIIBBHHH", example.sport, port, 0, 0, 5 << 4, TCP_SYN, 65535, 0, 0)
     elif proto == UDP:
         l4 = struct.pack("!HHHH", example.sport, port, 8, 0)
     elif proto in (ICMP, ICMPV6):
@@ -110,7 +109,7 @@ class ReplayedFlow:
     rule: str
     src_segment: str
     dst_segment: str
-    midstream: bool = False  # connections open before learning began, replayed as an ACK
+    midstream: bool = False  # some of the flows were connections first seen mid-stream (the opener inferred)
 
 
 @dataclass
@@ -315,16 +314,10 @@ class _Simulation:
         return report
 
     def replay(self, record: FlowRecord, example: Example) -> None:
-        """The example's opened flows as their first packet, and its connections seen mid-stream as an ACK."""
-        if example.flows - example.midstream > 0:
-            self.judge(record, example, example.flows - example.midstream, midstream=False)
-        if example.midstream:
-            self.judge(record, example, example.midstream, midstream=True)
-
-    def judge(self, record: FlowRecord, example: Example, flows: int, midstream: bool) -> None:
         self.model.flows.clear()  # every example is the first packet of its flow
         self.model.frags.clear()
-        d: Any = self.model.run(first_packet(record.proto, record.port, example, midstream), 0).decision
+        flows = example.flows
+        d: Any = self.model.run(first_packet(record.proto, record.port, example), 0).decision
         verdict = VERDICT_NAMES[d.verdict]
         reason = abi.Reason(d.reason).name
         rule = self.rule_names.get(d.rule_id) or f"reason:{reason}"  # rule id 0: a rail decided
@@ -351,7 +344,7 @@ class _Simulation:
             rule=rule,
             src_segment=src_segment,
             dst_segment=dst_segment,
-            midstream=midstream,
+            midstream=example.midstream > 0,
         )
         report.cut.append(flow)
         self.impact(example.src_mac, example.src_ip, src_segment, flow, f"{proto} to {example.dst_ip} ({dst_segment})")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from medseg_xdp import abi
 from medseg_xdp.capture import read_capture
 from medseg_xdp.classify import Classifier, load_catalog
 from medseg_xdp.config import Config
@@ -23,11 +24,13 @@ from medseg_xdp.inventory import MAX_DEVICES, ClassChange, Inventory
 from medseg_xdp.policy_image import compile_policy
 from medseg_xdp.reference import ReferenceDataplane
 
+FIRST_PACKETS = abi.SampleKind.first_packets
+
 
 class FlowLearner(Protocol):
     """What the baseline offers the X-ray (baseline.Baseline)."""
 
-    def observe(self, frame: Frame, inventory: Inventory, now: float) -> bool: ...
+    def observe(self, frame: Frame, inventory: Inventory, now: float, kind: int = FIRST_PACKETS) -> bool: ...
 
 
 @dataclass
@@ -42,17 +45,17 @@ class Xray:
     def default(cls, learner: FlowLearner | None = None, on_discovered: Callable[[str], None] | None = None, max_devices: int = MAX_DEVICES) -> Xray:
         return cls(default_registry(), Inventory(Classifier(load_catalog()), on_discovered=on_discovered, max_devices=max_devices), learner)
 
-    def ingest(self, sample: bytes, now: float) -> list[ClassChange]:
-        """One sample (the first bytes of a frame) into the inventory and the baseline."""
-        return self.observe(sample, now)[1]
+    def ingest(self, sample: bytes, now: float, kind: int = FIRST_PACKETS) -> list[ClassChange]:
+        """One sample (the first bytes of a frame) into the inventory and the baseline; kind: its SampleKind."""
+        return self.observe(sample, now, kind)[1]
 
-    def observe(self, sample: bytes, now: float) -> tuple[Frame, list[ClassChange]]:
+    def observe(self, sample: bytes, now: float, kind: int = FIRST_PACKETS) -> tuple[Frame, list[ClassChange]]:
         """ingest(), also giving back the decoded frame (for a caller that reports on it)."""
         self.samples += 1
         frame, observations = self.registry.observe(sample)
         changes = self.inventory.observe(frame, observations, now)
         if self.learner is not None:
-            self.learner.observe(frame, self.inventory, now)
+            self.learner.observe(frame, self.inventory, now, kind)
         self.changes.extend(changes)
         return frame, changes
 
@@ -71,5 +74,5 @@ def xray_capture(path: Path, config: Config, xray: Xray) -> int:
     for timestamp, frame in packets:
         outcome = model.run(frame, 0, now_ns=int(timestamp * 1e9))
         if outcome.sample is not None:
-            xray.ingest(outcome.sample, timestamp)
+            xray.ingest(outcome.sample, timestamp, outcome.decision.sample_kind)
     return len(packets)

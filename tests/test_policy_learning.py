@@ -16,7 +16,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
 
-from medseg_xdp import config
+from medseg_xdp import abi, config
 from medseg_xdp.baseline import MAX_EXAMPLES, Baseline, BaselineStore, Example, FlowRecord, learn_from_capture
 from medseg_xdp.classify import Catalog, Classifier, load_catalog
 from medseg_xdp.fingerprint.frame import Frame, decode
@@ -213,9 +213,11 @@ def test_a_connection_open_before_learning_is_learned_from_its_segments(catalog:
     assert (record.flows, record.midstream, record.answered) == (1, 1, 1)
     (example,) = record.examples
     assert (example.src_ip, example.dst_ip, example.sport, example.midstream) == (MONITOR.ip, HL7.ip, 42100, 1)
-    # later samples of the connection are no new flow, until it has been quiet for longer than the dataplane keeps it
-    assert not baseline.observe(tcp(MONITOR, HL7, 2575, 42100, "A"), inventory, T0 + 3600)
-    assert baseline.observe(tcp(HL7, MONITOR, 42100, 2575, "A"), inventory, T0 + 3600 + 7201)
+    # its 1-in-N samples later are no new flow, however long after; the program's next pickup of it is
+    one_in_n = abi.SampleKind.one_in_n
+    assert not baseline.observe(tcp(MONITOR, HL7, 2575, 42100, "A"), inventory, T0 + 3600, one_in_n)
+    assert not baseline.observe(tcp(MONITOR, HL7, 2575, 42100, "A"), inventory, T0 + 3 * 3600, one_in_n)
+    assert baseline.observe(tcp(HL7, MONITOR, 42100, 2575, "A"), inventory, T0 + 5 * 3600)  # a first-packets sample
     assert (record.flows, record.midstream) == (2, 2) and len(baseline) == 1
 
 
@@ -244,9 +246,9 @@ def test_an_ack_scan_proposes_nothing(catalog: Catalog) -> None:
     assert not [rule for rule in config.parse(text).rules if rule.src == "infusion-pump" and rule.dst == "pacs"]
 
 
-def test_simulate_replays_open_connections_as_the_dataplane_judges_them(catalog: Catalog) -> None:
-    """Judged from both ends, as the dataplane judges a connection it picks up: the proposal passes it, and a
-    policy without its rule cuts it (and says it is an open connection)."""
+def test_simulate_replays_open_connections_from_the_end_that_opened_them(catalog: Catalog) -> None:
+    """A SYN from the inferred opener, as a reconnection meets the policy: the proposal passes it, and a policy
+    without its rule cuts it (and says it was seen as an open connection)."""
     inventory = inventory_of(catalog)
     baseline = learn(open_connection(MONITOR, HL7, 2575, 42100), inventory)
     text = propose(baseline, inventory, catalog)
