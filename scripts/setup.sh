@@ -69,8 +69,9 @@ install_packages() {
     local observability=(prometheus rsyslog)
     local required=(python3-bpfcc python3-venv iproute2 iputils-ping ethtool tcpdump nftables xdp-tools "${ward[@]}" "${observability[@]}" "$(headers_meta_package)")
     if ((PRODUCTION)); then
-        # no attacker (nmap), no servers, no benchmark baselines on a bridge in service
-        required=(python3-bpfcc python3-venv iproute2 ethtool tcpdump "$(headers_meta_package)")
+        # no attacker (nmap), no servers, no benchmark baselines on a bridge in service; ieee-data is the OUI
+        # database the classifier reads vendors from; setuptools and wheel build the package without PyPI
+        required=(python3-bpfcc python3-venv python3-setuptools python3-wheel iproute2 ethtool tcpdump ieee-data "$(headers_meta_package)")
     fi
     # Headers matching the running kernel exist only for Debian's own kernels,
     # and bpftool is not packaged under that name on every release.
@@ -217,6 +218,31 @@ venv_current() {
         grep -qx "version = $version" "$VENV/pyvenv.cfg"
 }
 
+# A wheel built from a copy of the sources (nothing written into the checkout, no stale build/ files), with
+# Debian's setuptools and wheel (no PyPI needed once the dependencies are in the venv). An update is checked
+# first: the new version must accept the running policy, or the installed version stays. Only then is the
+# package replaced (pip builds first, so a failed build changes nothing).
+install_copy() {
+    local installed=$1 work policy=${MEDSEG_POLICY:-/etc/medseg-xdp/policy.toml}
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT  # also when die() exits
+    mkdir "$work/src"
+    cp -r "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/medseg_xdp" "$REPO_ROOT/bpf" "$work/src/"
+    find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
+    say "building medseg-xdp from $REPO_ROOT"
+    "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/src"
+    local wheel=("$work"/dist/medseg_xdp-*.whl)
+    if [[ $installed == "$VENV"/* && -f $policy ]]; then
+        (cd "$work/src" && "$VENV/bin/python" -m medseg_xdp policy check "$policy" >/dev/null) ||
+            die "the new version refuses $policy (above): fix the policy first; the installed version stays"
+    fi
+    say "installing a copy of medseg-xdp into $VENV"
+    "$VENV/bin/python" -m pip install -q "${wheel[0]}"  # the dependencies, on a first install
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "${wheel[0]}"
+    rm -rf "$work"
+    trap - EXIT
+}
+
 ensure_venv() {
     if ! venv_current; then
         if [[ -e $VENV ]]; then
@@ -238,9 +264,7 @@ ensure_venv() {
         want="production tree=$(cd "$REPO_ROOT" && find pyproject.toml medseg_xdp bpf -type f ! -path '*/__pycache__/*' -print0 |
             sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
         if [[ $(cat "$STAMP" 2>/dev/null) != "$want" || $origin != "$VENV"/* ]]; then
-            say "installing a copy of medseg-xdp into $VENV"
-            "$VENV/bin/python" -m pip uninstall -q -y medseg-xdp 2>/dev/null || true
-            "$VENV/bin/python" -m pip install -q "$REPO_ROOT"
+            install_copy "$origin"
             echo "$want" >"$STAMP"
             changed "pip-installed a copy of $REPO_ROOT into $VENV (the service no longer reads the checkout)"
         fi

@@ -34,16 +34,25 @@ def test_production_install_runs_the_real_program_without_the_checkout(tmp_path:
     for name in tracked:
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, checkout / name)
-    env = {**os.environ, "MEDSEG_VENV": str(venv)}
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[segments.lab]\nmacs = ["02:00:00:00:00:01"]\nmode = "enforce"\ndefault = "drop"\n')
+    env = {**os.environ, "MEDSEG_VENV": str(venv), "MEDSEG_POLICY": str(policy)}
     setup = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh"), "--production"], env=env, capture_output=True, text=True, timeout=240)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     assert "pip-installed a copy of" in setup.stdout
+    assert sorted(path.name for path in checkout.iterdir()) == ["bpf", "medseg_xdp", "pyproject.toml", "scripts"]  # built elsewhere
     again = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh"), "--production"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout + again.stderr
+
+    # an update whose version refuses the running policy installs nothing: the installed copy stays
+    stamp = (venv / ".medseg-xdp-installed").read_text()
+    (checkout / "medseg_xdp" / "config.py").write_text((checkout / "medseg_xdp" / "config.py").read_text().replace(
+        '_BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$")', '_BRIDGE_NAME = re.compile(r"^never$")'))
+    refused = subprocess.run(["bash", str(checkout / "scripts" / "setup.sh"), "--production"], env=env, capture_output=True, text=True, timeout=240)
+    assert refused.returncode != 0 and f"the new version refuses {policy}" in refused.stderr, refused.stdout + refused.stderr
+    assert (venv / ".medseg-xdp-installed").read_text() == stamp
     shutil.rmtree(checkout)
 
-    policy = tmp_path / "policy.toml"
-    policy.write_text('[segments.lab]\nmacs = ["02:00:00:00:00:01"]\nmode = "enforce"\ndefault = "drop"\n')
     # 02:00:00:00:00:01 -> 02:00:00:00:00:02, 10.0.0.1 -> 10.0.0.2, TCP SYN to port 22
     ssh_syn = ("02000000000202000000000108004500002800010000400666cd0a0000010a000002"
                "001400160000000000000000500220007bb60000")
