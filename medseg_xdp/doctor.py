@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 from medseg_xdp import abi, bpfsys
 from medseg_xdp.config import Config
+from medseg_xdp.fingerprint.parsers.oui import IEEE_DATA_DIR
 from medseg_xdp.loader import BPFFS, DEFAULT_PIN_ROOT, NATIVE_XDP_MAX_MTU, PROGRAM_NAME, Loader, ifindex_problem, in_netns, kernel_headers_problem
 from medseg_xdp.samples import HEADER_SIZE
 
@@ -155,6 +156,14 @@ def check_sample_ring(cfg: Config, cpus: int) -> Check:
     return Check("sample ring", Status.OK, f"{ring:,} bytes hold the bursts of {cpus} CPUs ({burst:,} bytes)")
 
 
+def check_vendor_data(directory: Path = IEEE_DATA_DIR) -> Check:
+    """The IEEE registries the classifier reads vendors from (a main signal for pumps and monitors)."""
+    if not (directory / "oui.csv").is_file():
+        return Check("vendor data", Status.WARN, f"no {directory / 'oui.csv'}: devices are classified without their vendor",
+                     "apt-get install ieee-data (scripts/setup.sh installs it)")
+    return Check("vendor data", Status.OK, f"IEEE registries in {directory}")
+
+
 def host_checks() -> list[Check]:
     """What the host must offer before anything is loaded; the daemon refuses to start on a FAIL here."""
     return [check_kernel(platform.release()), check_headers(), check_bpffs(), check_btf()]
@@ -165,6 +174,7 @@ def run_checks(cfg: Config, netns: str | None = None, pin_root: Path = DEFAULT_P
     if checks[2].status is Status.OK:
         checks.append(check_pinned_state(cfg, pin_root))
     checks.append(check_sample_ring(cfg, os.cpu_count() or 1))
+    checks.append(check_vendor_data())
     for port in cfg.ports:
         checks.extend(check_port(port, netns))
     return checks

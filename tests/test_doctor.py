@@ -84,3 +84,12 @@ def test_the_daemon_refuses_to_start_on_a_host_check_failure(tmp_path: Path) -> 
         "       fix: check bridge.ports; `medseg-xdp doctor -c CONFIG` shows every port",
     ]
     assert daemon.loader.prog_fd < 0 and not daemon.loader.pin_dir.exists()
+
+
+def test_missing_vendor_data_is_a_warning(tmp_path: Path) -> None:
+    """Without ieee-data the classifier loses its vendor signal: doctor says so, and how to fix it."""
+    from medseg_xdp.doctor import check_vendor_data
+
+    missing = check_vendor_data(tmp_path)
+    assert missing.status is Status.WARN and "ieee-data" in missing.fix
+    assert check_vendor_data().status is Status.OK  # setup.sh installs it
