@@ -48,7 +48,7 @@ from medseg_xdp.inventory import ClassChange, Device, InventoryStore
 from medseg_xdp.loader import DEFAULT_PIN_ROOT, Attachment, Loader, LoaderError, detach, ensure_bpffs, ifindex_problem, in_netns
 from medseg_xdp.metrics import Metrics
 from medseg_xdp.policy_diff import describe_changes
-from medseg_xdp.policy_image import RuleIds, compile_policy, device_segments
+from medseg_xdp.policy_image import RuleIds, compile_policy, device_segments, unguarded_life_critical
 from medseg_xdp.samples import Sample, SampleReader
 from medseg_xdp.statefile import StateFile
 from medseg_xdp.xray import Xray
@@ -350,11 +350,14 @@ class Daemon:
         def compile_generation(gen: int) -> dict[str, dict[bytes, bytes]]:
             exceptions = self.exceptions.items
             pins = {**self.inventory.live_pins(cfg), **device_moves(exceptions)}
-            compiled = compile_policy(with_exceptions(cfg, exceptions), gen, ifindex.__getitem__, self.inventory.placement_classes(), self.rule_ids, pins)
+            effective, placed = with_exceptions(cfg, exceptions), self.inventory.placement_classes()
+            compiled = compile_policy(effective, gen, ifindex.__getitem__, placed, self.rule_ids, pins)
             self.rule_names = compiled.rule_names
-            for warning in set(compiled.warnings) - self.compile_warnings:  # each once, not at every apply
+            # the class a device shows now too: with reclassify = "report" it stays placed by its first one
+            warnings = {*compiled.warnings, *unguarded_life_critical(effective, device_segments(effective, placed, pins), self.inventory.current_classes())}
+            for warning in sorted(warnings - self.compile_warnings):  # each once, not at every apply
                 log.warning("policy: %s", warning)
-            self.compile_warnings = set(compiled.warnings)
+            self.compile_warnings = warnings
             return compiled.contents
 
         return compile_generation

@@ -261,6 +261,10 @@ class Inventory:
         log.info("device %s: class %s -> %s (confidence %.2f; %s)", device.mac, old, decision.device_class, decision.confidence, "; ".join(f"{e.signal}={e.value}" for e in decision.evidence))
         return change
 
+    def current_classes(self) -> dict[str, str]:
+        """MAC -> the class each device shows now (which placement may not follow: Device.placement_class)."""
+        return {mac: device.device_class for mac, device in self.devices.items()}
+
     def placement_classes(self) -> dict[str, str]:
         """MAC -> the class segment placement follows (Device.placement_class)."""
         return {mac: device.placement_class for mac, device in self.devices.items()}

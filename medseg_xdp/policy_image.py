@@ -95,7 +95,7 @@ def compile_policy(
     try:
         members = device_segments(config, class_of or {}, pinned)
         _endpoints(config, generation, ifindex_of, members, contents)
-        warnings = _rules(config, generation, contents, rule_names, ids) + _unguarded_life_critical(config, members, class_of or {})
+        warnings = _rules(config, generation, contents, rule_names, ids) + unguarded_life_critical(config, members, class_of or {})
         _segment_infos(config, generation, contents, rule_names, ids)
         _rails(config, generation, contents)
         _in_place(config, ifindex_of, contents)
@@ -105,10 +105,11 @@ def compile_policy(
     return CompiledPolicy(contents, rule_names, warnings)
 
 
-def _unguarded_life_critical(config: Config, members: Mapping[str, str], class_of: Mapping[str, str]) -> list[str]:
+def unguarded_life_critical(config: Config, members: Mapping[str, str], class_of: Mapping[str, str]) -> list[str]:
     """Devices of a life-critical class that a segment's macs, a pin or an exception put in an enforcing segment
     not marked for them. A person's placement is refused (config.placement_problem); this catches the rest: a
-    device in a MAC list that the classifier then finds to be a pump."""
+    device in a MAC list that the classifier then finds to be a pump. Devices placed by address or VLAN are not
+    seen here (members are by MAC)."""
     criticality = load_catalog().criticality
     classes = {**class_of, **{pin.mac: pin.device_class for pin in config.pins if pin.device_class is not None}}
     warnings = []
