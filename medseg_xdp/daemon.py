@@ -522,9 +522,10 @@ class Daemon:
             return [e.describe() for e in self.exceptions.items]
         if op == "import_assets":
             assets = parse_assets(str(req["csv"]), set(self.inventory.classifier.catalog.classes), str(req.get("source", "<csv>")))
+            pins = self.inventory.live_pins(self.config)  # once, not per row
             for asset in assets:  # all or nothing: checked before any is pinned
                 try:
-                    self._check_placement(asset.mac, None, asset.device_class)
+                    self._check_placement(asset.mac, None, asset.device_class, pins)
                 except ConfigError as exc:
                     raise ConfigError(f"{req.get('source', '<csv>')}: {asset.mac}: {exc}") from None
             disagreements = import_assets(self.inventory, assets)
@@ -569,7 +570,7 @@ class Daemon:
             log.info("exception expired: %s", exception.describe())
             self.audit.append("exception expired", exception.uid, exception.reason, {"exception": exception.describe()})
 
-    def _check_placement(self, mac: str, segment: str | None, device_class: str | None = None) -> None:
+    def _check_placement(self, mac: str, segment: str | None, device_class: str | None = None, pins: dict[str, str] | None = None) -> None:
         """ConfigError when a person would place a life-critical device in an enforcing segment without the flag.
 
         Without a segment, the device stays where a pin or a segment's macs put it (or goes to its class's)."""
@@ -578,7 +579,9 @@ class Daemon:
         device_class = device_class or (known.device_class if known is not None else None)
         if device_class is None:
             return
-        segment = segment or device_segments(self.config, {mac: device_class}, self.inventory.live_pins(self.config)).get(mac)
+        if pins is None:
+            pins = self.inventory.live_pins(self.config)
+        segment = segment or device_segments(self.config, {mac: device_class}, pins).get(mac)
         if segment is None:
             return
         problem = config_mod.placement_problem(self.config, segment, device_class, self.inventory.classifier.catalog.criticality)
