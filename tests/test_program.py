@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
+    ICMPv6MLReport2,
     ICMPv6ND_NS,
     ICMPv6ND_RA,
     IPv6,
@@ -25,6 +26,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
+    RouterAlert,
 )
 from scapy.layers.l2 import ARP, LLC, SNAP, STP, Dot1AD, Dot1Q, Dot3, Ether
 from scapy.packet import Raw
@@ -326,6 +328,12 @@ CASES = [
         "pass", "rail_nd", sample="flowless",
     ),
     Case(
+        "an MLDv2 report as hosts send it (Router Alert in a hop-by-hop header) is a rail",
+        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=1)
+            / IPv6ExtHdrHopByHop(options=[RouterAlert()]) / ICMPv6MLReport2()), "portA")],
+        "pass", "rail_nd", sample="flowless",
+    ),
+    Case(
         "an MLD report before DAD (unspecified source) is a rail too",
         [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
         "pass", "rail_nd", sample="flowless",
@@ -619,6 +627,24 @@ def test_a_connection_picked_up_midstream_takes_the_listening_end_for_the_respon
         assert (after.verdict, after.reason, after.rule, after.flags) == ("pass", "rule", "dicom", ("revalidated",)), after
         assert t.trace(from_pacs, "portB").reason == "reply"
         assert t.trace(b(modality() / TCP(sport=41500, dport=104, flags="A")), "portA").reason == "established"
+
+
+@pytest.mark.parametrize(("pacs_port", "modality_port", "pacs_listens"), [
+    (6661, 3000, False),  # both registered ports: the lower one listens (an old device's low ephemeral port fools this)
+    (50000, 40000, False),  # both ephemeral: the lower one listens
+    (3000, 50000, True),  # a port below the ephemeral range facing one in it listens
+    (21, 41600, True),  # a well-known port facing a higher one listens
+])
+def test_a_midstream_tie_takes_the_end_the_ports_say_listens_for_the_responder(pacs_port: int, modality_port: int, pacs_listens: bool) -> None:
+    """Both ends judge alike (break-glass: both defaults audit); the PACS's segment comes first. The entry's
+    initiator is the end that does not listen, which the other end's next packet shows (established or reply)."""
+    with Tracer(config.load(FIXTURE_CONFIG)) as t:
+        assert t.dataplane is not None
+        t.dataplane.set_break_glass(True)
+        picked = t.trace(b(to_modality() / TCP(sport=pacs_port, dport=modality_port, flags="PA")), "portB")
+        assert (picked.verdict, "midstream" in picked.flags) == ("audit", True), picked
+        from_modality = t.trace(b(modality() / TCP(sport=modality_port, dport=pacs_port, flags="A")), "portA")
+        assert from_modality.reason == ("established" if pacs_listens else "reply")
 
 
 def test_an_icmp_error_about_a_flow_of_the_previous_generation_meets_the_policy() -> None:
