@@ -543,7 +543,17 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 					account(e, dir, pkt, now);
 				return;
 			}
-			if (d->verdict == VERDICT_DROP) {
+			/* A TCP connection picked up mid-stream (no SYN in
+			 * either direction) has a guessed initiator, and a
+			 * pass from its first end was not judged from the
+			 * other: one that this end's judgement no longer
+			 * passes is forgotten, and its next packet is picked
+			 * up again, judged from both ends. Kept, it would
+			 * count as a would-drop for as long as it lives. */
+			if (d->verdict == VERDICT_DROP ||
+			    (d->verdict == VERDICT_AUDIT &&
+			     pkt->proto == IPPROTO_TCP &&
+			     !((e->tcp_flags[0] | e->tcp_flags[1]) & TCP_FLAG_SYN))) {
 				flows.delete(key);
 				return;
 			}

@@ -873,8 +873,9 @@ class ReferenceDataplane:
                     if d.verdict != C.VERDICT_DROP:
                         self.account(e, direction, pkt, now)
                     return
-                if d.verdict == C.VERDICT_DROP:
-                    del self.flows[key_bytes]
+                picked_up = pkt.proto == IPPROTO_TCP and not (e.tcp_flags[0] | e.tcp_flags[1]) & TCP_FLAG_SYN
+                if d.verdict == C.VERDICT_DROP or (d.verdict == C.VERDICT_AUDIT and picked_up):
+                    del self.flows[key_bytes]  # a pickup's initiator was a guess: judged from both ends at the next packet
                     return
                 e.verdict = d.verdict
                 e.reason = d.reason

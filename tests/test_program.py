@@ -629,6 +629,24 @@ def test_a_connection_picked_up_midstream_takes_the_listening_end_for_the_respon
         assert t.trace(b(modality() / TCP(sport=41500, dport=104, flags="A")), "portA").reason == "established"
 
 
+def test_a_connection_picked_up_from_its_servers_segment_is_not_audited_for_life_after_a_flip() -> None:
+    """Picked up under a monitor-only policy (a first deployment) from the PACS's segment: a pass, so the other
+    end is not judged and the PACS is taken for the initiator. The proposal goes live in monitor mode; judged
+    from the PACS's end it would be a would-drop for as long as the connection lives. It is picked up again
+    instead, judged from both ends, and passes by the rule for the modality's end."""
+    monitor_only = config.parse(FIXTURE_CONFIG.read_text().replace('mode = "enforce"\ndefault = "drop"', 'mode = "monitor"\ndefault = "allow"'), "x-ray")
+    proposal = config.parse(FIXTURE_CONFIG.read_text().replace('mode = "enforce"', 'mode = "monitor"'), "proposal")
+    from_pacs = b(to_modality() / TCP(sport=104, dport=41700, flags="PA"))
+    with Tracer(monitor_only) as t:
+        assert (t.trace(from_pacs, "portB").verdict, t.trace(from_pacs, "portB").reason) == ("pass", "established")
+        t.load_config(proposal)
+        first = t.trace(from_pacs, "portB")
+        assert (first.verdict, first.flags) == ("audit", ("revalidated",)), first  # the old guess, once
+        again = t.trace(from_pacs, "portB")
+        assert (again.verdict, again.rule, set(again.flags)) == ("pass", "dicom", {"new_flow", "midstream"}), again
+        assert t.trace(b(modality() / TCP(sport=41700, dport=104, flags="A")), "portA").reason == "established"
+
+
 @pytest.mark.parametrize(("pacs_port", "modality_port", "pacs_listens"), [
     (6661, 3000, False),  # both registered ports: the lower one listens (an old device's low ephemeral port fools this)
     (50000, 40000, False),  # both ephemeral: the lower one listens

@@ -806,6 +806,20 @@ def test_a_midstream_tie_takes_the_listening_end_for_the_responder() -> None:
     assert out.decision.flags == C.DECISION_REVALIDATED | C.DECISION_SEGMENTS
 
 
+def test_a_pickup_a_flip_would_audit_is_picked_up_again() -> None:
+    """Picked up from the server's end under a permissive policy (a pass: the other end is not judged); after a
+    flip that audits it from that end, it is forgotten and its next packet is judged from both ends."""
+    dp = ReferenceDataplane(clinic(mode=MONITOR).pair(SERVERS, CLINICAL, ALLOW, 5).maps)
+    from_server = ip4(SERVER, CLIENT) / TCP(sport=443, dport=40000, flags="PA")
+    assert verdict(send(dp, from_server, 2))[::2] == (PASS_, 5)  # the pair default
+    assert only_flow(dp).policy_port == 40000  # the server taken for the initiator
+    dp.load(web(mode=MONITOR, gen=2).maps)
+    out = send(dp, from_server, 2)
+    assert verdict(out)[0] == AUDIT_ and dp.flows == {}
+    assert verdict(send(dp, from_server, 2)) == (PASS_, C.REASON_RULE, 7)
+    assert only_flow(dp).policy_port == 443
+
+
 def test_stale_generation_is_rejudged_from_the_initiator() -> None:
     dp = ReferenceDataplane(web().maps)
     send(dp, ip4(CLIENT, SERVER) / TCP(sport=40000, dport=443, flags="S"), 1)
