@@ -311,8 +311,12 @@ class Daemon:
         if self.control is not None:
             self.control.close()
         if self.config.daemon.on_stop == "detach" and self.attachments:
+            ports = ", ".join(a.ifname for a in self.attachments)
             detach([a.ifname for a in self.attachments], netns_name=self.netns)
-            log.info("detached from %s", ", ".join(a.ifname for a in self.attachments))
+            # fail-open, as designed, but never quietly: the bridge forwards unfiltered until the next start
+            log.warning("detached from %s: the bridge forwards unfiltered until the next start", ports)
+            self.events.emit("enforcement-stopped", Severity.critical, f"stopped: detached from {ports}; the bridge forwards unfiltered until "
+                             "the next start", ports=ports)
         else:
             log.info("left enforcement running on %s (pinned state in %s)", ", ".join(self.config.ports), self.loader.pin_dir)
         if self.dataplane is not None:

@@ -370,6 +370,8 @@ def test_siem_gets_drops_devices_pins_and_break_glass_and_no_patient_data(tmp_pa
     assert f'mac="{DEFAULT_CLIENT.mac}"' in new_devices and f'mac="{DEFAULT_SERVER.mac}"' in new_devices
     drop = next(r for r in by_kind["drop"] if 'dport="2575"' in r.structured_data)
     assert drop.pri == 20 * 8 + 4 and drop.structured_data.startswith(f"[{SD_ID} ")
+    (stopped,) = by_kind["enforcement-stopped"]  # SIGTERM with on_stop = "detach": fail-open, said out loud
+    assert stopped.pri == 20 * 8 + 2 and f'ports="{DEFAULT_CLIENT.port_name}, {DEFAULT_SERVER.port_name}"' in stopped.structured_data
     for field in (f'src_ip="{DEFAULT_CLIENT.ipv4.split("/")[0]}"', f'dst_ip="{SERVER}"', 'proto="17"', 'src_segment="modalities"', 'dst_segment="pacs"', 'rule="default:modalities"'):  # type: ignore[union-attr]
         assert field in drop.structured_data, drop
     assert 'dport="22"' in " ".join(r.structured_data for r in by_kind["audit"])
