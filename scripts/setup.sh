@@ -239,6 +239,10 @@ install_copy() {
     say "installing a copy of medseg-xdp into $VENV"
     "$VENV/bin/python" -m pip install -q "${wheel[0]}"  # the dependencies, on a first install
     "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "${wheel[0]}"
+    # a first install, or a venv rebuilt for a new system Python (a release upgrade): nothing was there to keep
+    if [[ $installed != "$VENV"/* && -f $policy ]] && ! (cd / && "$VENV/bin/medseg-xdp" policy check "$policy" >/dev/null); then
+        say "warning: this version refuses $policy (above): the service will not start until it is fixed"
+    fi
     rm -rf "$work"
     trap - EXIT
 }
