@@ -96,6 +96,7 @@ def compile_policy(
         members = device_segments(config, class_of or {}, pinned)
         _endpoints(config, generation, ifindex_of, members, contents)
         warnings = _rules(config, generation, contents, rule_names, ids) + unguarded_life_critical(config, members, class_of or {})
+        warnings += _untagged_vlans_differ(config)
         _segment_infos(config, generation, contents, rule_names, ids)
         _rails(config, generation, contents)
         _in_place(config, ifindex_of, contents)
@@ -118,6 +119,18 @@ def unguarded_life_critical(config: Config, members: Mapping[str, str], class_of
         if problem:
             warnings.append(f"device {mac}: {problem}; it can be cut off")
     return warnings
+
+
+def _untagged_vlans_differ(config: Config) -> list[str]:
+    """Ports whose untagged frames get different identity VLANs: the VLAN is in the flow key, so where a VLAN
+    crosses the bridge untagged on both sides (a plain Linux bridge), replies would miss their requests' flows."""
+    untagged = {port: config.pvid.get(port, 0) for port in config.ports}
+    if len(set(untagged.values())) < 2:
+        return []
+    listed = ", ".join(f"{port} {vlan or 'none (VLAN 0)'}" for port, vlan in untagged.items())
+    return [f"bridge.pvid differs between ports ({listed}): a VLAN that crosses the bridge untagged on both sides needs the "
+            "same pvid on both, or its replies miss their requests' flows (a new flow, judged from the server's side); "
+            "a VLAN tagged on the other side is fine"]
 
 
 def _check_capacity(config: Config, contents: MapContents) -> None:

@@ -301,6 +301,16 @@ def test_a_life_critical_device_in_an_enforcing_mac_list_is_a_compile_warning() 
                         "a monitor segment, or mark 'lab' life_critical = true with allow_enforce_life_critical = true; it can be cut off"]
 
 
+def test_ports_with_different_untagged_vlans_are_a_compile_warning() -> None:
+    """The identity VLAN is in the flow key: VLAN 20 untagged on portA and on a plain bridge's uplink without pvid
+    puts a request and its reply in two flows."""
+    lopsided = parse('[bridge]\nports = ["portA", "uplink"]\npvid = { portA = 20 }\n')
+    (warning,) = compile_policy(lopsided, 1, {"portA": 1, "uplink": 2}.__getitem__).warnings
+    assert "bridge.pvid differs between ports (portA 20, uplink none (VLAN 0))" in warning
+    even = parse('[bridge]\nports = ["portA", "uplink"]\npvid = { portA = 20, uplink = 20 }\n')
+    assert compile_policy(even, 1, {"portA": 1, "uplink": 2}.__getitem__).warnings == []
+
+
 def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
     """`vlans` and `vlan` are separate keys: a segment's prefixes without `vlan` hold on any VLAN."""
     segment = parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20, 30]\n').segments["x"]
