@@ -101,7 +101,9 @@ def group_of(mac: str, inventory: Inventory) -> str:
     if mac and int(mac[:2], 16) & 1:
         return "multicast"
     device = inventory.devices.get(mac)
-    return f"class:{device.device_class}" if device is not None else UNKNOWN_GROUP
+    if device is None or device.fronts_others and not device.pinned_class:
+        return UNKNOWN_GROUP  # a gateway's MAC stands for the routed hosts behind it, not for one class
+    return f"class:{device.device_class}"
 
 
 def is_rail(proto: int, sport: int, dport: int) -> bool:

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_VALUES_PER_SIGNAL = 16  # a device that shows endless values (random ports, scans) stays bounded
 MAX_PEERS = 256
+# Addresses kept per device, the least recently seen forgotten first: a gateway's MAC carries every routed host's.
+MAX_IPS = 64
+# A MAC that sends from addresses in this many subnets of one family (IPv4 /24s, IPv6 /64s) fronts other hosts:
+# a router or gateway, whose MAC must not place the routed hosts (see Device.fronts_others).
+GATEWAY_MIN_SUBNETS = 3
 MAX_CHANGES = 1000
 # Signals that name a protocol the device speaks, and in which role.
 _ROLE_SIGNALS = {
@@ -64,6 +69,7 @@ class Device:
     pinned_segment: bool = False
     asset: dict[str, str] = field(default_factory=dict)  # model, location, owner from an asset import
     placed_class: str | None = None  # the class its segment placement follows (see placement_class)
+    fronts_others: bool = False  # sends from addresses in GATEWAY_MIN_SUBNETS subnets or more: a router or gateway
 
     @property
     def placement_class(self) -> str:
@@ -99,6 +105,7 @@ class Device:
             "protocols_server": self.protocols_server,
             "peers": self.peers,
             "pinned": self.pinned_class or self.pinned_segment,
+            "fronts_others": self.fronts_others,
             "segment": self.segment,
             "asset": self.asset,
             "first_seen": self.first_seen,
@@ -128,6 +135,27 @@ def _usable_ip(address: str | None) -> bool:
 def _usable_address(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return not (ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def _add_address(device: Device, address: str, now: float) -> None:
+    """A new address of the device: bounded (MAX_IPS), and whether it now fronts other hosts."""
+    if len(device.ips) >= MAX_IPS:
+        del device.ips[min(device.ips, key=lambda a: device.ips[a][1])]
+    device.ips[address] = [now, now]
+    if not device.fronts_others:
+        device.fronts_others = fronts_others(device.ips)
+
+
+def fronts_others(addresses: Iterable[str]) -> bool:
+    """Addresses in GATEWAY_MIN_SUBNETS subnets or more of one family (IPv4 /24s, or IPv6 /64s, link-local ones
+    aside): the MAC of a router or gateway, carrying routed hosts' packets, not one host's (a dual-stack host that
+    moved to another VLAN, or its IPv6 privacy addresses, stay below)."""
+    subnets: dict[int, set[Any]] = {4: set(), 6: set()}
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if not ip.is_link_local:
+            subnets[ip.version].add(ipaddress.ip_network(f"{address}/{24 if ip.version == 4 else 64}", strict=False))
+    return max(len(family) for family in subnets.values()) >= GATEWAY_MIN_SUBNETS
 
 
 def _add_bounded(items: list[str], value: str, limit: int) -> None:
@@ -205,8 +233,11 @@ class Inventory:
         src_learned = dst_learned = False  # something new about that side
         if src is not None:
             if _usable_ip(frame.src_ip):
-                seen = src.ips.setdefault(frame.src_ip, [now, now])  # type: ignore[arg-type]
-                seen[1] = now
+                seen = src.ips.get(frame.src_ip)  # type: ignore[arg-type]
+                if seen is None:
+                    _add_address(src, frame.src_ip, now)  # type: ignore[arg-type]
+                else:
+                    seen[1] = now
             if dst_unicast:
                 _add_bounded(src.peers, dst_mac, MAX_PEERS)
         for observation in observations:
@@ -266,8 +297,9 @@ class Inventory:
         return {mac: device.device_class for mac, device in self.devices.items()}
 
     def placement_classes(self) -> dict[str, str]:
-        """MAC -> the class segment placement follows (Device.placement_class)."""
-        return {mac: device.placement_class for mac, device in self.devices.items()}
+        """MAC -> the class segment placement follows (Device.placement_class). A gateway's MAC (fronts_others)
+        has none unless a person pinned its class: by MAC, it would place every host routed behind it."""
+        return {mac: device.placement_class for mac, device in self.devices.items() if device.pinned_class or not device.fronts_others}
 
     def live_pins(self, config: Config) -> dict[str, str]:
         """MAC -> segment of the devices pinned to a segment that config has (others are logged and ignored)."""

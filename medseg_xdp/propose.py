@@ -83,8 +83,9 @@ class _Proposal:
         self.catalog = catalog
         self.min_flows = min_flows
         self.source = baseline
+        self.gateways = sorted(mac for mac, device in inventory.devices.items() if device.fronts_others and not device.pinned_class)
         seen = {group.removeprefix("class:") for record in self.learned for group in (record.src_group, record.dst_group)}
-        seen |= {device.device_class for device in inventory.devices.values()}
+        seen |= {device.device_class for mac, device in inventory.devices.items() if mac not in self.gateways}
         self.classes = sorted(c for c in seen if c in catalog.classes and c != UNKNOWN)
         self.rules: dict[_RuleKey, list[FlowRecord]] = {}
         self.rails: dict[_RuleKey, list[FlowRecord]] = {}
@@ -159,13 +160,23 @@ class _Proposal:
             "# direction seen opened, else from the ports): check rules whose evidence says 'mid-stream'.",
             "# [bridge], [settings], [rails], [[pins]], [tables] and [daemon] come from the running",
             "# configuration: merge them in.",
-            "",
         ]
-        return lines
+        if self.gateways:
+            lines += [
+                "#",
+                "# Gateways: these MACs send from addresses in several subnets, so they carry routed hosts' packets.",
+                "# A gateway's MAC places no one: the hosts behind it are placed by address, and in this proposal",
+                "# they are in 'unassigned'. Name the servers behind it (PACS, HL7 engine, EHR) by prefix segments",
+                "# and move their rules there. Pin a MAC's class if it is not a gateway.",
+            ]
+            for mac in self.gateways:
+                device = self.inventory.devices[mac]
+                lines.append(f"#   {mac}: {len(device.ips)} addresses, e.g. {', '.join(sorted(device.ips)[:3])}")
+        return [*lines, ""]
 
     def segment(self, device_class: str) -> list[str]:
         info = self.catalog.classes[device_class]
-        members = sum(1 for d in self.inventory.devices.values() if d.device_class == device_class)
+        members = sum(1 for mac, d in self.inventory.devices.items() if d.device_class == device_class and mac not in self.gateways)
         lines = [f"# {safe_comment(info.label)} (criticality {info.criticality}): {count(members, 'device')} in the inventory."]
         life_critical = info.criticality == LIFE_CRITICAL
         if life_critical:

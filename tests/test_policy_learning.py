@@ -262,6 +262,53 @@ def test_simulate_replays_open_connections_from_the_end_that_opened_them(catalog
     assert without.cuts_life_critical  # a monitor's link
 
 
+GATEWAY_MAC = "00:00:0c:07:ac:28"  # an HSRP virtual MAC: the pumps' default gateway
+
+
+def routed_frames() -> list[Frame]:
+    """Pumps talking to servers in three other subnets, through their gateway: every reply comes from its MAC."""
+    frames = []
+    for n, server in enumerate(("10.100.1.5", "10.101.0.53", "10.102.0.9")):
+        routed = Host(GATEWAY_MAC, server)
+        frames += [tcp(PUMP, routed, 443, 45000 + n), tcp(routed, PUMP, 45000 + n, 443, "SA")]
+    return frames
+
+
+def test_a_gateways_mac_places_no_one_and_the_proposal_says_so(catalog: Catalog) -> None:
+    """The classifier took the gateway for a lab analyzer (it carries an analyzer server's replies). Its MAC fronts
+    three subnets: it gets no class-based placement, its flows are learned as to 'unknown' (the routed hosts,
+    placed by address), and the proposal names it instead of giving it a segment."""
+    inventory = inventory_of(catalog)
+    inventory.device(GATEWAY_MAC, T0).device_class = "lab_analyzer"
+    frames = routed_frames()
+    for index, item in enumerate(frames):
+        inventory.observe(item, [], T0 + index)
+    gateway = inventory.devices[GATEWAY_MAC]
+    assert gateway.fronts_others and len(gateway.ips) == 3
+    assert not inventory.devices[PUMP.mac].fronts_others
+    assert GATEWAY_MAC not in inventory.placement_classes()
+    baseline = learn(frames, inventory)
+    assert [r.key for r in baseline] == [("class:infusion_pump", "class:unknown", 6, 443)]
+    text = propose(baseline, inventory, catalog)
+    assert f"#   {GATEWAY_MAC}: 3 addresses, e.g. 10.100.1.5, 10.101.0.53, 10.102.0.9" in text
+    policy = config.parse(text)
+    assert "lab-analyzer" not in policy.segments and [r.name for r in policy.rules] == ["infusion-pump-to-unassigned-tcp-443"]
+    assert simulate(policy, baseline, inventory, catalog).clean
+
+
+def test_a_device_keeps_its_most_recent_addresses() -> None:
+    """A gateway's MAC would otherwise hold every routed host's address, in memory and in the state file."""
+    from medseg_xdp.inventory import MAX_IPS, fronts_others
+
+    inventory = Inventory(Classifier(load_catalog()), clock=lambda: T0)
+    for n in range(MAX_IPS + 36):
+        inventory.observe(udp(Host(GATEWAY_MAC, f"10.{n}.0.1"), DNS, 53, 5000), [], T0 + n)
+    ips = inventory.devices[GATEWAY_MAC].ips
+    assert len(ips) == MAX_IPS and "10.0.0.1" not in ips and f"10.{MAX_IPS + 35}.0.1" in ips
+    assert not fronts_others(["10.20.0.7", "10.21.0.7", "fe80::1", "fd00:20::7", "fd00:20::8"])  # a host: two subnets
+    assert fronts_others(["10.20.0.1", "10.30.0.5", "10.31.0.9"])
+
+
 def test_persistence_survives_a_restart(tmp_path: Path, catalog: Catalog) -> None:
     inventory = inventory_of(catalog)
     baseline = learn(clinical_frames() + open_connection(MONITOR, HL7, 2575, 42100), inventory)
