@@ -376,5 +376,7 @@ class InventoryStore:
             devices = {record["mac"]: Device(**record) for record in records}
         except (TypeError, KeyError) as exc:
             return self.file.keep_aside(f"not an inventory: {exc}")
+        for device in devices.values():  # a file from before fronts_others, or before its addresses were bounded
+            device.fronts_others = device.fronts_others or fronts_others(device.ips)
         inventory.devices.update(devices)
         return None

@@ -114,6 +114,18 @@ def test_store_round_trip_is_atomic_and_private(tmp_path: Path, classifier: Clas
     assert loaded.devices[PACS].pinned_segment
 
 
+def test_an_older_store_learns_which_macs_front_other_hosts(tmp_path: Path, classifier: Classifier) -> None:
+    """A file written before fronts_others: a gateway's MAC with three subnets' addresses is one when loaded."""
+    from medseg_xdp.statefile import StateFile
+
+    store = InventoryStore(tmp_path)
+    record = {"mac": "00:00:0c:07:ac:28", "first_seen": 1.0, "last_seen": 2.0, "ips": {f"10.{n}.0.1": [1.0, 2.0] for n in range(3)}}
+    StateFile(store.path, 1).write([record])
+    assert msgpack.unpackb(store.path.read_bytes())["body"][0].get("fronts_others") is None
+    loaded = Inventory(classifier)
+    assert store.load(loaded) is None and loaded.devices["00:00:0c:07:ac:28"].fronts_others
+
+
 @pytest.mark.parametrize("content", [b"\xc1garbage", msgpack.packb({"version": 99, "body": []}), msgpack.packb([1, 2]), msgpack.packb({"version": 1, "body": [{"mac": 1}]})])
 def test_an_unreadable_store_is_kept_aside_and_reported(tmp_path: Path, classifier: Classifier, content: bytes) -> None:
     store = InventoryStore(tmp_path)
