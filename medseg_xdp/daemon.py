@@ -35,6 +35,7 @@ from medseg_xdp import config as config_mod
 from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
+from medseg_xdp.breakglass import BreakGlassRecord
 from medseg_xdp.breakglass import describe as describe_restored
 from medseg_xdp.breakglass import restore as restore_break_glass
 from medseg_xdp.config import Config, ConfigError
@@ -183,7 +184,8 @@ class Daemon:
 
     def start(self) -> None:
         self.preflight()
-        for problem in (self.inventory_store.load(self.inventory), self.baseline_store.load(self.baseline), self._load_rule_ids(), self.exceptions.load()):
+        placements_lost = [problem for problem in (self.inventory_store.load(self.inventory), self.exceptions.load()) if problem]
+        for problem in (*placements_lost, self.baseline_store.load(self.baseline), self._load_rule_ids()):
             if problem:
                 log.error("%s", problem)
         self.ifindex = self._port_indexes(self.config)
@@ -193,6 +195,8 @@ class Daemon:
         self.apply("start")
         if not resumed:  # maps that survived hold the flag themselves
             self._restore_break_glass()
+        if placements_lost:
+            self._break_glass_for_lost_placements(placements_lost)
         # replace=True: a program left by a killed daemon is swapped atomically, maps kept
         self.attachments = self.loader.attach(list(self.config.ports), netns_name=self.netns, replace=True)
         self.enforcing = {a.ifname: True for a in self.attachments}
@@ -215,6 +219,20 @@ class Daemon:
         state = restore_break_glass(self.dataplane, self.state_dir, self.audit, self.config.bridge, os.getuid(), self.clock)
         if state is not None:
             log.warning("%s", describe_restored(state))
+
+    def _break_glass_for_lost_placements(self, problems: list[str]) -> None:
+        """The inventory or the exceptions could not be read: pins, imported and learned classes and device
+        exceptions are gone, and enforcing without them can cut devices off (a pinned pump falls back to its
+        address). Break-glass, before the ports are attached, until a person has put them back."""
+        assert self.dataplane is not None
+        if self.dataplane.break_glass():
+            return
+        reason = "placements unreadable at start (" + "; ".join(problems) + ")"
+        BreakGlassRecord(self.state_dir, self.clock).record(True, os.getuid(), reason)  # first: a reboot loses the maps
+        self.dataplane.set_break_glass(True)
+        self.audit.append("break-glass on", os.getuid(), reason, {"bridge": self.config.bridge, "was": "off"})
+        log.critical("BREAK-GLASS ON: %s; nothing is dropped by policy until `medseg-xdp break-glass off` after the pins, "
+                     "asset classes and exceptions are back", reason)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGHUP, self._on_signal)

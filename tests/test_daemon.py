@@ -229,6 +229,33 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
             stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
 
 
+def test_unreadable_placements_start_in_break_glass(tmp_path: Path) -> None:
+    """The inventory (pins, asset classes) cannot be read at a start: enforcing without it can cut devices off,
+    so the daemon starts in break-glass, audited, until a person has put the placements back."""
+    state_dir = tmp_path / "state"
+    config = tmp_path / "policy.toml"
+    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
+    write_policy(config, state_dir, **{"[segments.pacs]\n": clients})
+    cli = [sys.executable, "-m", "medseg_xdp.cli"]
+    log = tmp_path / "daemon.log"
+    with InlineBridge() as ward:
+        start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [22])
+        process = start_daemon(ward, config, state_dir, log)
+        try:
+            assert not exchange(ward.client_ns, "tcp", SERVER, 22, timeout=1.0)
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
+            (state_dir / "inventory.msgpack").write_bytes(b"\xc1 not msgpack")
+            process = start_daemon(ward, config, state_dir, log)
+            assert request(control_socket(state_dir), "status")["break_glass"] is True
+            assert exchange(ward.client_ns, "tcp", SERVER, 22)  # nothing dropped by policy
+            assert "BREAK-GLASS ON: placements unreadable at start" in log.read_text()
+            audit = subprocess.run([*cli, "audit", "--json", "--state-dir", str(state_dir)], capture_output=True, text=True, check=True)
+            last = json.loads(audit.stdout.splitlines()[-1])
+            assert last["action"] == "break-glass on" and "inventory.msgpack" in last["reason"], last
+        finally:
+            stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
+
+
 def test_break_glass_outlives_a_reboot(tmp_path: Path) -> None:
     """bpffs lives in memory: a daemon starting on fresh maps turns break-glass on again from state_dir's record."""
     state_dir = tmp_path / "state"
