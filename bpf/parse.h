@@ -343,10 +343,14 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt,
 		return PARSE_L2_CONTROL;
 	if (proto < ETH_P_802_3_MIN_ && snap_wraps_ip(cursor, end))
 		return PARSE_MALFORMED;
-	/* 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00 */
-	if (proto < ETH_P_802_3_MIN_ && eth->h_dest[0] == 0x01 && eth->h_dest[1] == 0x80 &&
-	    eth->h_dest[2] == 0xc2 && eth->h_dest[3] == 0 && eth->h_dest[4] == 0 &&
-	    eth->h_dest[5] == 0)
+	/* 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00;
+	 * Cisco's CDP, VTP, DTP and UDLD to 01:00:0c:cc:cc:cc and PVST+ BPDUs
+	 * to 01:00:0c:cc:cc:cd (a Cisco campus' loop protection) */
+	if (proto < ETH_P_802_3_MIN_ && eth->h_dest[0] == 0x01 &&
+	    ((eth->h_dest[1] == 0x80 && eth->h_dest[2] == 0xc2 && eth->h_dest[3] == 0 &&
+	      eth->h_dest[4] == 0 && eth->h_dest[5] == 0) ||
+	     (eth->h_dest[1] == 0x00 && eth->h_dest[2] == 0x0c && eth->h_dest[3] == 0xcc &&
+	      eth->h_dest[4] == 0xcc && (eth->h_dest[5] & 0xfe) == 0xcc)))
 		return PARSE_L2_CONTROL;
 	return PARSE_OTHER_ETHERTYPE;
 }

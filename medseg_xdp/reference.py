@@ -66,6 +66,7 @@ ETH_P_802_3_MIN = 0x0600
 VLAN_HLEN = 4
 VLAN_VID_MASK = 0x0FFF
 STP_MAC = bytes.fromhex("0180c2000000")
+CISCO_L2_MACS = frozenset({bytes.fromhex("01000ccccccc"), bytes.fromhex("01000ccccccd")})  # CDP, VTP, DTP, UDLD; PVST+
 
 IPV4_HLEN = 20
 IPV4_MF = 0x2000
@@ -520,8 +521,8 @@ def parse_packet(ctx: XdpContext, pkt: Packet) -> ParseResult:
         return ParseResult.L2_CONTROL
     if proto < ETH_P_802_3_MIN and snap_wraps_ip(frame, cursor):
         return ParseResult.MALFORMED
-    # 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00
-    if proto < ETH_P_802_3_MIN and pkt.eth_dst == STP_MAC:
+    # 802.3 length field: STP BPDUs travel as LLC to 01:80:c2:00:00:00, Cisco's CDP/VTP/DTP/UDLD and PVST+ to theirs
+    if proto < ETH_P_802_3_MIN and (pkt.eth_dst == STP_MAC or pkt.eth_dst in CISCO_L2_MACS):
         return ParseResult.L2_CONTROL
     return ParseResult.OTHER_ETHERTYPE
 
