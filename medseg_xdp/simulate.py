@@ -228,6 +228,8 @@ class SimulationReport:
         if self.not_replayed:
             lines.append(f"{self.not_replayed} flows between other endpoint pairs were not replayed (the baseline keeps examples only).")
         lines.append(f"Baseline: {self.window()}.")
+        lines.append("Not modelled: bridge ports (a segment's port binding, trusted ports, per-port VLANs and PVIDs), replies, "
+                     "and endpoint pairs beyond the examples: check those on the bridge, in monitor mode, before enforcing.")
         if self.no_evidence:
             lines.append("NO EVIDENCE: there was nothing to replay (a fresh install, or the wrong --state-dir?), so nothing is known "
                          "about what this policy would drop. Learn first, or pass --pcap.")
