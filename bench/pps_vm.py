@@ -69,6 +69,12 @@ def timed(read: Callable[[], dict[str, int]]) -> tuple[float, dict[str, int]]:
     return (started + time.perf_counter()) / 2, counters
 
 
+# measure() scales three reads to portA's interval, exact only at a constant offered rate: a generator slowed by
+# the host's load skews them by a percent or so (98.9% of an all-dropped stream counted, in one CI run), which
+# is the method's error, not frames handled otherwise.
+SCALED_READ_TOLERANCE = 0.03
+
+
 def measure(case: pps.Case, window: float, extra: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
     """Counts over `window` while the generator sends.
 
@@ -181,7 +187,7 @@ def summarise(args: argparse.Namespace) -> None:
     order = {case.name: i for i, case in enumerate(pps.CASES)}
     data["results"].sort(key=lambda r: order.get(r["case"], 99))
     for result in data["results"]:
-        result["counters_agree"] = pps.handled_as_expected(result)
+        result["counters_agree"] = pps.handled_as_expected(result, SCALED_READ_TOLERANCE)
     data["targets"] = pps.targets(data, medium="virtio-net")
     lines = pps.report(data, per_frame="ns/frame (receiver)")
     lines[0] = "### Part 2 across VMs: packets per second into a virtio-net NIC (pktgen on another VM)"
