@@ -229,15 +229,19 @@ def test_kill_9_keeps_enforcing_and_a_restart_resumes(tmp_path: Path) -> None:
             stop_and_unload(process, config, ward, DEFAULT_PIN_ROOT / f"dtest{os.getpid()}")
 
 
+def clients_enforcing(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The state dir, policy and log of a daemon whose clients' segment enforces a default drop."""
+    state_dir, config = tmp_path / "state", tmp_path / "policy.toml"
+    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
+    write_policy(config, state_dir, **{"[segments.pacs]\n": clients})
+    return state_dir, config, tmp_path / "daemon.log"
+
+
 def test_unreadable_placements_start_in_break_glass(tmp_path: Path) -> None:
     """The inventory (pins, asset classes) cannot be read at a start: enforcing without it can cut devices off,
     so the daemon starts in break-glass, audited, until a person has put the placements back."""
-    state_dir = tmp_path / "state"
-    config = tmp_path / "policy.toml"
-    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
-    write_policy(config, state_dir, **{"[segments.pacs]\n": clients})
+    state_dir, config, log = clients_enforcing(tmp_path)
     cli = [sys.executable, "-m", "medseg_xdp.cli"]
-    log = tmp_path / "daemon.log"
     with InlineBridge() as ward:
         start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [22])
         process = start_daemon(ward, config, state_dir, log)
@@ -258,12 +262,8 @@ def test_unreadable_placements_start_in_break_glass(tmp_path: Path) -> None:
 
 def test_break_glass_outlives_a_reboot(tmp_path: Path) -> None:
     """bpffs lives in memory: a daemon starting on fresh maps turns break-glass on again from state_dir's record."""
-    state_dir = tmp_path / "state"
-    config = tmp_path / "policy.toml"
-    clients = f'[segments.clients]\nmacs = ["{DEFAULT_CLIENT.mac}"]\nmode = "enforce"\ndefault = "drop"\n\n[segments.pacs]\n'
-    write_policy(config, state_dir, **{"[segments.pacs]\n": clients})
+    state_dir, config, log = clients_enforcing(tmp_path)
     cli = [sys.executable, "-m", "medseg_xdp.cli"]
-    log = tmp_path / "daemon.log"
     with InlineBridge() as ward:
         start_echo_server(ward.server_ns, "tcp", "0.0.0.0", [104, 22])
         process = start_daemon(ward, config, state_dir, log)
