@@ -67,6 +67,11 @@ def b(packet: object) -> bytes:
     return bytes(packet)  # type: ignore[call-overload]
 
 
+def mld_report(src: str = "fe80::5", dst: str = "ff02::16", eth_dst: str = "33:33:00:00:00:16", hlim: int = 1) -> bytes:
+    """An MLDv2 report (ICMPv6 type 143) from the modality, as the MLD rail cases vary it."""
+    return b(Ether(src=MODALITY, dst=eth_dst) / IPv6(src=src, dst=dst, hlim=hlim, nh=58) / Raw(bytes([143]) + bytes(27)))
+
+
 def dicom_syn(sport: int) -> Ether:
     return modality() / TCP(sport=sport, dport=104, flags="S")
 
@@ -330,7 +335,7 @@ CASES = [
     ),
     Case(
         "an MLDv2 report to a group passes as a rail, whatever the policy",
-        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(), "portA")],
         "pass", "rail_nd", sample="flowless",
     ),
     Case(
@@ -341,27 +346,27 @@ CASES = [
     ),
     Case(
         "an MLD report before DAD (unspecified source) is a rail too",
-        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(src="::"), "portA")],
         "pass", "rail_nd", sample="flowless",
     ),
     Case(
         "MLD in a frame to one device's MAC is no rail",
-        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fe80::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(eth_dst=ROUTER), "portA")],
         "drop", "segment_default", "default:modalities", sample="drop_event",
     ),
     Case(
         "MLD to a unicast address is no rail",
-        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="fd00:2::5", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(dst="fd00:2::5"), "portA")],
         "drop", "segment_default", "default:modalities", sample="drop_event",
     ),
     Case(
         "MLD from a global source is no rail (hosts discard it)",
-        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fd00:1::5", dst="ff02::16", hlim=1, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(src="fd00:1::5"), "portA")],
         "drop", "segment_default", "default:modalities", sample="drop_event",
     ),
     Case(
         "MLD with hop limit 64 is no rail",
-        [(b(Ether(src=MODALITY, dst="33:33:00:00:00:16") / IPv6(src="fe80::5", dst="ff02::16", hlim=64, nh=58) / Raw(bytes([143]) + bytes(27))), "portA")],
+        [(mld_report(hlim=64), "portA")],
         "drop", "segment_default", "default:modalities",
     ),
     Case(
