@@ -21,11 +21,12 @@ inventory give the same text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from medseg_xdp.baseline import Baseline, FlowRecord
+from medseg_xdp.baseline import Baseline, Example, FlowRecord
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, Catalog
 from medseg_xdp.config import PROTOCOLS, PSEUDO_SEGMENTS, protocol_name
 from medseg_xdp.inventory import Inventory
@@ -56,6 +57,13 @@ def safe_comment(text: str) -> str:
     return cleaned[:MAX_COMMENT_TEXT] + ("..." if len(cleaned) > MAX_COMMENT_TEXT else "")
 
 
+def routed_segment(address: str) -> tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The proposal's segment for hosts routed behind a gateway: the address's /24 (IPv6: /64)."""
+    ip = ipaddress.ip_address(address)
+    prefix = ipaddress.ip_network(f"{address}/{24 if ip.version == 4 else 64}", strict=False)
+    return f"routed-{str(prefix.network_address).replace('.', '-').replace(':', '-')}-{prefix.prefixlen}", prefix
+
+
 @dataclass(frozen=True)
 class _RuleKey:
     src: str
@@ -84,6 +92,7 @@ class _Proposal:
         self.min_flows = min_flows
         self.source = baseline
         self.gateways = sorted(mac for mac, device in inventory.devices.items() if device.fronts_others and not device.pinned_class)
+        self.routed: dict[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, set[str], int]] = {}  # segment -> prefix, gateways, flows
         seen = {group.removeprefix("class:") for record in self.learned for group in (record.src_group, record.dst_group)}
         seen |= {device.device_class for mac, device in inventory.devices.items() if mac not in self.gateways}
         self.classes = sorted(c for c in seen if c in catalog.classes and c != UNKNOWN)
@@ -91,8 +100,7 @@ class _Proposal:
         self.rails: dict[_RuleKey, list[FlowRecord]] = {}
         self.too_few: dict[_RuleKey, list[FlowRecord]] = {}
         self.unanswered: dict[_RuleKey, list[FlowRecord]] = {}
-        for record in self.learned:
-            key = _RuleKey(self.segment_of(record.src_group), self.segment_of(record.dst_group), record.proto, record.port)
+        for record, key in (part for whole in self.learned for part in self.routed_parts(whole)):
             if record.is_rail:
                 wanted = self.rails
             elif record.proto == PROTOCOLS["tcp"] and not record.answered:
@@ -109,6 +117,33 @@ class _Proposal:
             ranked = sorted(self.rules, key=lambda k: (-_flows(self.rules[k]), -max(r.last_seen for r in self.rules[k]), _order(k)))
             self.over_budget = {key: self.rules.pop(key) for key in ranked[max_rules:]}
 
+    def routed_parts(self, record: FlowRecord) -> Iterator[tuple[FlowRecord, _RuleKey]]:
+        """The record under its groups' segments, less the examples with an end behind a gateway: those go to
+        the segment of that end's routed prefix (routed_segment), one part per segment pair."""
+        parts: dict[tuple[str, str], list[Example]] = {}
+        for example in record.examples:
+            ends = (self.routed_end(example.src_mac, example.src_ip, example.flows), self.routed_end(example.dst_mac, example.dst_ip, example.flows))
+            if ends != (None, None):
+                parts.setdefault((ends[0] or self.segment_of(record.src_group), ends[1] or self.segment_of(record.dst_group)), []).append(example)
+        moved = [example for examples in parts.values() for example in examples]
+        rest = [example for example in record.examples if example not in moved]
+        if rest or record.flows > sum(example.flows for example in moved):
+            remainder = _part(record, rest, record.flows - sum(e.flows for e in moved), record.answered - sum(e.answered for e in moved),
+                              record.midstream - sum(e.midstream for e in moved))
+            yield remainder, _RuleKey(self.segment_of(record.src_group), self.segment_of(record.dst_group), record.proto, record.port)
+        for (src, dst), examples in parts.items():
+            yield (_part(record, examples, sum(e.flows for e in examples), sum(e.answered for e in examples), sum(e.midstream for e in examples)),
+                   _RuleKey(src, dst, record.proto, record.port))
+
+    def routed_end(self, mac: str, ip: str, flows: int) -> str | None:
+        """The routed segment of an end whose MAC is a gateway's, else None."""
+        if mac not in self.gateways:
+            return None
+        name, prefix = routed_segment(ip)
+        _, gateways, seen = self.routed.get(name, (prefix, set(), 0))
+        self.routed[name] = (prefix, gateways | {mac}, seen + flows)
+        return name
+
     def segment_of(self, group: str) -> str:
         if group in PSEUDO_SEGMENTS:
             return group
@@ -119,6 +154,17 @@ class _Proposal:
         lines = self.header()
         for device_class in self.classes:
             lines += self.segment(device_class)
+        for name in sorted(self.routed):
+            prefix, gateways, flows = self.routed[name]
+            lines += [
+                f"# Hosts in {prefix}, routed behind {', '.join(sorted(gateways))} ({count(flows, 'flow')} learned): rename",
+                "# the segment after the servers it holds (the PACS, the EHR), and narrow the prefix to them.",
+                f"[segments.{name}]",
+                f'prefixes = ["{prefix}"]',
+                'mode = "monitor"',
+                'default = "drop"',
+                "",
+            ]
         lines += [
             "# Devices the inventory has not classified, and hosts it does not know (e.g. beyond a router).",
             "[segments.unassigned]",
@@ -165,9 +211,9 @@ class _Proposal:
             lines += [
                 "#",
                 "# Gateways: these MACs send from addresses in several subnets, so they carry routed hosts' packets.",
-                "# A gateway's MAC places no one: the hosts behind it are placed by address, and in this proposal",
-                "# they are in 'unassigned'. Name the servers behind it (PACS, HL7 engine, EHR) by prefix segments",
-                "# and move their rules there. Pin a MAC's class if it is not a gateway.",
+                "# A gateway's MAC places no one: the hosts behind it are placed by address. This proposal gives",
+                "# each /24 (IPv6: /64) it saw behind one a segment of its own (routed-...); rename them after the",
+                "# servers they hold. Pin a MAC's class if it is not a gateway.",
             ]
             for mac in self.gateways:
                 device = self.inventory.devices[mac]
@@ -241,6 +287,13 @@ class _Proposal:
                 lines.append(f"#   and {len(keys) - MAX_LISTED} more")
             lines.append("")
         return lines
+
+
+def _part(record: FlowRecord, examples: list[Example], flows: int, answered: int, midstream: int) -> FlowRecord:
+    """A share of a record: some of its examples, and the flows they (or the rest) stand for."""
+    first = min((e.first_seen for e in examples), default=record.first_seen)
+    last = max((e.last_seen for e in examples), default=record.last_seen)
+    return FlowRecord(record.src_group, record.dst_group, record.proto, record.port, flows, first, last, examples, answered, midstream)
 
 
 def _order(key: _RuleKey) -> tuple[str, str, int, int]:

@@ -277,7 +277,8 @@ def routed_frames() -> list[Frame]:
 def test_a_gateways_mac_places_no_one_and_the_proposal_says_so(catalog: Catalog) -> None:
     """The classifier took the gateway for a lab analyzer (it carries an analyzer server's replies). Its MAC fronts
     three subnets: it gets no class-based placement, its flows are learned as to 'unknown' (the routed hosts,
-    placed by address), and the proposal names it instead of giving it a segment."""
+    placed by address), and the proposal names it, and gives each routed /24 a prefix segment, instead of giving
+    it a segment."""
     inventory = inventory_of(catalog)
     inventory.device(GATEWAY_MAC, T0).device_class = "lab_analyzer"
     frames = routed_frames()
@@ -292,8 +293,12 @@ def test_a_gateways_mac_places_no_one_and_the_proposal_says_so(catalog: Catalog)
     text = propose(baseline, inventory, catalog)
     assert f"#   {GATEWAY_MAC}: 3 addresses, e.g. 10.100.1.5, 10.101.0.53, 10.102.0.9" in text
     policy = config.parse(text)
-    assert "lab-analyzer" not in policy.segments and [r.name for r in policy.rules] == ["infusion-pump-to-unassigned-tcp-443"]
-    assert simulate(policy, baseline, inventory, catalog).clean
+    routed = ["routed-10-100-1-0-24", "routed-10-101-0-0-24", "routed-10-102-0-0-24"]
+    assert "lab-analyzer" not in policy.segments and [str(p) for name in routed for p in policy.segments[name].prefixes] == [
+        "10.100.1.0/24", "10.101.0.0/24", "10.102.0.0/24"]
+    assert sorted(r.name for r in policy.rules) == [f"infusion-pump-to-{name}-tcp-443" for name in routed]
+    report = simulate(policy, baseline, inventory, catalog)
+    assert report.clean and report.replayed.passed == 3
 
 
 def test_a_device_keeps_its_most_recent_addresses() -> None:
