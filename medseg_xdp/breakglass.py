@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from medseg_xdp.audit import AuditLog
+from medseg_xdp.audit import AuditEntry, AuditLog
 from medseg_xdp.statefile import StateFile
 
 FILE_NAME = "break_glass.msgpack"
@@ -54,6 +54,16 @@ class BreakGlassFlag(Protocol):
 
     def break_glass(self) -> bool: ...
     def set_break_glass(self, on: bool, grace_s: float = ...) -> None: ...
+
+
+def switch(flag: BreakGlassFlag, on: bool, state_dir: Path, audit: AuditLog, bridge: str, uid: int, reason: str,
+           clock: Callable[[], float] = time.time) -> AuditEntry:
+    """Turn break-glass on or off: recorded in state_dir first (a reboot loses the maps, not the record), then
+    the flag, then the audit entry."""
+    was = flag.break_glass()
+    BreakGlassRecord(state_dir, clock).record(on, uid, reason)
+    flag.set_break_glass(on)
+    return audit.append(f"break-glass {'on' if on else 'off'}", uid, reason, {"bridge": bridge, "was": "on" if was else "off"})
 
 
 def restore(flag: BreakGlassFlag, state_dir: Path, audit: AuditLog, bridge: str, uid: int,

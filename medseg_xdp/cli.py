@@ -368,7 +368,7 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     """Works on the pinned maps directly: with the daemon down too."""
     from medseg_xdp.audit import AuditLog, caller_uid
     from medseg_xdp.bpfsys import BpfError
-    from medseg_xdp.breakglass import BreakGlassRecord
+    from medseg_xdp.breakglass import switch
     from medseg_xdp.dataplane import Dataplane
     from medseg_xdp.events import EventExporter
     from medseg_xdp.loader import Loader
@@ -382,13 +382,10 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
         raise CliError(f"no pinned state for bridge {cfg.bridge} at {pin_dir}: is medseg-xdp loaded? ({exc.strerror})") from exc
     on = args.state == "on"
     state_dir = args.state_dir or cfg.daemon.state_dir
-    with dataplane:
-        was = dataplane.break_glass()
-        BreakGlassRecord(state_dir).record(on, caller_uid(), args.reason)  # first: a reboot loses the maps, not this
-        dataplane.set_break_glass(on)
     events = EventExporter.from_settings(cfg.events)
     try:
-        entry = AuditLog(state_dir, events).append(f"break-glass {args.state}", caller_uid(), args.reason, {"bridge": cfg.bridge, "was": "on" if was else "off"})
+        with dataplane:
+            entry = switch(dataplane, on, state_dir, AuditLog(state_dir, events), cfg.bridge, caller_uid(), args.reason)
     finally:
         events.close()
     for (destination, why), count in events.counters.dropped.items():

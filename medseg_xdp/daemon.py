@@ -35,9 +35,9 @@ from medseg_xdp import config as config_mod
 from medseg_xdp.assets import import_assets, parse_assets
 from medseg_xdp.audit import AuditLog
 from medseg_xdp.baseline import Baseline, BaselineStore
-from medseg_xdp.breakglass import BreakGlassRecord
 from medseg_xdp.breakglass import describe as describe_restored
 from medseg_xdp.breakglass import restore as restore_break_glass
+from medseg_xdp.breakglass import switch as switch_break_glass
 from medseg_xdp.config import Config, ConfigError
 from medseg_xdp.control import ControlServer
 from medseg_xdp.dataplane import Dataplane
@@ -228,9 +228,7 @@ class Daemon:
         if self.dataplane.break_glass():
             return
         reason = "placements unreadable at start (" + "; ".join(problems) + ")"
-        BreakGlassRecord(self.state_dir, self.clock).record(True, os.getuid(), reason)  # first: a reboot loses the maps
-        self.dataplane.set_break_glass(True)
-        self.audit.append("break-glass on", os.getuid(), reason, {"bridge": self.config.bridge, "was": "off"})
+        switch_break_glass(self.dataplane, True, self.state_dir, self.audit, self.config.bridge, os.getuid(), reason, self.clock)
         log.critical("BREAK-GLASS ON: %s; nothing is dropped by policy until `medseg-xdp break-glass off` after the pins, "
                      "asset classes and exceptions are back", reason)
 
