@@ -374,7 +374,7 @@ class Daemon:
             compiled = compile_policy(effective, gen, ifindex.__getitem__, placed, self.rule_ids, pins)
             self.rule_names = compiled.rule_names
             # the class a device shows now too: with reclassify = "report" it stays placed by its first one
-            warnings = {*compiled.warnings, *unguarded_life_critical(effective, device_segments(effective, placed, pins), self.inventory.current_classes())}
+            warnings = {*compiled.warnings, *unguarded_life_critical(effective, compiled.members, self.inventory.current_classes())}
             for warning in sorted(warnings - self.compile_warnings):  # each once, not at every apply
                 log.warning("policy: %s", warning)
             self.compile_warnings = warnings

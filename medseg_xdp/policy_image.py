@@ -32,6 +32,7 @@ class CompiledPolicy:
     contents: MapContents
     rule_names: dict[int, str]  # rule id -> rule name ("default:<segment>" for defaults)
     warnings: list[str]  # e.g. rules that can never match
+    members: dict[str, str]  # MAC -> segment of the devices placed by MAC (device_segments)
 
 
 def port_prefixes(low: int, high: int) -> list[tuple[int, int]]:
@@ -103,7 +104,7 @@ def compile_policy(
         _check_capacity(config, contents)
     except ConfigError as exc:  # found only when the whole policy is laid out: the file, at least, is known
         raise ConfigError(f"{config.source}: {exc}") from exc
-    return CompiledPolicy(contents, rule_names, warnings)
+    return CompiledPolicy(contents, rule_names, warnings, members)
 
 
 def unguarded_life_critical(config: Config, members: Mapping[str, str], class_of: Mapping[str, str]) -> list[str]:
