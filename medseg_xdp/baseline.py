@@ -101,7 +101,7 @@ def group_of(mac: str, inventory: Inventory) -> str:
     if mac and int(mac[:2], 16) & 1:
         return "multicast"
     device = inventory.devices.get(mac)
-    if device is None or device.fronts_others and not device.pinned_class:
+    if device is None or device.is_gateway:
         return UNKNOWN_GROUP  # a gateway's MAC stands for the routed hosts behind it, not for one class
     return f"class:{device.device_class}"
 

@@ -72,6 +72,12 @@ class Device:
     fronts_others: bool = False  # sends from addresses in GATEWAY_MIN_SUBNETS subnets or more: a router or gateway
 
     @property
+    def is_gateway(self) -> bool:
+        """Its MAC stands for the hosts routed behind it, not for one class: it fronts others, and no person
+        pinned its class."""
+        return self.fronts_others and not self.pinned_class
+
+    @property
     def placement_class(self) -> str:
         """The class that places the device in a class-based segment: a pinned class; else the class it
         was placed by (a classified device that looks like another class later is reported, not moved,
@@ -154,8 +160,14 @@ def fronts_others(addresses: Iterable[str]) -> bool:
     for address in addresses:
         ip = ipaddress.ip_address(address)
         if not ip.is_link_local:
-            subnets[ip.version].add(ipaddress.ip_network(f"{address}/{24 if ip.version == 4 else 64}", strict=False))
+            subnets[ip.version].add(subnet_of(address))
     return max(len(family) for family in subnets.values()) >= GATEWAY_MIN_SUBNETS
+
+
+def subnet_of(address: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The subnet a host address is taken to be in: its /24, or for IPv6 its /64."""
+    ip = ipaddress.ip_address(address)
+    return ipaddress.ip_network(f"{address}/{24 if ip.version == 4 else 64}", strict=False)
 
 
 def _add_bounded(items: list[str], value: str, limit: int) -> None:
@@ -299,7 +311,7 @@ class Inventory:
     def placement_classes(self) -> dict[str, str]:
         """MAC -> the class segment placement follows (Device.placement_class). A gateway's MAC (fronts_others)
         has none unless a person pinned its class: by MAC, it would place every host routed behind it."""
-        return {mac: device.placement_class for mac, device in self.devices.items() if device.pinned_class or not device.fronts_others}
+        return {mac: device.placement_class for mac, device in self.devices.items() if not device.is_gateway}
 
     def live_pins(self, config: Config) -> dict[str, str]:
         """MAC -> segment of the devices pinned to a segment that config has (others are logged and ignored)."""

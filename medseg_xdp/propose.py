@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from medseg_xdp.baseline import Baseline, Example, FlowRecord
 from medseg_xdp.classify import LIFE_CRITICAL, UNKNOWN, Catalog
 from medseg_xdp.config import PROTOCOLS, PSEUDO_SEGMENTS, protocol_name
-from medseg_xdp.inventory import Inventory
+from medseg_xdp.inventory import Inventory, subnet_of
 
 MAX_LISTED = 20  # left-out records listed by name in the closing comment
 # Rules proposed at most, the best-evidenced first: a scan during learning must not yield a policy that
@@ -58,9 +58,8 @@ def safe_comment(text: str) -> str:
 
 
 def routed_segment(address: str) -> tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The proposal's segment for hosts routed behind a gateway: the address's /24 (IPv6: /64)."""
-    ip = ipaddress.ip_address(address)
-    prefix = ipaddress.ip_network(f"{address}/{24 if ip.version == 4 else 64}", strict=False)
+    """The proposal's segment for hosts routed behind a gateway: the address's subnet (subnet_of)."""
+    prefix = subnet_of(address)
     return f"routed-{str(prefix.network_address).replace('.', '-').replace(':', '-')}-{prefix.prefixlen}", prefix
 
 
@@ -91,7 +90,7 @@ class _Proposal:
         self.catalog = catalog
         self.min_flows = min_flows
         self.source = baseline
-        self.gateways = sorted(mac for mac, device in inventory.devices.items() if device.fronts_others and not device.pinned_class)
+        self.gateways = frozenset(mac for mac, device in inventory.devices.items() if device.is_gateway)
         self.routed: dict[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, set[str], int]] = {}  # segment -> prefix, gateways, flows
         seen = {group.removeprefix("class:") for record in self.learned for group in (record.src_group, record.dst_group)}
         seen |= {device.device_class for mac, device in inventory.devices.items() if mac not in self.gateways}
@@ -121,12 +120,14 @@ class _Proposal:
         """The record under its groups' segments, less the examples with an end behind a gateway: those go to
         the segment of that end's routed prefix (routed_segment), one part per segment pair."""
         parts: dict[tuple[str, str], list[Example]] = {}
+        rest: list[Example] = []
         for example in record.examples:
             ends = (self.routed_end(example.src_mac, example.src_ip, example.flows), self.routed_end(example.dst_mac, example.dst_ip, example.flows))
-            if ends != (None, None):
+            if ends == (None, None):
+                rest.append(example)
+            else:
                 parts.setdefault((ends[0] or self.segment_of(record.src_group), ends[1] or self.segment_of(record.dst_group)), []).append(example)
         moved = [example for examples in parts.values() for example in examples]
-        rest = [example for example in record.examples if example not in moved]
         if rest or record.flows > sum(example.flows for example in moved):
             remainder = _part(record, rest, record.flows - sum(e.flows for e in moved), record.answered - sum(e.answered for e in moved),
                               record.midstream - sum(e.midstream for e in moved))
@@ -215,7 +216,7 @@ class _Proposal:
                 "# each /24 (IPv6: /64) it saw behind one a segment of its own (routed-...); rename them after the",
                 "# servers they hold. Pin a MAC's class if it is not a gateway.",
             ]
-            for mac in self.gateways:
+            for mac in sorted(self.gateways):
                 device = self.inventory.devices[mac]
                 lines.append(f"#   {mac}: {len(device.ips)} addresses, e.g. {', '.join(sorted(device.ips)[:3])}")
         return [*lines, ""]
