@@ -674,8 +674,8 @@ class Daemon:
 
 def _flow_row(key: Any, entry: Any, cfg: Config, rule_names: dict[int, str]) -> dict[str, Any]:
     width = 4 if key.family == abi.const("FAMILY_IPV4") else 16
-    lo = ipaddress.ip_address(bytes(key.addr_lo[:width]))
-    hi = ipaddress.ip_address(bytes(key.addr_hi[:width]))
+    lo = ipaddress.ip_address(bytes(key.addr_lo)[:width])
+    hi = ipaddress.ip_address(bytes(key.addr_hi)[:width])
     port_lo, port_hi = (int.from_bytes(p.to_bytes(2, "little"), "big") for p in (key.port_lo, key.port_hi))
     mac_lo, mac_hi = (":".join(f"{b:02x}" for b in bytes(mac)) for mac in (entry.mac_lo, entry.mac_hi))
     initiator, responder = ((lo, port_lo, mac_lo), (hi, port_hi, mac_hi)) if entry.initiator_is_lo else ((hi, port_hi, mac_hi), (lo, port_lo, mac_lo))

@@ -780,13 +780,13 @@ class ReferenceDataplane:
             src_is_lo = pkt.sport <= pkt.dport
         key = abi.FlowKey(proto=pkt.proto, family=pkt.family, vlan=vlan)
         if src_is_lo:
-            key.addr_lo[:] = pkt.src
-            key.addr_hi[:] = pkt.dst
+            key.addr_lo[:] = src_words
+            key.addr_hi[:] = dst_words
             key.port_lo = pkt.sport
             key.port_hi = pkt.dport
         else:
-            key.addr_lo[:] = pkt.dst
-            key.addr_hi[:] = pkt.src
+            key.addr_lo[:] = dst_words
+            key.addr_hi[:] = src_words
             key.port_lo = pkt.dport
             key.port_hi = pkt.sport
         return key, src_is_lo

@@ -426,7 +426,7 @@ def test_flow_key_compares_little_endian_words_then_native_ports() -> None:
     # 1.0.0.2 is the smaller address in network order, not as a native word
     key, src_is_lo = key_of("1.0.0.2", "2.0.0.1", 10, 20)
     assert not src_is_lo
-    assert bytes(key.addr_lo[:4]) == bytes([2, 0, 0, 1])
+    assert bytes(key.addr_lo)[:4] == bytes([2, 0, 0, 1])
     assert (key.port_lo, key.port_hi) == (socket.htons(20), socket.htons(10))
     # equal addresses: port 256 (bytes 01 00) is below port 2 (bytes 00 02)
     key, src_is_lo = key_of("10.0.0.1", "10.0.0.1", 2, 256)
@@ -478,7 +478,7 @@ def test_vlan_specific_prefix_then_any_vlan() -> None:
     def flow_vlan(source: str) -> int:
         packed = ipaddress.ip_address(source).packed
         keys = [abi.FlowKey.from_buffer_copy(key) for key in dp.flows]
-        (vlan,) = {k.vlan for k in keys if packed in (bytes(k.addr_lo[:4]), bytes(k.addr_hi[:4]))}
+        (vlan,) = {k.vlan for k in keys if packed in (bytes(k.addr_lo)[:4], bytes(k.addr_hi)[:4])}
         return vlan
 
     assert flow_vlan("10.1.6.2") == 10
