@@ -97,8 +97,9 @@ enum medseg_pressure {
 #define EPHEMERAL_PORT_LOW 32768
 
 /* Flags in struct segment_info.flags */
-#define SEGMENT_MGMT 1           /* management hosts: every flow passes (rail) */
+#define SEGMENT_MGMT 1           /* management hosts: every flow they open passes (rail) */
 #define SEGMENT_LIFE_CRITICAL 2  /* holds life-critical devices */
+#define SEGMENT_MGMT_INBOUND 4   /* and every flow opened towards them (management = true) */
 
 /* Flags in struct rail_host value */
 #define RAIL_HOST_DHCP_SERVER 1

@@ -227,7 +227,6 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 	struct endpoint_info src;
 	struct segment_info src_info, dst_info;
 	int enforce = resolve_endpoints(gen, a, d, &src, &src_info, &dst_info);
-	u8 flags = src_info.flags | dst_info.flags;
 
 	if (a->check_spoof && src.ifindex &&
 	    src.ifindex != ctx->ingress_ifindex) {
@@ -235,7 +234,11 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 			     REASON_SPOOFED, 0);
 		return;
 	}
-	if (flags & SEGMENT_MGMT) {
+	/* src is the end that opens the flow: a management host reaches every
+	 * device, and a device reaches it only by the policy, unless its
+	 * segment takes every flow (management = true). */
+	if ((src_info.flags & SEGMENT_MGMT) ||
+	    (dst_info.flags & SEGMENT_MGMT_INBOUND)) {
 		set_decision(d, VERDICT_PASS, REASON_RAIL_MGMT, 0);
 		return;
 	}

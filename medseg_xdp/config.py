@@ -113,6 +113,8 @@ def protocol_name(number: int) -> str:
     """'tcp' for 6; the number itself for protocols without a config name."""
     return next((name for name, value in PROTOCOLS.items() if value == number), str(number))
 ACTIONS = {action.name: action for action in abi.Action}
+# A segment's `management` value -> which flows with it pass as plumbing: none, the ones it opens, or every one.
+MANAGEMENT = {False: "", "outbound": "outbound", True: "both"}
 MODES = {mode.name: mode for mode in abi.Mode}
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -131,7 +133,7 @@ class Segment:
     mode: abi.Mode = abi.Mode.monitor
     default: abi.Action = abi.Action.allow
     life_critical: bool = False
-    management: bool = False
+    management: str = ""  # a MANAGEMENT value: "", "outbound" or "both"
     macs: tuple[str, ...] = ()
     prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     vlan: int = 0
@@ -360,6 +362,13 @@ class _Reader:
         extra = sorted(set(data) - allowed)
         if extra:
             raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
+
+
+def _management(r: _Reader, body: dict[str, Any], path: str) -> str:
+    value = body.get("management", False)
+    if not isinstance(value, (bool, str)) or value not in MANAGEMENT:
+        raise r.fail(path, f'must be true, false or "outbound", not {value!r}')
+    return MANAGEMENT[value]
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -698,7 +707,7 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             mode=mode,
             default=r.choice(body, "default", f"{path}.default", ACTIONS, abi.Action.allow),
             life_critical=life_critical,
-            management=r.get(body, "management", f"{path}.management", bool, False),
+            management=_management(r, body, f"{path}.management"),
             macs=tuple(macs),
             prefixes=tuple(prefixes),
             vlan=vlan,

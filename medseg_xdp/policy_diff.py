@@ -21,7 +21,8 @@ def _rule_text(rule: Rule) -> str:
 def _segment_text(cfg: Config, name: str) -> str:
     segment = cfg.segments[name]
     members = [*segment.classes, *(str(p) for p in segment.prefixes), *(f"vlan {v}" for v in segment.vlans)]
-    flags = [flag for flag, on in (("life-critical", segment.life_critical), ("management", segment.management)) if on]
+    management = {"outbound": "management (outbound)", "both": "management (both ways)"}.get(segment.management, "")
+    flags = [flag for flag in ("life-critical" if segment.life_critical else "", management) if flag]
     return f"mode {segment.mode.name}, default {segment.default.name}" + (f", {', '.join(flags)}" if flags else "") + (f" ({'; '.join(members)})" if members else "")
 
 

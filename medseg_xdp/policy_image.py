@@ -97,7 +97,7 @@ def compile_policy(
         members = device_segments(config, class_of or {}, pinned)
         _endpoints(config, generation, ifindex_of, members, contents)
         warnings = _rules(config, generation, contents, rule_names, ids) + unguarded_life_critical(config, members, class_of or {})
-        warnings += _untagged_vlans_differ(config)
+        warnings += _untagged_vlans_differ(config) + _open_to_every_device(config)
         _segment_infos(config, generation, contents, rule_names, ids)
         _rails(config, generation, contents)
         _in_place(config, ifindex_of, contents)
@@ -132,6 +132,15 @@ def _untagged_vlans_differ(config: Config) -> list[str]:
     return [f"bridge.pvid differs between ports ({listed}): a VLAN that crosses the bridge untagged on both sides needs the "
             "same pvid on both, or its replies miss their requests' flows (a new flow, judged from the server's side); "
             "a VLAN tagged on the other side is fine"]
+
+
+def _open_to_every_device(config: Config) -> list[str]:
+    """Management segments that every device may open any flow to: the hosts that hold the keys to the devices,
+    reachable on any port from a compromised one."""
+    return [f'segments.{name}: management = true passes every flow any device opens towards it, on any port; '
+            'management = "outbound" passes the flows its hosts open (and their replies) and leaves the devices\' '
+            'flows to it to the rules'
+            for name, segment in sorted(config.segments.items()) if segment.management == "both"]
 
 
 def _check_capacity(config: Config, contents: MapContents) -> None:
@@ -297,9 +306,9 @@ def _segment_infos(config: Config, gen: int, contents: MapContents, rule_names: 
         name = f"default:{segment.name}"
         rule_id = ids(name)
         rule_names[rule_id] = name
-        flags = (abi.const("SEGMENT_MGMT") if segment.management else 0) | (
-            abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0
-        )
+        flags = ((abi.const("SEGMENT_MGMT") if segment.management else 0)
+                 | (abi.const("SEGMENT_MGMT_INBOUND") if segment.management == "both" else 0)
+                 | (abi.const("SEGMENT_LIFE_CRITICAL") if segment.life_critical else 0))
         info = abi.SegmentInfo(default_rule_id=rule_id, name_hash=segment_name_hash(segment.name), mode=segment.mode,
                                default_action=segment.default, flags=flags, stats_slot=slots[segment.id])
         _put(contents, "segments", abi.SegmentKey(gen=gen, segment=segment.id), info)

@@ -725,15 +725,15 @@ class ReferenceDataplane:
         return enforce, src, src_info, dst_info
 
     def judge(self, ctx: XdpContext, gen: int, a: JudgeArgs, d: abi.Decision) -> None:
-        """judge(): spoofing, mgmt rail, the most specific rule, pair default, segment default."""
+        """judge(): spoofing, mgmt rail (a flow the management segment opens, or one towards it with management = true),
+        the most specific rule, pair default, segment default."""
         enforce, src, src_info, dst_info = self.resolve_endpoints(gen, a, d)
-        flags = src_info.flags | dst_info.flags
 
         if a.check_spoof and src.ifindex and src.ifindex != ctx.ingress_ifindex:
             verdict = C.VERDICT_DROP if enforce else C.VERDICT_AUDIT
             self.set_decision(d, verdict, C.REASON_SPOOFED, 0)
             return
-        if flags & C.SEGMENT_MGMT:
+        if src_info.flags & C.SEGMENT_MGMT or dst_info.flags & C.SEGMENT_MGMT_INBOUND:
             self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_MGMT, 0)
             return
 

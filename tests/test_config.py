@@ -311,6 +311,30 @@ def test_ports_with_different_untagged_vlans_are_a_compile_warning() -> None:
     assert compile_policy(even, 1, {"portA": 1, "uplink": 2}.__getitem__).warnings == []
 
 
+@pytest.mark.parametrize(("value", "management", "flags"), [
+    ("false", "", 0),
+    ('"outbound"', "outbound", abi.const("SEGMENT_MGMT")),
+    ("true", "both", abi.const("SEGMENT_MGMT") | abi.const("SEGMENT_MGMT_INBOUND")),
+])
+def test_management_opens_outbound_or_both_ways(value: str, management: str, flags: int) -> None:
+    cfg = parse(f"[segments.biomed]\nprefixes = [\"10.0.98.0/24\"]\nmanagement = {value}\n")
+    assert cfg.segments["biomed"].management == management
+    compiled = compile_policy(cfg, 1, {}.__getitem__)
+    info = compiled.contents["segments"][abi.to_bytes(abi.SegmentKey(gen=1, segment=cfg.segments["biomed"].id))]
+    assert abi.SegmentInfo.from_buffer_copy(info).flags == flags
+    # every device may open any flow towards a management = true segment: said at every compile
+    assert [w for w in compiled.warnings if "management = true" in w] == (
+        ['segments.biomed: management = true passes every flow any device opens towards it, on any port; management = "outbound" '
+         "passes the flows its hosts open (and their replies) and leaves the devices' flows to it to the rules"]
+        if management == "both" else [])
+
+
+@pytest.mark.parametrize("value", ['"inbound"', '"yes"', "1"])
+def test_management_takes_true_false_or_outbound(value: str) -> None:
+    with pytest.raises(ConfigError, match=r'segments\.x\.management: must be true, false or "outbound"'):
+        parse(f"[segments.x]\nmanagement = {value}\n")
+
+
 def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
     """`vlans` and `vlan` are separate keys: a segment's prefixes without `vlan` hold on any VLAN."""
     segment = parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20, 30]\n').segments["x"]

@@ -165,6 +165,34 @@ CASES = [
         [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.99.5", dst="10.0.2.5") / TCP(sport=3, dport=22, flags="S")), "portB")],
         "pass", "rail_mgmt", "-", "mgmt", "pacs",
     ),
+    Case(
+        "a device opens a flow towards a management = true segment: a rail too",
+        [(b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.99.5") / TCP(sport=40100, dport=445, flags="S")), "portB")],
+        "pass", "rail_mgmt", "-", "pacs", "mgmt",
+    ),
+    Case(
+        "an outbound management segment opens any flow",
+        [(b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.98.5", dst="10.0.2.5") / TCP(sport=40101, dport=22, flags="S")), "portB")],
+        "pass", "rail_mgmt", "-", "biomed", "pacs", ("new_flow",),
+    ),
+    Case(
+        "the device's reply to an outbound management segment's flow passes",
+        [
+            (b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.98.5", dst="10.0.2.5") / TCP(sport=40102, dport=22, flags="S")), "portB"),
+            (b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.98.5") / TCP(sport=22, dport=40102, flags="SA")), "portB"),
+        ],
+        "pass", "reply", "-", "biomed", "pacs",
+    ),
+    Case(
+        "a device opening a flow towards an outbound management segment meets the policy",
+        [(b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.98.5") / TCP(sport=40103, dport=445, flags="S")), "portB")],
+        "drop", "segment_default", "default:pacs", "pacs", "biomed", sample="drop_event",
+    ),
+    Case(
+        "a connection an outbound management segment opened, picked up mid-stream from the device's side, passes",
+        [(b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.98.5") / TCP(sport=22, dport=40104, flags="A")), "portB")],
+        "pass", "rail_mgmt", "-", "biomed", "pacs", ("new_flow", "midstream"),
+    ),
     Case("ARP", [(b(Ether(src=MODALITY, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.1.5", pdst="10.0.1.1")), "portA")], "pass", "rail_arp", sample="flowless"),
     Case(
         "a tag the port's allowed_vlans lists is judged as usual",

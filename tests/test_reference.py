@@ -507,6 +507,11 @@ def test_spoofed_source_and_management_segment() -> None:
     out = send(dp, eth(ROUTER, SERVER) / IP(dst=SERVER.ip4) / TCP(dport=22, flags="S"), 3)
     assert verdict(out) == (PASS_, C.REASON_RAIL_MGMT, 0)
     assert segments(out) == (MGMT, SERVERS)
+    # a flow the server opens towards the management host: the policy's, unless management = true (INBOUND)
+    towards = eth(SERVER, ROUTER) / IP(src=SERVER.ip4, dst="10.0.0.1") / TCP(sport=40000, dport=445, flags="S")
+    assert verdict(send(dp, towards, SERVER.port))[:2] == (DROP_, C.REASON_SEGMENT_DEFAULT)
+    dp.load(policy.segment(MGMT, flags=C.SEGMENT_MGMT | C.SEGMENT_MGMT_INBOUND).maps)
+    assert verdict(send(dp, towards, SERVER.port)) == (PASS_, C.REASON_RAIL_MGMT, 0)
 
 
 # ---- rails ----
