@@ -336,8 +336,20 @@ struct flow_entry {
 	 * the real destination's MAC then rode. */
 	u8 mac_lo[6];
 	u8 mac_hi[6];
-	u32 pad;
+	/* A second MAC of one end (alt_end: FLOW_ALT_LO or FLOW_ALT_HI), for a
+	 * gateway pair that answers from another MAC than the one its hosts
+	 * send to (HSRP, VRRP: the virtual MAC, and the active router's own).
+	 * Learned from a reply whose judgement, under the entry's generation,
+	 * found the same segments and decision; cleared when the entry is
+	 * judged again. Without it every such reply was judged again. */
+	u8 mac_alt[6];
+	u8 alt_end;
+	u8 pad[5];
 };
+
+#define FLOW_ALT_NONE 0
+#define FLOW_ALT_LO 1
+#define FLOW_ALT_HI 2
 
 struct frag_key {
 	u8 src[16];

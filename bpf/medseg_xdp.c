@@ -338,6 +338,45 @@ static __always_inline int same_ends(struct flow_entry *e, struct packet *pkt,
 	return mac_eq(pkt->eth_dst, e->mac_lo) && mac_eq(pkt->eth_src, e->mac_hi);
 }
 
+/* One end of the packet is the entry's second MAC of that end (mac_alt),
+ * the other end its judged MAC. */
+static __always_inline int alt_ends(struct flow_entry *e, struct packet *pkt,
+				    int src_is_lo)
+{
+	u8 *lo = src_is_lo ? pkt->eth_src : pkt->eth_dst;
+	u8 *hi = src_is_lo ? pkt->eth_dst : pkt->eth_src;
+
+	if (e->alt_end == FLOW_ALT_LO)
+		return mac_eq(lo, e->mac_alt) && mac_eq(hi, e->mac_hi);
+	if (e->alt_end == FLOW_ALT_HI)
+		return mac_eq(hi, e->mac_alt) && mac_eq(lo, e->mac_lo);
+	return 0;
+}
+
+/* A reply between other MACs judged like the entry (same generation, same
+ * segments, same decision): where only one end's MAC differs, that MAC is
+ * the end's second one, and the next such reply is a flow hit. Replies only:
+ * the initiator's packets are checked for spoofing, which looks at the
+ * ingress port, and an entry does not record ports. */
+static __always_inline void learn_alt_mac(struct flow_entry *e,
+					  struct packet *pkt, int src_is_lo,
+					  struct decision *d, u32 gen)
+{
+	if (e->gen != gen || d->verdict != e->verdict ||
+	    d->rule_id != e->rule_id || d->src_segment != e->src_segment ||
+	    d->dst_segment != e->dst_segment)
+		return;
+	u8 *lo = src_is_lo ? pkt->eth_src : pkt->eth_dst;
+	u8 *hi = src_is_lo ? pkt->eth_dst : pkt->eth_src;
+	int lo_same = mac_eq(lo, e->mac_lo), hi_same = mac_eq(hi, e->mac_hi);
+
+	if (lo_same == hi_same)  /* both differ (both same: not here) */
+		return;
+	__builtin_memcpy(e->mac_alt, lo_same ? hi : lo, 6);
+	asm volatile("" ::: "memory");  /* the MAC before the end that names it */
+	e->alt_end = lo_same ? FLOW_ALT_HI : FLOW_ALT_LO;
+}
+
 static __always_inline void set_ends(struct flow_entry *e, struct packet *pkt,
 				     int src_is_lo)
 {
@@ -473,6 +512,7 @@ static __always_inline void stamp_entry(struct flow_entry *e,
 	e->src_segment = d->src_segment;
 	e->dst_segment = d->dst_segment;
 	e->pair_index = d->pair_index;
+	e->alt_end = FLOW_ALT_NONE;  /* learned again under this judgement */
 	asm volatile("" ::: "memory");
 	e->gen = gen;
 }
@@ -524,7 +564,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			return;
 		}
 		int ends = same_ends(e, pkt, src_is_lo);
-		if (e->gen == gen && ends) {
+		if (e->gen == gen && (ends || alt_ends(e, pkt, src_is_lo))) {
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
 				     e->rule_id);
@@ -544,6 +584,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			if (!ends) {  /* this packet's judgement; the entry stays */
 				if (d->verdict != VERDICT_DROP)
 					account(e, dir, pkt, now);
+				if (dir)
+					learn_alt_mac(e, pkt, src_is_lo, d, gen);
 				return;
 			}
 			/* A TCP connection picked up mid-stream (no SYN in

@@ -798,6 +798,28 @@ class ReferenceDataplane:
         return bytes(e.mac_lo) == lo and bytes(e.mac_hi) == hi
 
     @staticmethod
+    def alt_ends(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool) -> bool:  # type: ignore[valid-type]
+        """alt_ends(): one end is the entry's second MAC of that end, the other its judged MAC."""
+        lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
+        if e.alt_end == C.FLOW_ALT_LO:
+            return bytes(e.mac_alt) == lo and bytes(e.mac_hi) == hi
+        if e.alt_end == C.FLOW_ALT_HI:
+            return bytes(e.mac_alt) == hi and bytes(e.mac_lo) == lo
+        return False
+
+    @staticmethod
+    def learn_alt_mac(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool, d: abi.Decision, gen: int) -> None:  # type: ignore[valid-type]
+        """learn_alt_mac(): a reply judged like the entry, with one end's MAC another: that end's second MAC."""
+        if (e.gen, e.verdict, e.rule_id, e.src_segment, e.dst_segment) != (gen, d.verdict, d.rule_id, d.src_segment, d.dst_segment):
+            return
+        lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
+        lo_same, hi_same = bytes(e.mac_lo) == lo, bytes(e.mac_hi) == hi
+        if lo_same == hi_same:
+            return
+        e.mac_alt[:] = hi if lo_same else lo
+        e.alt_end = C.FLOW_ALT_HI if lo_same else C.FLOW_ALT_LO
+
+    @staticmethod
     def account(e: abi.FlowEntry, direction: int, pkt: Packet, now: int) -> None:
         """account(): per-direction packets and bytes, last seen, OR of TCP flags."""
         e.packets[direction] += 1
@@ -860,7 +882,7 @@ class ReferenceDataplane:
                 self.judge(ctx, gen, self.fill_judge_args(pkt, s, vlan, False, pkt.policy_port), d)
                 return
             ends = self.same_ends(e, pkt, src_is_lo)
-            if e.gen == gen and ends:
+            if e.gen == gen and (ends or self.alt_ends(e, pkt, src_is_lo)):
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
                 self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
@@ -873,6 +895,8 @@ class ReferenceDataplane:
                 if not ends:  # this packet's judgement; the entry stays
                     if d.verdict != C.VERDICT_DROP:
                         self.account(e, direction, pkt, now)
+                    if direction:
+                        self.learn_alt_mac(e, pkt, src_is_lo, d, gen)
                     return
                 picked_up = pkt.proto == IPPROTO_TCP and not (e.tcp_flags[0] | e.tcp_flags[1]) & TCP_FLAG_SYN
                 if d.verdict == C.VERDICT_DROP or (d.verdict == C.VERDICT_AUDIT and picked_up):
@@ -884,6 +908,7 @@ class ReferenceDataplane:
                 e.src_segment = d.src_segment
                 e.dst_segment = d.dst_segment
                 e.pair_index = d.pair_index
+                e.alt_end = C.FLOW_ALT_NONE
                 e.gen = gen
             self.account(e, direction, pkt, now)
             self.want_sample(d, self.flow_sample_kind(e, s))

@@ -130,6 +130,31 @@ CASES = [
         "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
     ),
     Case(
+        "the gateway pair's other MAC, once a reply from it was judged like the flow, is the flow's: the next reply is a hit",
+        [(b(dicom_syn(40121)), "portA"), (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40121, flags="SA")), "portB"),
+         (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40121, flags="A")), "portB")],
+        "pass", "reply", "dicom", "modalities", "pacs", (),
+    ),
+    Case(
+        "a routed host's flow answered towards the gateway pair's other MAC: that MAC is learned too",
+        [(b(to_modality(src="10.0.99.5") / TCP(sport=40122, dport=22, flags="S")), "portB"),
+         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=22, dport=40122, flags="SA")), "portA"),
+         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=22, dport=40122, flags="A")), "portA")],
+        "pass", "reply", "-", "mgmt", "modalities", (),
+    ),
+    Case(
+        "a reply from a MAC of another segment is no second MAC: judged at every packet",
+        [(b(dicom_syn(40123)), "portA"), (b(Ether(src=PRINTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40123, flags="SA")), "portB"),
+         (b(Ether(src=PRINTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40123, flags="A")), "portB")],
+        "drop", "segment_default", "default:modalities", "modalities", "printers", ("revalidated",), "drop_event",
+    ),
+    Case(
+        "the initiator's packets from another MAC teach nothing: judged at every packet",
+        [(b(dicom_syn(40124)), "portA"), (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40124, dport=104, flags="A")), "portA"),
+         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40124, dport=104, flags="A")), "portA")],
+        "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
+    ),
+    Case(
         "an echo flow opens no other ICMP type, whatever its identifier",
         [(b(modality() / ICMP(type=8, id=5)), "portA"), (b(modality() / ICMP(type=5, code=1)), "portA")],
         "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
