@@ -38,7 +38,7 @@ enum medseg_reason {
 	REASON_RAIL_RA = 8,           /* router advertisement from a known router */
 	REASON_RAIL_DHCP = 9,         /* DHCP/DHCPv6 client traffic, known servers' replies */
 	REASON_RAIL_L2_CONTROL = 10,  /* STP, LACP, LLDP, EAPOL */
-	REASON_RAIL_MGMT = 11,        /* a management segment is an endpoint */
+	REASON_RAIL_MGMT = 11,        /* opened by a management segment, or towards a management = true one */
 	REASON_FRAGMENT = 12,         /* non-first fragment, first fragment's verdict */
 	REASON_FRAGMENT_ORPHAN = 13,  /* non-first fragment whose first was not seen */
 	REASON_MALFORMED = 14,        /* a frame the receiver's stack must discard */
@@ -336,20 +336,8 @@ struct flow_entry {
 	 * the real destination's MAC then rode. */
 	u8 mac_lo[6];
 	u8 mac_hi[6];
-	/* A second MAC of one end (alt_end: FLOW_ALT_LO or FLOW_ALT_HI), for a
-	 * gateway pair that answers from another MAC than the one its hosts
-	 * send to (HSRP, VRRP: the virtual MAC, and the active router's own).
-	 * Learned from a reply whose judgement, under the entry's generation,
-	 * found the same segments and decision; cleared when the entry is
-	 * judged again. Without it every such reply was judged again. */
-	u8 mac_alt[6];
-	u8 alt_end;
-	u8 pad[5];
+	u32 pad;
 };
-
-#define FLOW_ALT_NONE 0
-#define FLOW_ALT_LO 1
-#define FLOW_ALT_HI 2
 
 struct frag_key {
 	u8 src[16];

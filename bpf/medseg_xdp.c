@@ -172,6 +172,17 @@ static __always_inline int vlan_allowed(struct xdp_md *ctx,
 	return port_vlans.lookup(&key) != NULL;
 }
 
+/* Which end of a connection picked up mid-stream listens (see
+ * EPHEMERAL_PORT_LOW): 1 when it is the packet's destination. */
+static __always_inline int listens_at_dst(u16 sport, u16 dport)
+{
+	if ((dport < WELL_KNOWN_PORT_END) != (sport < WELL_KNOWN_PORT_END))
+		return dport < WELL_KNOWN_PORT_END;
+	if ((dport < EPHEMERAL_PORT_LOW) != (sport < EPHEMERAL_PORT_LOW))
+		return dport < EPHEMERAL_PORT_LOW;
+	return dport <= sport;
+}
+
 /* ---- policy ---- */
 
 struct judge_args {
@@ -185,6 +196,9 @@ struct judge_args {
 	u8 proto;
 	u8 check_spoof;  /* the source is this packet's sender */
 	u8 break_glass;  /* SETTING_BREAK_GLASS: nothing is enforced */
+	/* Nonzero: the source is only guessed to have opened the flow (the
+	 * other end of a mid-stream segment), from this port. */
+	u16 guessed_opener_port;
 };
 
 /* Both endpoints' segments into d; returns 1 when either segment enforces.
@@ -239,7 +253,14 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 	 * segment takes every flow (management = true). */
 	if ((src_info.flags & SEGMENT_MGMT) ||
 	    (dst_info.flags & SEGMENT_MGMT_INBOUND)) {
-		set_decision(d, VERDICT_PASS, REASON_RAIL_MGMT, 0);
+		/* The rail holds on any port: a management host guessed to have
+		 * opened a mid-stream segment's connection did so only if the
+		 * other end listens. Else any segment from a device to any port
+		 * of an outbound management host would pass as the host's own. */
+		int implausible = a->guessed_opener_port &&
+			!listens_at_dst(a->guessed_opener_port, a->policy_port);
+		set_decision(d, implausible ? VERDICT_DROP : VERDICT_PASS,
+			     REASON_RAIL_MGMT, 0);
 		return;
 	}
 
@@ -338,43 +359,39 @@ static __always_inline int same_ends(struct flow_entry *e, struct packet *pkt,
 	return mac_eq(pkt->eth_dst, e->mac_lo) && mac_eq(pkt->eth_src, e->mac_hi);
 }
 
-/* One end of the packet is the entry's second MAC of that end (mac_alt),
- * the other end its judged MAC. */
-static __always_inline int alt_ends(struct flow_entry *e, struct packet *pkt,
-				    int src_is_lo)
+static __always_inline int is_device(u32 gen, u8 *mac)
 {
-	u8 *lo = src_is_lo ? pkt->eth_src : pkt->eth_dst;
-	u8 *hi = src_is_lo ? pkt->eth_dst : pkt->eth_src;
+	struct device_key dk = { .gen = gen };
 
-	if (e->alt_end == FLOW_ALT_LO)
-		return mac_eq(lo, e->mac_alt) && mac_eq(hi, e->mac_hi);
-	if (e->alt_end == FLOW_ALT_HI)
-		return mac_eq(hi, e->mac_alt) && mac_eq(lo, e->mac_lo);
-	return 0;
+	__builtin_memcpy(dk.mac, mac, 6);
+	return devices.lookup(&dk) != NULL;
 }
 
-/* A reply between other MACs judged like the entry (same generation, same
- * segments, same decision): where only one end's MAC differs, that MAC is
- * the end's second one, and the next such reply is a flow hit. Replies only:
- * the initiator's packets are checked for spoofing, which looks at the
- * ingress port, and an entry does not record ports. */
-static __always_inline void learn_alt_mac(struct flow_entry *e,
-					  struct packet *pkt, int src_is_lo,
-					  struct decision *d, u32 gen)
+/* One end of the packet comes from another MAC than the flow was judged
+ * with, and neither MAC is a device's: that end is identified by its
+ * address (and VLAN) either way, so the judgement holds. This is a gateway
+ * pair answering from another MAC than the one its hosts send to (HSRP,
+ * VRRP: the virtual MAC, and the active router's own). A group MAC is a
+ * pseudo-segment, never the same identity. */
+static __always_inline int same_identity(struct flow_entry *e,
+					 struct packet *pkt, int src_is_lo,
+					 u32 gen)
 {
-	if (e->gen != gen || d->verdict != e->verdict ||
-	    d->rule_id != e->rule_id || d->src_segment != e->src_segment ||
-	    d->dst_segment != e->dst_segment)
-		return;
 	u8 *lo = src_is_lo ? pkt->eth_src : pkt->eth_dst;
 	u8 *hi = src_is_lo ? pkt->eth_dst : pkt->eth_src;
-	int lo_same = mac_eq(lo, e->mac_lo), hi_same = mac_eq(hi, e->mac_hi);
+	u8 *seen, *judged;
 
-	if (lo_same == hi_same)  /* both differ (both same: not here) */
-		return;
-	__builtin_memcpy(e->mac_alt, lo_same ? hi : lo, 6);
-	asm volatile("" ::: "memory");  /* the MAC before the end that names it */
-	e->alt_end = lo_same ? FLOW_ALT_HI : FLOW_ALT_LO;
+	if (mac_eq(lo, e->mac_lo)) {
+		seen = hi;
+		judged = e->mac_hi;
+	} else if (mac_eq(hi, e->mac_hi)) {
+		seen = lo;
+		judged = e->mac_lo;
+	} else {
+		return 0;
+	}
+	return !((seen[0] | judged[0]) & 1) && !is_device(gen, seen) &&
+	       !is_device(gen, judged);
 }
 
 static __always_inline void set_ends(struct flow_entry *e, struct packet *pkt,
@@ -432,6 +449,7 @@ static __always_inline void fill_judge_args(struct judge_args *a,
 	a->proto = pkt->proto;
 	a->policy_port = policy_port;
 	a->check_spoof = !reverse;
+	a->guessed_opener_port = 0;
 	if (reverse) {
 		a->src_mac = pkt->eth_dst;
 		a->dst_mac = pkt->eth_src;
@@ -512,20 +530,8 @@ static __always_inline void stamp_entry(struct flow_entry *e,
 	e->src_segment = d->src_segment;
 	e->dst_segment = d->dst_segment;
 	e->pair_index = d->pair_index;
-	e->alt_end = FLOW_ALT_NONE;  /* learned again under this judgement */
 	asm volatile("" ::: "memory");
 	e->gen = gen;
-}
-
-/* Which end of a connection picked up mid-stream listens (see
- * EPHEMERAL_PORT_LOW): 1 when it is the packet's destination. */
-static __always_inline int listens_at_dst(u16 sport, u16 dport)
-{
-	if ((dport < WELL_KNOWN_PORT_END) != (sport < WELL_KNOWN_PORT_END))
-		return dport < WELL_KNOWN_PORT_END;
-	if ((dport < EPHEMERAL_PORT_LOW) != (sport < EPHEMERAL_PORT_LOW))
-		return dport < EPHEMERAL_PORT_LOW;
-	return dport <= sport;
 }
 
 /* The flow path: hit, stale hit, or a new flow. */
@@ -564,7 +570,10 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			return;
 		}
 		int ends = same_ends(e, pkt, src_is_lo);
-		if (e->gen == gen && (ends || alt_ends(e, pkt, src_is_lo))) {
+		/* Replies only: the initiator's packets are checked for
+		 * spoofing, by the ingress port, which an entry does not keep. */
+		if (e->gen == gen &&
+		    (ends || (dir && same_identity(e, pkt, src_is_lo, gen)))) {
 			set_decision(d, e->verdict,
 				     dir ? REASON_REPLY : REASON_ESTABLISHED,
 				     e->rule_id);
@@ -584,8 +593,6 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			if (!ends) {  /* this packet's judgement; the entry stays */
 				if (d->verdict != VERDICT_DROP)
 					account(e, dir, pkt, now);
-				if (dir)
-					learn_alt_mac(e, pkt, src_is_lo, d, gen);
 				return;
 			}
 			/* A TCP connection picked up mid-stream (no SYN in
@@ -635,6 +642,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			return;
 		__builtin_memset(other, 0, sizeof(*other));
 		fill_judge_args(&args, pkt, s, vlan, 1, reply_port);
+		args.guessed_opener_port = pkt->policy_port;
 		judge(ctx, gen, &args, other);
 		int stricter = verdict_rank(other->verdict) - verdict_rank(d->verdict);
 

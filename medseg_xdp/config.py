@@ -364,10 +364,13 @@ class _Reader:
             raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
 
 
-def _management(r: _Reader, body: dict[str, Any], path: str) -> str:
+def _management(r: _Reader, body: dict[str, Any], path: str, segment: str) -> str:
     value = body.get("management", False)
     if not isinstance(value, (bool, str)) or value not in MANAGEMENT:
         raise r.fail(path, f'must be true, false or "outbound", not {value!r}')
+    if value == "outbound" and segment in ("multicast", "broadcast"):
+        # a group MAC is only ever a destination: these pseudo-segments open nothing
+        raise r.fail(path, f'the pseudo-segment {segment!r} opens no flow: "outbound" would do nothing (true passes every flow to it)')
     return MANAGEMENT[value]
 
 
@@ -707,7 +710,7 @@ def _segments(r: _Reader, data: dict[str, Any], ports: tuple[str, ...]) -> dict[
             mode=mode,
             default=r.choice(body, "default", f"{path}.default", ACTIONS, abi.Action.allow),
             life_critical=life_critical,
-            management=_management(r, body, f"{path}.management"),
+            management=_management(r, body, f"{path}.management", name),
             macs=tuple(macs),
             prefixes=tuple(prefixes),
             vlan=vlan,

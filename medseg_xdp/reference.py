@@ -544,6 +544,7 @@ class JudgeArgs:
     proto: int
     check_spoof: bool
     break_glass: bool
+    guessed_opener_port: int = 0  # nonzero: the source is only guessed to have opened the flow, from this port
 
 
 @dataclass
@@ -734,7 +735,9 @@ class ReferenceDataplane:
             self.set_decision(d, verdict, C.REASON_SPOOFED, 0)
             return
         if src_info.flags & C.SEGMENT_MGMT or dst_info.flags & C.SEGMENT_MGMT_INBOUND:
-            self.set_decision(d, C.VERDICT_PASS, C.REASON_RAIL_MGMT, 0)
+            # the rail holds on any port: a guessed opener opened it only if the other end listens
+            implausible = a.guessed_opener_port and not listens_at_dst(a.guessed_opener_port, a.policy_port)
+            self.set_decision(d, C.VERDICT_DROP if implausible else C.VERDICT_PASS, C.REASON_RAIL_MGMT, 0)
             return
 
         exact_key = abi.RuleExactKey(gen=gen, src_segment=d.src_segment, dst_segment=d.dst_segment, proto=a.proto, port=a.policy_port)
@@ -797,27 +800,21 @@ class ReferenceDataplane:
         lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
         return bytes(e.mac_lo) == lo and bytes(e.mac_hi) == hi
 
-    @staticmethod
-    def alt_ends(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool) -> bool:  # type: ignore[valid-type]
-        """alt_ends(): one end is the entry's second MAC of that end, the other its judged MAC."""
+    def same_identity(self, e: abi.FlowEntry, pkt: Packet, src_is_lo: bool, gen: int) -> bool:  # type: ignore[valid-type]
+        """same_identity(): one end from another MAC, neither MAC a device's (a gateway pair): identified by address either way."""
         lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
-        if e.alt_end == C.FLOW_ALT_LO:
-            return bytes(e.mac_alt) == lo and bytes(e.mac_hi) == hi
-        if e.alt_end == C.FLOW_ALT_HI:
-            return bytes(e.mac_alt) == hi and bytes(e.mac_lo) == lo
-        return False
+        if bytes(e.mac_lo) == lo:
+            seen, judged = hi, bytes(e.mac_hi)
+        elif bytes(e.mac_hi) == hi:
+            seen, judged = lo, bytes(e.mac_lo)
+        else:
+            return False
+        return not (seen[0] | judged[0]) & 1 and not self.is_device(gen, seen) and not self.is_device(gen, judged)
 
-    @staticmethod
-    def learn_alt_mac(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool, d: abi.Decision, gen: int) -> None:  # type: ignore[valid-type]
-        """learn_alt_mac(): a reply judged like the entry, with one end's MAC another: that end's second MAC."""
-        if (e.gen, e.verdict, e.rule_id, e.src_segment, e.dst_segment) != (gen, d.verdict, d.rule_id, d.src_segment, d.dst_segment):
-            return
-        lo, hi = (pkt.eth_src, pkt.eth_dst) if src_is_lo else (pkt.eth_dst, pkt.eth_src)
-        lo_same, hi_same = bytes(e.mac_lo) == lo, bytes(e.mac_hi) == hi
-        if lo_same == hi_same:
-            return
-        e.mac_alt[:] = hi if lo_same else lo
-        e.alt_end = C.FLOW_ALT_HI if lo_same else C.FLOW_ALT_LO
+    def is_device(self, gen: int, mac: bytes) -> bool:
+        key = abi.DeviceKey(gen=gen)
+        key.mac[:] = mac
+        return bytes(key) in self.devices
 
     @staticmethod
     def account(e: abi.FlowEntry, direction: int, pkt: Packet, now: int) -> None:
@@ -882,7 +879,8 @@ class ReferenceDataplane:
                 self.judge(ctx, gen, self.fill_judge_args(pkt, s, vlan, False, pkt.policy_port), d)
                 return
             ends = self.same_ends(e, pkt, src_is_lo)
-            if e.gen == gen and (ends or self.alt_ends(e, pkt, src_is_lo)):
+            # replies only: the initiator's packets are checked for spoofing, by port, which an entry does not keep
+            if e.gen == gen and (ends or (direction and self.same_identity(e, pkt, src_is_lo, gen))):
                 reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
                 self.set_decision(d, e.verdict, reason, e.rule_id)
                 self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
@@ -895,8 +893,6 @@ class ReferenceDataplane:
                 if not ends:  # this packet's judgement; the entry stays
                     if d.verdict != C.VERDICT_DROP:
                         self.account(e, direction, pkt, now)
-                    if direction:
-                        self.learn_alt_mac(e, pkt, src_is_lo, d, gen)
                     return
                 picked_up = pkt.proto == IPPROTO_TCP and not (e.tcp_flags[0] | e.tcp_flags[1]) & TCP_FLAG_SYN
                 if d.verdict == C.VERDICT_DROP or (d.verdict == C.VERDICT_AUDIT and picked_up):
@@ -908,7 +904,6 @@ class ReferenceDataplane:
                 e.src_segment = d.src_segment
                 e.dst_segment = d.dst_segment
                 e.pair_index = d.pair_index
-                e.alt_end = C.FLOW_ALT_NONE
                 e.gen = gen
             self.account(e, direction, pkt, now)
             self.want_sample(d, self.flow_sample_kind(e, s))
@@ -931,6 +926,7 @@ class ReferenceDataplane:
             other = abi.Decision()
             reply_port = bswap16(pkt.sport)
             args = self.fill_judge_args(pkt, s, vlan, True, reply_port)
+            args.guessed_opener_port = pkt.policy_port
             self.judge(ctx, gen, args, other)
             stricter = verdict_rank(other.verdict) - verdict_rank(d.verdict)
             if stricter < 0 or (stricter == 0 and not listens_at_dst(reply_port, pkt.policy_port)):

@@ -335,6 +335,13 @@ def test_management_takes_true_false_or_outbound(value: str) -> None:
         parse(f"[segments.x]\nmanagement = {value}\n")
 
 
+@pytest.mark.parametrize("pseudo", ["multicast", "broadcast"])
+def test_group_pseudo_segments_open_nothing(pseudo: str) -> None:
+    with pytest.raises(ConfigError, match=rf"segments\.{pseudo}\.management: the pseudo-segment '{pseudo}' opens no flow"):
+        parse(f'[segments.{pseudo}]\nmanagement = "outbound"\n')
+    assert parse(f"[segments.{pseudo}]\nmanagement = true\n").segments[pseudo].management == "both"
+
+
 def test_whole_vlans_leave_the_prefixes_vlan_alone() -> None:
     """`vlans` and `vlan` are separate keys: a segment's prefixes without `vlan` hold on any VLAN."""
     segment = parse('[segments.x]\nprefixes = ["10.9.0.0/16"]\nvlans = [20, 30]\n').segments["x"]

@@ -40,6 +40,7 @@ FIXTURE_CONFIG = Path(__file__).parent / "fixture_policy.toml"
 MODALITY, MONITOR, PRINTER, OTHER = "02:00:00:00:00:01", "02:00:00:00:00:03", "02:00:00:00:00:07", "02:00:00:00:00:09"
 ROUTER = "02:00:00:00:00:fe"
 ROUTER2 = "02:00:00:00:00:fd"  # the gateway pair's other router
+STRAY = "02:00:00:00:00:0a"  # a MAC no segment lists: placed by its address
 
 
 def modality(dst: str = "10.0.2.5") -> Ether:
@@ -125,33 +126,32 @@ CASES = [
         "drop", "segment_default", "default:modalities", "unassigned", "modalities", sample="drop_event",
     ),
     Case(
-        "a reply from the gateway pair's other MAC (HSRP: sent to the virtual MAC, answered from the router's own) is judged again and passes",
+        "a reply from the gateway pair's other MAC (HSRP: sent to the virtual MAC, answered from the router's own): neither is a device's, so it is the flow's",
         [(b(dicom_syn(40020)), "portA"), (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40020, flags="SA")), "portB")],
-        "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
-    ),
-    Case(
-        "the gateway pair's other MAC, once a reply from it was judged like the flow, is the flow's: the next reply is a hit",
-        [(b(dicom_syn(40121)), "portA"), (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40121, flags="SA")), "portB"),
-         (b(Ether(src=ROUTER2, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40121, flags="A")), "portB")],
         "pass", "reply", "dicom", "modalities", "pacs", (),
     ),
     Case(
-        "a routed host's flow answered towards the gateway pair's other MAC: that MAC is learned too",
+        "a routed host's flow answered towards the gateway pair's other MAC is the flow's too",
         [(b(to_modality(src="10.0.99.5") / TCP(sport=40122, dport=22, flags="S")), "portB"),
-         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=22, dport=40122, flags="SA")), "portA"),
-         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=22, dport=40122, flags="A")), "portA")],
+         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.99.5") / TCP(sport=22, dport=40122, flags="SA")), "portA")],
         "pass", "reply", "-", "mgmt", "modalities", (),
     ),
     Case(
-        "a reply from a MAC of another segment is no second MAC: judged at every packet",
+        "a reply from a device's MAC is no gateway pair's: judged at every packet",
         [(b(dicom_syn(40123)), "portA"), (b(Ether(src=PRINTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40123, flags="SA")), "portB"),
          (b(Ether(src=PRINTER, dst=MODALITY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40123, flags="A")), "portB")],
         "drop", "segment_default", "default:modalities", "modalities", "printers", ("revalidated",), "drop_event",
     ),
     Case(
-        "the initiator's packets from another MAC teach nothing: judged at every packet",
-        [(b(dicom_syn(40124)), "portA"), (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40124, dport=104, flags="A")), "portA"),
-         (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40124, dport=104, flags="A")), "portA")],
+        "a reply to another MAC than a device's is judged, and the initiator's packet from that MAC through the wrong port is spoofed",
+        [(b(dicom_syn(40125)), "portA"),
+         (b(Ether(src=ROUTER, dst=STRAY) / IP(src="10.0.2.5", dst="10.0.1.5") / TCP(sport=104, dport=40125, flags="SA")), "portB"),
+         (b(Ether(src=STRAY, dst=ROUTER) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40125, dport=104, flags="A")), "portB")],
+        "drop", "spoofed", "-", "modalities", "pacs", ("revalidated",), "drop_event",
+    ),
+    Case(
+        "the initiator's packets to the gateway pair's other MAC are judged (the spoofing check is by port)",
+        [(b(dicom_syn(40124)), "portA"), (b(Ether(src=MODALITY, dst=ROUTER2) / IP(src="10.0.1.5", dst="10.0.2.5") / TCP(sport=40124, dport=104, flags="A")), "portA")],
         "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
     ),
     Case(
@@ -211,6 +211,11 @@ CASES = [
     Case(
         "a device opening a flow towards an outbound management segment meets the policy",
         [(b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.98.5") / TCP(sport=40103, dport=445, flags="S")), "portB")],
+        "drop", "segment_default", "default:pacs", "pacs", "biomed", sample="drop_event",
+    ),
+    Case(
+        "a device's mid-stream segment to a port an outbound management host listens on is no reply to that host: the policy's",
+        [(b(Ether(src=ROUTER, dst=OTHER) / IP(src="10.0.2.5", dst="10.0.98.5") / TCP(sport=40105, dport=445, flags="A")), "portB")],
         "drop", "segment_default", "default:pacs", "pacs", "biomed", sample="drop_event",
     ),
     Case(
