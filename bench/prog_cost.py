@@ -369,11 +369,12 @@ def report(data: dict[str, Any]) -> list[str]:
         *_class_table(classes["syscall"], with_method=False),
     ]
     verifier = data.get("verifier", {})
-    if verifier.get("verified_insns"):
-        used, limit = verifier["verified_insns"], verifier["limit"]
-        lines += ["", f"**Verifier**: loading our program took {used:,} processed instructions of the kernel's {limit:,} "
-                  f"({used / limit:.0%}), and it uses {verifier['stack_bytes']} of the 512 stack bytes; `tests/test_program.py` "
-                  "fails above half the instructions or 480 bytes."]
+    if verifier.get("programs"):
+        limit = verifier["limit"]
+        each = "; ".join(f"`{name}` {p['verified_insns']:,} ({p['verified_insns'] / limit:.0%}) and {p['stack_bytes']} bytes"
+                         for name, p in verifier["programs"].items())
+        lines += ["", f"**Verifier**: processed instructions of the kernel's {limit:,} and stack bytes of 512, per program: {each}. "
+                  "`tests/test_program.py` fails a program above half the instructions or 480 bytes."]
     tables = data["tables"]
     if tables:
         base = tables[0]
@@ -478,8 +479,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("packet classes", flush=True)
         with Tracer(cfg, sizes=cfg.tables) as tracer:
             data["classes"] = packet_classes(args, {**programs, "ours": tracer.loader.prog_fd}, tracer, rotator)
-            data["verifier"] = {"verified_insns": bpfsys.prog_verified_insns(tracer.loader.prog_fd), "limit": bpfsys.VERIFIER_INSN_LIMIT,
-                                "stack_bytes": tracer.loader.stack_depth()}
+            data["verifier"] = {"limit": bpfsys.VERIFIER_INSN_LIMIT, "programs": {
+                name: {"verified_insns": bpfsys.prog_verified_insns(fd), "stack_bytes": tracer.loader.stack_depth(name)}
+                for name, fd in tracer.loader.program_fds().items()}}
         print("flow table fill", flush=True)
         data["tables"] = table_fill(args, programs["empty"], rotator)
         print("policy size", flush=True)

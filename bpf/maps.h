@@ -169,6 +169,35 @@ BPF_TABLE_PINNED("array", u32, struct budget_config, sample_budgets,
 BPF_TABLE_PINNED("percpu_array", u32, struct event_budget, event_budget,
 		 BUDGET_MAX, PINNED(event_budget));
 
+/* What xdp_medseg hands medseg_judge with the tail call: written for each
+ * packet that is no flow hit, read by the program it calls on the same CPU.
+ * The parsed packet is handed over rather than parsed again: medseg_judge
+ * then starts from one verifier state, not one for each way through the
+ * parser. */
+struct flow_lookup {
+	struct flow_key key;  /* the packet's flow */
+	u16 vlan;             /* the identity VLAN */
+	u8 src_is_lo;         /* the sender is the key's lo end */
+	u8 flow_missed;       /* no entry, and the deny cache missed too
+				 * (denial_scratch holds the packet's key) */
+};
+
+struct handoff {
+	struct packet pkt;    /* without its MAC pointers: into the frame */
+	struct flow_lookup flow;
+	u8 sample_kind;       /* wanted so far: a DHCP sample, from the rails */
+};
+
+/* Per CPU: the handoff being written (struct handoff). */
+BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
+
+/* Slot 0: medseg_judge, which xdp_medseg tail-calls for every IP packet that
+ * is not a flow hit, so that each program is verified, and gets its stack,
+ * apart. Pinned: the kernel empties a program array when the last file
+ * descriptor of it closes, and the program stays attached after the
+ * manager exits. */
+BPF_TABLE_PINNED("prog", u32, u32, judge_program, 1, PINNED(judge_program));
+
 /* Samples to the manager. Not pinned: its consumer is the manager itself. */
 BPF_RINGBUF_OUTPUT(samples, RING_PAGES);
 

@@ -46,7 +46,8 @@ enum medseg_reason {
 	REASON_SPOOFED = 16,          /* MAC or prefix seen behind the wrong port */
 	REASON_VLAN_NOT_ALLOWED = 17, /* a tag the port's allowed_vlans does not list */
 	REASON_RAIL_IGMP = 18,        /* IGMP (TTL 1, to a multicast group): snooping switches need it */
-	REASON_MAX = 19,
+	REASON_UNJUDGED = 19,         /* no judging program to tail-call (PRESSURE_UNJUDGED): passed */
+	REASON_MAX = 20,
 };
 
 /* Rule and default actions (config words allow / drop / audit). */
@@ -79,7 +80,8 @@ enum medseg_pressure {
 	PRESSURE_RING_FULL = 3,           /* sample wanted, ring buffer full */
 	PRESSURE_EVENT_RATE_LIMITED = 4,  /* drop/flowless sample over budget */
 	PRESSURE_DHCP_RATE_LIMITED = 5,   /* DHCP sample over budget (a flood) */
-	PRESSURE_MAX = 6,
+	PRESSURE_UNJUDGED = 6,            /* medseg_judge missing from judge_program: passed unjudged */
+	PRESSURE_MAX = 7,
 };
 
 /* Flags in struct decision.flags */

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * medseg_xdp.c - the XDP entry point on every port of the inline bridge.
+ * medseg_xdp.c - the XDP programs on every port of the inline bridge.
  *
- * Per packet: parse -> rails -> (non-first fragment: first fragment's
- * verdict) -> flow lookup. A flow hit on the active generation carries both
- * segments and the verdict, so an established flow costs one hash lookup.
- * Identity and policy run only on a miss or a stale generation. Every path
- * leaves through finish(), which counts, samples and records the decision.
- * The Python twin of this file is medseg_xdp/reference.py: change both.
+ * xdp_medseg, attached to the ports: parse -> VLAN filter -> rails ->
+ * (non-first fragment: first fragment's verdict) -> flow lookup. A flow hit
+ * on the active generation carries both segments and the verdict, so an
+ * established flow costs one hash lookup. Any other IP packet goes by tail
+ * call to medseg_judge: identity and policy, on a miss or a stale entry.
+ * Two programs, so that each is verified, and gets its 512-byte stack,
+ * apart. Both leave through finish(), which counts, samples and records the
+ * decision. The Python twin is medseg_xdp/reference.py: change both.
  */
 #include "parse.h"
 #include "maps.h"
@@ -534,94 +536,166 @@ static __always_inline void stamp_entry(struct flow_entry *e,
 	e->gen = gen;
 }
 
-/* The flow path: hit, stale hit, or a new flow. */
-static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
+/* An idle flow is forgotten: an address handed to another device must not
+ * inherit its flows (TCP comes back through mid-stream pickup). */
+static __always_inline int flow_is_idle(struct flow_entry *e,
 					struct packet *pkt, struct settings *s,
-					u64 now, struct decision *d)
+					u64 now)
 {
-	struct flow_key key_on_stack = {};
-	struct flow_key *key = &key_on_stack;
-	struct judge_args args;
-	u16 vlan = vlan_for_identity(ctx, pkt);
-	int src_is_lo = make_flow_key(pkt, vlan, key);
-	struct flow_entry *e = flows.lookup(key);
-
-	/* An idle flow is forgotten: an address handed to another device must
-	 * not inherit its flows (TCP comes back through mid-stream pickup). */
 	u32 idle_s = pkt->proto == IPPROTO_TCP ? s->tcp_idle_timeout_s :
 						 s->idle_timeout_s;
+
 	/* Signed: the other direction's CPU may have stamped last_seen_ns after
 	 * this packet read its clock, and an unsigned difference would wrap and
 	 * forget a busy flow. */
-	if (e && idle_s &&
-	    (s64)(now - e->last_seen_ns) > (s64)idle_s * (s64)ONE_SECOND_NS) {
+	return idle_s &&
+	       (s64)(now - e->last_seen_ns) > (s64)idle_s * (s64)ONE_SECOND_NS;
+}
+
+/* A new connection from the responder's side is no reply: it is judged (a
+ * mid-stream entry must not open the other way). */
+static __always_inline int is_new_connection(struct packet *pkt)
+{
+	return pkt->proto == IPPROTO_TCP &&
+	       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* The entry's decision holds for this packet: judged under the active
+ * generation between its MACs, or for a reply a gateway pair's other MAC
+ * (replies only: the initiator's packets are checked for spoofing, by the
+ * ingress port, which an entry does not keep). */
+static __always_inline int decision_holds(struct flow_entry *e,
+					  struct packet *pkt, int src_is_lo,
+					  int dir, int ends, u32 gen)
+{
+	return e->gen == gen &&
+	       (ends || (dir && same_identity(e, pkt, src_is_lo, gen)));
+}
+
+static __always_inline void serve_flow_hit(struct flow_entry *e,
+					   struct packet *pkt,
+					   struct settings *s, u64 now,
+					   int dir, struct decision *d)
+{
+	set_decision(d, e->verdict, dir ? REASON_REPLY : REASON_ESTABLISHED,
+		     e->rule_id);
+	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
+	account(e, dir, pkt, now);
+	want_sample(d, flow_sample_kind(e, s));
+}
+
+static __always_inline int is_midstream(struct packet *pkt)
+{
+	return pkt->proto == IPPROTO_TCP &&
+	       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
+}
+
+/* xdp_medseg's part of the flow path: a packet whose flow entry's decision
+ * holds (the established path), or a denial judged before (the deny cache).
+ * Returns 0 for everything else, which medseg_judge takes with the lookup
+ * f: a new flow, an idle or stale entry, other MACs. */
+static __always_inline int flow_served(struct xdp_md *ctx, u32 gen,
+				       struct packet *pkt, struct settings *s,
+				       u64 now, struct flow_lookup *f,
+				       struct decision *d)
+{
+	u16 vlan = vlan_for_identity(ctx, pkt);
+	int src_is_lo = make_flow_key(pkt, vlan, &f->key);
+	struct flow_entry *e = flows.lookup(&f->key);
+
+	f->vlan = vlan;
+	f->src_is_lo = src_is_lo;
+	f->flow_missed = !e;
+	if (!e) {
+		u32 zero = 0;
+		struct deny_key *denial = denial_scratch.lookup(&zero);
+
+		return denial && cached_denial(ctx, gen, pkt, s, &f->key, denial,
+					       src_is_lo, is_midstream(pkt), d);
+	}
+	if (flow_is_idle(e, pkt, s, now))
+		return 0;
+	int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
+	if ((dir && is_new_connection(pkt)) ||
+	    !decision_holds(e, pkt, src_is_lo, dir,
+			    same_ends(e, pkt, src_is_lo), gen))
+		return 0;
+	serve_flow_hit(e, pkt, s, now, dir, d);
+	return 1;
+}
+
+/* medseg_judge's flow path, from xdp_medseg's lookup f: a stale or idle
+ * entry, other MACs, or a new flow (and a hit, where the other direction's
+ * CPU made the entry after xdp_medseg looked). */
+static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
+					struct packet *pkt, struct settings *s,
+					u64 now, struct flow_lookup *f,
+					struct decision *d)
+{
+	struct flow_key *key = &f->key;
+	struct judge_args args;
+	u16 vlan = f->vlan;
+	int src_is_lo = f->src_is_lo;
+	struct flow_entry *e = f->flow_missed ? NULL : flows.lookup(key);
+
+	if (e && flow_is_idle(e, pkt, s, now)) {
 		flows.delete(key);
 		e = NULL;
 	}
 	if (e) {
 		int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 
-		/* A new connection from the responder's side is no reply: judge
-		 * it (a mid-stream entry must not open the other way). */
-		if (dir && pkt->proto == IPPROTO_TCP &&
-		    (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		if (dir && is_new_connection(pkt)) {
 			fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
 			judge(ctx, gen, &args, d);
 			return;
 		}
 		int ends = same_ends(e, pkt, src_is_lo);
-		/* Replies only: the initiator's packets are checked for
-		 * spoofing, by the ingress port, which an entry does not keep. */
-		if (e->gen == gen &&
-		    (ends || (dir && same_identity(e, pkt, src_is_lo, gen)))) {
-			set_decision(d, e->verdict,
-				     dir ? REASON_REPLY : REASON_ESTABLISHED,
-				     e->rule_id);
-			set_segments(d, e->src_segment, e->dst_segment,
-				     e->pair_index);
-		} else {
-			/* Re-judge the initiator's direction under the
-			 * active policy and this packet's MACs: the entry's
-			 * verdict is an older generation's, or was judged
-			 * between other MACs (a gateway pair answering from
-			 * its own MAC, or a frame that opened the entry
-			 * towards a broadcast or another device's MAC). */
-			fill_judge_args(&args, pkt, s, vlan, dir, e->policy_port);
-			args.check_spoof = !ends && !dir;
-			judge(ctx, gen, &args, d);
-			d->flags |= DECISION_REVALIDATED;
-			if (!ends) {  /* this packet's judgement; the entry stays */
-				if (d->verdict != VERDICT_DROP)
-					account(e, dir, pkt, now);
-				return;
-			}
-			/* A TCP connection picked up mid-stream (no SYN in
-			 * either direction) has a guessed initiator, and a
-			 * pass from its first end was not judged from the
-			 * other: one that this end's judgement no longer
-			 * passes is forgotten, and its next packet is picked
-			 * up again, judged from both ends. Kept, it would
-			 * count as a would-drop for as long as it lives. */
-			if (d->verdict == VERDICT_DROP ||
-			    (d->verdict == VERDICT_AUDIT &&
-			     pkt->proto == IPPROTO_TCP &&
-			     !((e->tcp_flags[0] | e->tcp_flags[1]) & TCP_FLAG_SYN))) {
-				flows.delete(key);
-				return;
-			}
-			stamp_entry(e, d, gen);
+		if (decision_holds(e, pkt, src_is_lo, dir, ends, gen)) {
+			serve_flow_hit(e, pkt, s, now, dir, d);
+			return;
 		}
+		/* Re-judge the initiator's direction under the
+		 * active policy and this packet's MACs: the entry's
+		 * verdict is an older generation's, or was judged
+		 * between other MACs (a gateway pair answering from
+		 * its own MAC, or a frame that opened the entry
+		 * towards a broadcast or another device's MAC). */
+		fill_judge_args(&args, pkt, s, vlan, dir, e->policy_port);
+		args.check_spoof = !ends && !dir;
+		judge(ctx, gen, &args, d);
+		d->flags |= DECISION_REVALIDATED;
+		if (!ends) {  /* this packet's judgement; the entry stays */
+			if (d->verdict != VERDICT_DROP)
+				account(e, dir, pkt, now);
+			return;
+		}
+		/* A TCP connection picked up mid-stream (no SYN in
+		 * either direction) has a guessed initiator, and a
+		 * pass from its first end was not judged from the
+		 * other: one that this end's judgement no longer
+		 * passes is forgotten, and its next packet is picked
+		 * up again, judged from both ends. Kept, it would
+		 * count as a would-drop for as long as it lives. */
+		if (d->verdict == VERDICT_DROP ||
+		    (d->verdict == VERDICT_AUDIT &&
+		     pkt->proto == IPPROTO_TCP &&
+		     !((e->tcp_flags[0] | e->tcp_flags[1]) & TCP_FLAG_SYN))) {
+			flows.delete(key);
+			return;
+		}
+		stamp_entry(e, d, gen);
 		account(e, dir, pkt, now);
 		want_sample(d, flow_sample_kind(e, s));
 		return;
 	}
 
-	int midstream = pkt->proto == IPPROTO_TCP &&
-			(pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
+	int midstream = is_midstream(pkt);
 	u32 zero = 0;
 	struct deny_key *denial = denial_scratch.lookup(&zero);
-	if (denial && cached_denial(ctx, gen, pkt, s, key, denial, src_is_lo,
-				    midstream, d))
+	/* xdp_medseg asked the deny cache where it found no entry */
+	if (!f->flow_missed && denial &&
+	    cached_denial(ctx, gen, pkt, s, key, denial, src_is_lo, midstream, d))
 		return;
 
 	fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
@@ -1031,6 +1105,8 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	return 1;
 }
 
+#define JUDGE_SLOT 0
+
 static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 				      struct packet *pkt, struct settings *s,
 				      u64 now, struct decision *d)
@@ -1044,7 +1120,24 @@ static __always_inline void handle_ip(struct xdp_md *ctx, u32 gen,
 	if (IS_ICMP_PROTO(pkt->proto) && is_icmp_error(pkt->proto, pkt->icmp_type) &&
 	    related_icmp(ctx, gen, pkt, s, vlan_for_identity(ctx, pkt), d))
 		return;
-	handle_flow(ctx, gen, pkt, s, now, d);
+	struct flow_lookup f = {};
+	if (flow_served(ctx, gen, pkt, s, now, &f, d))
+		return;
+	u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (h) {
+		/* pointers into the frame stay out of maps */
+		pkt->eth_src = pkt->eth_dst = NULL;
+		h->pkt = *pkt;
+		h->flow = f;
+		h->sample_kind = d->sample_kind;
+		judge_program.call(ctx, JUDGE_SLOT);
+	}
+	/* Only with the slot empty, which the loader fills before attaching
+	 * and a pin keeps filled: pass, counted (fail-open, like a stopped
+	 * manager). */
+	count_pressure(PRESSURE_UNJUDGED);
+	set_decision(d, VERDICT_PASS, REASON_UNJUDGED, 0);
 }
 
 /* ---- the single exit ---- */
@@ -1210,22 +1303,37 @@ static __always_inline int finish(struct xdp_md *ctx, struct packet *pkt,
 	return d->verdict == VERDICT_DROP ? XDP_DROP : XDP_PASS;
 }
 
+/* ---- the programs ---- */
+
+/* What every packet starts from: the active generation (into d), the
+ * settings, and the clock (returned). */
+static __always_inline u64 begin(struct decision *d, struct settings *s)
+{
+	u32 zero = 0;
+	u32 *gen = active_gen.lookup(&zero);
+	struct settings *configured = settings.lookup(&zero);
+
+	if (gen)
+		d->gen = *gen;
+	if (configured)
+		*s = *configured;
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* The entry point on every port: parse, VLAN filter, rails, fragments,
+ * related ICMP errors and flow hits; the rest goes to medseg_judge. */
 int xdp_medseg(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
 	struct decision d = {};
 	struct settings s = {};
-	u32 zero = 0;
-
-	u32 *gen = active_gen.lookup(&zero);
-	if (gen)
-		d.gen = *gen;
-	struct settings *configured = settings.lookup(&zero);
-	if (configured)
-		s = *configured;
-	u64 now = bpf_ktime_get_coarse_ns();
-
+	u64 now = begin(&d, &s);
 	u8 vlan_tags = 0;
+
+	/* The packet stays one struct in memory: without this, LLVM splits it
+	 * into a stack slot per field, which doubled the cost of an established
+	 * packet here and took the stack past 512 bytes. */
+	asm volatile("" :: "r"(&pkt) : "memory");
 	int parsed = parse_packet(ctx, &pkt, &vlan_tags);
 	if (vlan_tags && parsed != PARSE_MALFORMED &&
 	    !vlan_allowed(ctx, &pkt, vlan_tags, &s))
@@ -1250,6 +1358,31 @@ int xdp_medseg(struct xdp_md *ctx)
 		d.sample_kind = SAMPLE_FLOWLESS;
 		break;
 	default:
+		set_decision(&d, VERDICT_DROP, REASON_MALFORMED, 0);
+	}
+	return finish(ctx, &pkt, &d, &s, now);
+}
+
+/* What xdp_medseg tail-calls for an IP packet of the flow path that is no
+ * flow hit, after the VLAN filter and the rails: identity, policy, the deny
+ * cache, mid-stream pickup and new entries. */
+int medseg_judge(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct decision d = {};
+	struct settings s = {};
+	u64 now = begin(&d, &s);
+	u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	u8 *frame = (void *)(long)ctx->data;
+
+	if (h && (void *)(frame + 2 * ETH_ALEN) <= (void *)(long)ctx->data_end) {
+		pkt = h->pkt;
+		pkt.eth_dst = frame;
+		pkt.eth_src = frame + ETH_ALEN;
+		d.sample_kind = h->sample_kind;
+		handle_flow(ctx, d.gen, &pkt, &s, now, &h->flow, &d);
+	} else {  /* cannot happen: slot 0 of a per-CPU array; a parsed frame */
 		set_decision(&d, VERDICT_DROP, REASON_MALFORMED, 0);
 	}
 	return finish(ctx, &pkt, &d, &s, now);

@@ -8,6 +8,7 @@ xdp_medseg: detach never touches anything else.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -27,7 +28,9 @@ from medseg_xdp.config import TableSizes
 
 log = logging.getLogger(__name__)
 
-PROGRAM_NAME = "xdp_medseg"
+PROGRAM_NAME = "xdp_medseg"  # attached to the ports
+JUDGE_PROGRAM_NAME = "medseg_judge"  # tail-called by it for what is no flow hit (judge_program, slot 0)
+PROGRAM_NAMES = (PROGRAM_NAME, JUDGE_PROGRAM_NAME)
 PROGRAM_SOURCE = abi.BPF_DIR / "medseg_xdp.c"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/medseg")
 BPFFS = Path("/sys/fs/bpf")
@@ -182,6 +185,7 @@ class Loader:
         self.pin_dir = pin_root / bridge / abi.abi_hash(repr(sizes))
         self._bpf: object | None = None
         self.prog_fd = -1
+        self.judge_fd = -1
 
     def compile(self) -> int:
         """Compile and load the program; maps are created or reopened pinned."""
@@ -195,15 +199,22 @@ class Loader:
         cflags = [f"-I{abi.BPF_DIR}", f'-DMEDSEG_PIN_DIR="{self.pin_dir}"', *table_cflags(self.sizes)]
         try:
             self._bpf = BPF(src_file=str(PROGRAM_SOURCE).encode(), cflags=cflags)
+            self.judge_fd = self._bpf.load_func(JUDGE_PROGRAM_NAME.encode(), BPF.XDP).fd
+            # before the entry program can run: a packet that is no flow hit would find the slot empty
+            self._bpf[b"judge_program"][ctypes.c_int(0)] = ctypes.c_int(self.judge_fd)
             self.prog_fd = self._bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP).fd
         except Exception as exc:  # BCC raises bare Exception for compile and verifier errors
             raise LoaderError(f"cannot load {PROGRAM_SOURCE.name}: {exc}") from exc
         return self.prog_fd
 
-    def stack_depth(self) -> int:
-        """Bytes of the 512-byte BPF stack the compiled program uses (see stack_depth()). LLVM versions lay the
+    def program_fds(self) -> dict[str, int]:
+        """Each loaded program by name: the attached one and the one it tail-calls."""
+        return {PROGRAM_NAME: self.prog_fd, JUDGE_PROGRAM_NAME: self.judge_fd}
+
+    def stack_depth(self, name: str = PROGRAM_NAME) -> int:
+        """Bytes of the 512-byte BPF stack a compiled program uses (see stack_depth()). LLVM versions lay the
         stack out differently, so the tests keep a margin below the limit."""
-        return stack_depth(self.bpf.dump_func(PROGRAM_NAME.encode()))  # type: ignore[attr-defined]
+        return stack_depth(self.bpf.dump_func(name.encode()))  # type: ignore[attr-defined]
 
     @property
     def bpf(self) -> object:
@@ -296,7 +307,7 @@ class Loader:
         if self._bpf is not None:
             self._bpf.cleanup()  # type: ignore[attr-defined]
             self._bpf = None
-            self.prog_fd = -1
+            self.prog_fd = self.judge_fd = -1
 
     def remove_pinned_state(self) -> None:
         """Delete this bridge's pinned maps (all layouts), and the root if now empty."""

@@ -8,6 +8,7 @@ last one's verdict, reason, rule and segments, and that exactly its
 
 from __future__ import annotations
 
+import ctypes
 import random
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from scapy.layers.l2 import ARP, LLC, SNAP, STP, Dot1AD, Dot1Q, Dot3, Ether
 from scapy.packet import Raw
 
 from medseg_xdp import abi, bpfsys, config
+from medseg_xdp.loader import PROGRAM_NAMES
 from medseg_xdp.trace import Tracer
 
 pytestmark = pytest.mark.root
@@ -567,21 +569,42 @@ def test_fixture(tracer: Tracer, case: Case) -> None:
     assert moved_rules == ({case.rule} if case.rule != "-" else set())
 
 
-def test_the_verifier_has_room_to_spare(tracer: Tracer) -> None:
-    """Half the verifier's budget at most: a change that multiplies the verified paths (a new field kept alive
-    across the parse, a packet read that leaves differently bounded pointers) fails here, with room left, and not
-    as E2BIG at load time on a kernel that verifies a little differently."""
-    used = bpfsys.prog_verified_insns(tracer.loader.prog_fd)
+@pytest.mark.parametrize("name", PROGRAM_NAMES)
+def test_the_verifier_has_room_to_spare(tracer: Tracer, name: str) -> None:
+    """Half the verifier's budget at most, per program: a change that multiplies the verified paths (a new field
+    kept alive across the parse, a packet read that leaves differently bounded pointers) fails here, with room left,
+    and not as E2BIG at load time on a kernel that verifies a little differently."""
+    used = bpfsys.prog_verified_insns(tracer.loader.program_fds()[name])
     if not used:
         pytest.skip("this kernel reports no verified_insns (before Linux 5.16)")
-    assert used < bpfsys.VERIFIER_INSN_LIMIT // 2, f"the verifier processed {used:,} instructions"
+    assert used < bpfsys.VERIFIER_INSN_LIMIT // 2, f"the verifier processed {used:,} instructions of {name}"
 
 
-def test_the_stack_has_room_to_spare(tracer: Tracer) -> None:
-    """480 of the 512 bytes at most: another LLVM (Debian 12 and 13 differ) lays the stack out differently, and a
-    program over 512 does not compile. New per-packet state belongs in a per-CPU scratch map (see maps.h)."""
-    depth = tracer.loader.stack_depth()
-    assert 300 < depth <= 480, f"the program uses {depth} bytes of stack"
+@pytest.mark.parametrize("name", PROGRAM_NAMES)
+def test_the_stack_has_room_to_spare(tracer: Tracer, name: str) -> None:
+    """480 of the 512 bytes at most, per program: another LLVM (Debian 12 and 13 differ) lays the stack out
+    differently, and a program over 512 does not compile. New per-packet state belongs in a per-CPU scratch map
+    (see maps.h), or in the other program."""
+    depth = tracer.loader.stack_depth(name)
+    assert 100 < depth <= 480, f"{name} uses {depth} bytes of stack"
+
+
+def test_without_the_judging_program_a_new_flow_passes_unjudged_and_counted(tracer: Tracer) -> None:
+    """The slot xdp_medseg tail-calls is filled before attaching and kept by its pin; emptied, a new flow passes,
+    counted (fail-open, as a stopped manager), while a flow hit is still served by xdp_medseg alone."""
+    slots = tracer.loader.bpf[b"judge_program"]  # type: ignore[index]
+    established = b(dicom_syn(40130))
+    tracer.run_frame(established, "portA")
+    before = tracer.dataplane.pressure()[abi.Pressure.unjudged]  # type: ignore[union-attr]
+    del slots[ctypes.c_int(0)]
+    try:
+        denied = tracer.trace(b(modality() / TCP(sport=40131, dport=22, flags="S")), "portA")
+        assert (denied.verdict, denied.reason) == ("pass", "unjudged")
+        assert tracer.trace(b(modality() / TCP(sport=40130, dport=104, flags="A")), "portA").reason == "established"
+    finally:
+        slots[ctypes.c_int(0)] = ctypes.c_int(tracer.loader.judge_fd)
+    assert tracer.dataplane.pressure()[abi.Pressure.unjudged] == before + 1  # type: ignore[union-attr]
+    assert tracer.trace(b(modality() / TCP(sport=40132, dport=22, flags="S")), "portA").verdict == "drop"
 
 
 def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
