@@ -24,6 +24,7 @@ _PACKAGE = Path(__file__).resolve().parent
 BPF_DIR = _PACKAGE / "bpf" if (_PACKAGE / "bpf" / "medseg_abi.h").is_file() else _PACKAGE.parent / "bpf"
 ABI_HEADER = BPF_DIR / "medseg_abi.h"
 MAPS_HEADER = BPF_DIR / "maps.h"
+PARSE_HEADER = BPF_DIR / "parse.h"
 
 _C_TYPES: dict[str, Any] = {
     "u8": ctypes.c_uint8,
@@ -98,9 +99,19 @@ def layout_hash(header_text: str, maps_text: str, extra: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def handoff_layout(parse_header_text: str) -> str:
+    """struct packet of bpf/parse.h: part of the handoff between the two programs (maps.h), which a program of
+    one build may tail-call into a program of another while a restart swaps them."""
+    found = re.search(r"struct\s+packet\s*\{.*?\};", parse_header_text, re.S)
+    if found is None:
+        raise AbiError("bpf/parse.h: no struct packet")
+    return found.group(0)
+
+
 def abi_hash(extra: str = "") -> str:
-    """Names the bpffs directory of this layout (layout_hash of bpf/medseg_abi.h and bpf/maps.h)."""
-    return layout_hash(ABI_HEADER.read_text(), MAPS_HEADER.read_text(), extra)
+    """Names the bpffs directory of this layout (layout_hash of bpf/medseg_abi.h, bpf/maps.h and the struct
+    packet that maps.h hands between the programs)."""
+    return layout_hash(ABI_HEADER.read_text(), MAPS_HEADER.read_text() + handoff_layout(PARSE_HEADER.read_text()), extra)
 
 
 DEFINES, ENUMS, STRUCTS = _parsed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,18 @@ def test_the_pin_directory_changes_with_the_layout_not_with_comments() -> None:
     assert abi.layout_hash(header.replace("u16 policy_port;   /* the initiator's", "u16 policy_port2;   /* the initiator's"), maps, "sizes") != same
     assert abi.layout_hash(header, maps.replace('"lru_hash", struct flow_key', '"hash", struct flow_key'), "sizes") != same
     assert abi.layout_hash(header, maps, "other sizes") != same
+
+
+def test_the_pin_directory_changes_with_the_packet_the_programs_hand_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """xdp_medseg of one build may tail-call medseg_judge of the next while a restart swaps them (the program
+    array is pinned): struct packet, in the handoff, is part of the layout; the rest of parse.h is not."""
+    parse = abi.PARSE_HEADER.read_text()
+    packet = abi.handoff_layout(parse)
+    assert packet.startswith("struct packet {") and "u32 src[4];" in packet
+    before = abi.abi_hash("sizes")
+    copy = tmp_path / "parse.h"
+    monkeypatch.setattr(abi, "PARSE_HEADER", copy)
+    copy.write_text(parse.replace("#define", "/* a comment */\n#define", 1))
+    assert abi.abi_hash("sizes") == before
+    copy.write_text(parse.replace("u32 frag_id;", "u32 frag_id;\n\tu32 added;"))
+    assert abi.abi_hash("sizes") != before
