@@ -191,6 +191,11 @@ struct handoff {
 /* Per CPU: the handoff being written (struct handoff). */
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
 
+/* Per CPU: the key of the request flow a TFTP transfer would belong to
+ * (tftp_transfer), built for each UDP flow that a judgement does not pass;
+ * never read across packets. */
+BPF_PERCPU_ARRAY(request_key_scratch, struct flow_key, 1);
+
 /* Slot 0: medseg_judge, which xdp_medseg tail-calls for every IP packet that
  * is not a flow hit, so that each program is verified, and gets its stack,
  * apart. Pinned: the kernel empties a program array when the last file

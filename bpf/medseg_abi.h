@@ -47,7 +47,8 @@ enum medseg_reason {
 	REASON_VLAN_NOT_ALLOWED = 17, /* a tag the port's allowed_vlans does not list */
 	REASON_RAIL_IGMP = 18,        /* IGMP (TTL 1, to a multicast group): snooping switches need it */
 	REASON_UNJUDGED = 19,         /* no judging program to tail-call (PRESSURE_UNJUDGED): passed */
-	REASON_MAX = 20,
+	REASON_RELATED_TFTP = 20,     /* a TFTP server's answer from a new port: its request's decision */
+	REASON_MAX = 21,
 };
 
 /* Rule and default actions (config words allow / drop / audit). */

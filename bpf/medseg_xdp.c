@@ -312,10 +312,13 @@ static __always_inline void judge(struct xdp_md *ctx, u32 gen,
 
 /* ---- flows ---- */
 
-/* Returns 1 when the packet's sender is the key's lo endpoint. */
-/* vlan: the identity VLAN (frame tag, else the port's PVID), so an access
- * port and a trunk carrying the same VLAN see one flow. */
-static __always_inline int make_flow_key(struct packet *pkt, u16 vlan,
+/* The key of the flow between the packet's addresses and these ports (its
+ * own, or another flow's of the same two hosts); returns 1 when the packet's
+ * sender is the key's lo endpoint. vlan: the identity VLAN (frame tag, else
+ * the port's PVID), so an access port and a trunk carrying the same VLAN see
+ * one flow. */
+static __always_inline int make_flow_key(struct packet *pkt, __be16 sport,
+					 __be16 dport, u16 vlan,
 					 struct flow_key *key)
 {
 	int src_is_lo = 1;
@@ -327,7 +330,7 @@ static __always_inline int make_flow_key(struct packet *pkt, u16 vlan,
 			goto decided;
 		}
 	}
-	src_is_lo = pkt->sport <= pkt->dport;
+	src_is_lo = sport <= dport;
 decided:
 	key->proto = pkt->proto;
 	key->family = pkt->family;
@@ -335,13 +338,13 @@ decided:
 	if (src_is_lo) {
 		__builtin_memcpy(key->addr_lo, pkt->src, 16);
 		__builtin_memcpy(key->addr_hi, pkt->dst, 16);
-		key->port_lo = pkt->sport;
-		key->port_hi = pkt->dport;
+		key->port_lo = sport;
+		key->port_hi = dport;
 	} else {
 		__builtin_memcpy(key->addr_lo, pkt->dst, 16);
 		__builtin_memcpy(key->addr_hi, pkt->src, 16);
-		key->port_lo = pkt->dport;
-		key->port_hi = pkt->sport;
+		key->port_lo = dport;
+		key->port_hi = sport;
 	}
 	return src_is_lo;
 }
@@ -584,6 +587,48 @@ static __always_inline void serve_flow_hit(struct flow_entry *e,
 	want_sample(d, flow_sample_kind(e, s));
 }
 
+#define TFTP_PORT 69
+
+/* A TFTP server answers a request to port 69 from a port of its own, to the
+ * port the request came from (RFC 1350). The request's flow entry for a UDP
+ * packet from a host to a port that sent it a request to 69, when the table
+ * holds one under this generation between the same MACs (or a gateway
+ * pair's other MAC); else NULL. */
+static __always_inline struct flow_entry *tftp_request(struct packet *pkt,
+						       u16 vlan, u32 gen)
+{
+	u32 zero = 0;
+	struct flow_key *request = request_key_scratch.lookup(&zero);
+
+	if (!request || pkt->proto != IPPROTO_UDP ||
+	    pkt->sport == bpf_htons(TFTP_PORT) ||
+	    pkt->dport == bpf_htons(TFTP_PORT))
+		return NULL;
+	int server_is_lo = make_flow_key(pkt, bpf_htons(TFTP_PORT), pkt->dport,
+					 vlan, request);
+	struct flow_entry *e = flows.lookup(request);
+	if (!e || e->gen != gen || e->policy_port != TFTP_PORT ||
+	    e->initiator_is_lo == server_is_lo ||
+	    !(same_ends(e, pkt, server_is_lo) ||
+	      same_identity(e, pkt, server_is_lo, gen)))
+		return NULL;
+	return e;
+}
+
+/* The transfer takes its request's decision: returns 1 with d set so. */
+static __always_inline int tftp_transfer(struct packet *pkt, u16 vlan, u32 gen,
+					 struct decision *d)
+{
+	struct flow_entry *request = tftp_request(pkt, vlan, gen);
+
+	if (!request)
+		return 0;
+	set_decision(d, request->verdict, REASON_RELATED_TFTP, request->rule_id);
+	set_segments(d, request->src_segment, request->dst_segment,
+		     request->pair_index);
+	return 1;
+}
+
 static __always_inline int is_midstream(struct packet *pkt)
 {
 	return pkt->proto == IPPROTO_TCP &&
@@ -600,7 +645,7 @@ static __always_inline int flow_served(struct xdp_md *ctx, u32 gen,
 				       struct decision *d)
 {
 	u16 vlan = vlan_for_identity(ctx, pkt);
-	int src_is_lo = make_flow_key(pkt, vlan, &f->key);
+	int src_is_lo = make_flow_key(pkt, pkt->sport, pkt->dport, vlan, &f->key);
 	struct flow_entry *e = flows.lookup(&f->key);
 
 	f->vlan = vlan;
@@ -610,8 +655,12 @@ static __always_inline int flow_served(struct xdp_md *ctx, u32 gen,
 		u32 zero = 0;
 		struct deny_key *denial = denial_scratch.lookup(&zero);
 
-		return denial && cached_denial(ctx, gen, pkt, s, &f->key, denial,
-					       src_is_lo, is_midstream(pkt), d);
+		if (!denial || !cached_denial(ctx, gen, pkt, s, &f->key, denial,
+					      src_is_lo, is_midstream(pkt), d))
+			return 0;
+		/* a TFTP transfer whose request came after the denial was
+		 * cached: medseg_judge relates it */
+		return !tftp_request(pkt, vlan, gen);
 	}
 	if (flow_is_idle(e, pkt, s, now))
 		return 0;
@@ -730,6 +779,11 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 			initiator_port = reply_port;
 		}
 		d->flags |= DECISION_MIDSTREAM;
+	}
+	if (d->verdict != VERDICT_PASS && tftp_transfer(pkt, vlan, gen, d)) {
+		/* the request's client opened it, on port 69: a flip judges it so */
+		initiator_is_lo = !src_is_lo;
+		initiator_port = TFTP_PORT;
 	}
 	if (d->verdict == VERDICT_DROP) {
 		if (denial)
@@ -1094,7 +1148,7 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	inner.family = pkt->family;
 
 	struct flow_key key = {};
-	make_flow_key(&inner, vlan, &key);
+	make_flow_key(&inner, inner.sport, inner.dport, vlan, &key);
 	struct flow_entry *e = flows.lookup(&key);
 	/* A flow judged under an earlier generation vouches for nothing until
 	 * its own next packet is judged again: the error meets the policy. */

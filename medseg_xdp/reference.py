@@ -109,6 +109,7 @@ ICMPV6_ECHO_REPLY = 129
 # medseg_xdp.c
 NSEC_PER_SEC = 1_000_000_000
 TCP_FLAG_SYN = 0x02
+TFTP_PORT = 69  # host order: the port a TFTP request goes to (RFC 1350)
 TCP_FLAG_ACK = 0x10
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
@@ -772,27 +773,44 @@ class ReferenceDataplane:
     # ---- flows ----
 
     @staticmethod
-    def make_flow_key(pkt: Packet, vlan: int) -> tuple[abi.FlowKey, bool]:
-        """make_flow_key(): the normalised key (identity VLAN), and whether the sender is its lo endpoint."""
+    def make_flow_key(pkt: Packet, vlan: int, ports: tuple[int, int] | None = None) -> tuple[abi.FlowKey, bool]:
+        """make_flow_key(): the normalised key (identity VLAN) of the packet's flow, or of the flow between its
+        addresses and ports (raw sport, dport), and whether the sender is its lo endpoint."""
+        sport, dport = ports if ports is not None else (pkt.sport, pkt.dport)
         src_words, dst_words = struct.unpack("<4I", pkt.src), struct.unpack("<4I", pkt.dst)
         for src_word, dst_word in zip(src_words, dst_words, strict=True):
             if src_word != dst_word:
                 src_is_lo = src_word < dst_word
                 break
         else:
-            src_is_lo = pkt.sport <= pkt.dport
+            src_is_lo = sport <= dport
         key = abi.FlowKey(proto=pkt.proto, family=pkt.family, vlan=vlan)
         if src_is_lo:
             key.addr_lo[:] = src_words
             key.addr_hi[:] = dst_words
-            key.port_lo = pkt.sport
-            key.port_hi = pkt.dport
+            key.port_lo = sport
+            key.port_hi = dport
         else:
             key.addr_lo[:] = dst_words
             key.addr_hi[:] = src_words
-            key.port_lo = pkt.dport
-            key.port_hi = pkt.sport
+            key.port_lo = dport
+            key.port_hi = sport
         return key, src_is_lo
+
+    def tftp_transfer(self, pkt: Packet, vlan: int, gen: int, d: abi.Decision) -> bool:
+        """tftp_transfer(): a UDP flow from a host to the port that sent it a request to 69 (RFC 1350) takes the
+        request's decision, when the table holds the request under gen between the same MACs."""
+        tftp = bswap16(TFTP_PORT)
+        if pkt.proto != IPPROTO_UDP or tftp in (pkt.sport, pkt.dport):
+            return False
+        request, server_is_lo = self.make_flow_key(pkt, vlan, (tftp, pkt.dport))
+        e = self.flows.get(bytes(request))
+        if (e is None or e.gen != gen or e.policy_port != TFTP_PORT or e.initiator_is_lo == server_is_lo
+                or not (self.same_ends(e, pkt, server_is_lo) or self.same_identity(e, pkt, server_is_lo, gen))):
+            return False
+        self.set_decision(d, e.verdict, C.REASON_RELATED_TFTP, e.rule_id)
+        self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
+        return True
 
     @staticmethod
     def same_ends(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool) -> bool:  # type: ignore[valid-type]
@@ -935,6 +953,9 @@ class ReferenceDataplane:
                 initiator_is_lo = not src_is_lo
                 initiator_port = reply_port
             d.flags |= C.DECISION_MIDSTREAM
+        if d.verdict != C.VERDICT_PASS and self.tftp_transfer(pkt, vlan, gen, d):
+            initiator_is_lo = not src_is_lo  # the request's client opened it, on port 69
+            initiator_port = TFTP_PORT
         if d.verdict == C.VERDICT_DROP:
             return  # denied flows get no entry: a scan cannot evict
 

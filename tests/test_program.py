@@ -157,6 +157,35 @@ CASES = [
         "pass", "rule", "dicom", "modalities", "pacs", ("revalidated",),
     ),
     Case(
+        "a TFTP server's answer from a new port takes its request's decision (RFC 1350)",
+        [(b(modality() / UDP(sport=40200, dport=69) / Raw(b"\x00\x01fw.bin\x00octet\x00")), "portA"),
+         (b(to_modality() / UDP(sport=50000, dport=40200) / Raw(b"\x00\x03\x00\x01")), "portB")],
+        "pass", "related_tftp", "udp-any", "modalities", "pacs", ("new_flow",),
+    ),
+    Case(
+        "the TFTP client's acknowledgement to the server's new port is the transfer's",
+        [(b(modality() / UDP(sport=40201, dport=69) / Raw(b"\x00\x01fw.bin\x00octet\x00")), "portA"),
+         (b(to_modality() / UDP(sport=50001, dport=40201) / Raw(b"\x00\x03\x00\x01")), "portB"),
+         (b(modality() / UDP(sport=40201, dport=50001) / Raw(b"\x00\x04\x00\x01")), "portA")],
+        "pass", "established", "udp-any", "modalities", "pacs", (),
+    ),
+    Case(
+        "an answer from another host than the TFTP request went to is no transfer",
+        [(b(modality() / UDP(sport=40202, dport=69)), "portA"), (b(to_modality(src="10.0.2.7") / UDP(sport=50002, dport=40202)), "portB")],
+        "drop", "segment_default", "default:pacs", "pacs", "modalities", sample="drop_event",
+    ),
+    Case(
+        "a UDP flow to another port than 69 is no TFTP request",
+        [(b(modality() / UDP(sport=40203, dport=5000)), "portA"), (b(to_modality() / UDP(sport=50003, dport=40203)), "portB")],
+        "drop", "segment_default", "default:pacs", "pacs", "modalities", sample="drop_event",
+    ),
+    Case(
+        "a TFTP transfer is related also after its first packet's denial was cached, before the request",
+        [*[(b(to_modality() / UDP(sport=50004, dport=40204)), "portB")] * 64,
+         (b(modality() / UDP(sport=40204, dport=69)), "portA"), (b(to_modality() / UDP(sport=50004, dport=40204)), "portB")],
+        "pass", "related_tftp", "udp-any", "modalities", "pacs", ("new_flow",),
+    ),
+    Case(
         "an echo flow opens no other ICMP type, whatever its identifier",
         [(b(modality() / ICMP(type=8, id=5)), "portA"), (b(modality() / ICMP(type=5, code=1)), "portA")],
         "drop", "segment_default", "default:modalities", "modalities", "pacs", sample="drop_event",
