@@ -115,9 +115,12 @@ BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_entry, flows,
 BPF_TABLE_PINNED("lru_hash", struct deny_key, struct deny_entry, denied,
 		 DENIED_TABLE_SIZE, PINNED(denied));
 
-/* Per CPU: the deny key being built (off the 512-byte stack). Every field
- * is written for each packet; never read across packets. */
-BPF_PERCPU_ARRAY(denial_scratch, struct deny_key, 1);
+/* Per CPU: the deny key being built (off the 512-byte stack) by xdp_medseg,
+ * which asks the deny cache, and read by medseg_judge, which fills the cache.
+ * Every field is written for each packet; never read across packets. Pinned,
+ * as handoffs: see there. */
+BPF_TABLE_PINNED("percpu_array", u32, struct deny_key, denial_scratch, 1,
+		 PINNED(denial_scratch));
 
 /* Per CPU: the other side's judgement of a mid-stream TCP segment (off the
  * stack, where the first judgement's state still lives). Written in full for
@@ -188,8 +191,11 @@ struct handoff {
 	u8 sample_kind;       /* wanted so far: a DHCP sample, from the rails */
 };
 
-/* Per CPU: the handoff being written (struct handoff). */
-BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
+/* Per CPU: the handoff being written (struct handoff). Pinned, like
+ * judge_program: while a restart swaps the programs, the xdp_medseg still
+ * attached tail-calls the new medseg_judge, and both must use one map. */
+BPF_TABLE_PINNED("percpu_array", u32, struct handoff, handoffs, 1,
+		 PINNED(handoffs));
 
 /* Per CPU: the key of the request flow a TFTP transfer would belong to
  * (tftp_transfer), built for each UDP flow that a judgement does not pass;
@@ -198,9 +204,9 @@ BPF_PERCPU_ARRAY(request_key_scratch, struct flow_key, 1);
 
 /* Slot 0: medseg_judge, which xdp_medseg tail-calls for every IP packet that
  * is not a flow hit, so that each program is verified, and gets its stack,
- * apart. Pinned: the kernel empties a program array when the last file
- * descriptor of it closes, and the program stays attached after the
- * manager exits. */
+ * apart. Pinned: the kernel empties a program array when its last user
+ * reference (a file descriptor or a pin) goes, and the program stays
+ * attached after the manager exits. Filled when the ports are attached. */
 BPF_TABLE_PINNED("prog", u32, u32, judge_program, 1, PINNED(judge_program));
 
 /* Samples to the manager. Not pinned: its consumer is the manager itself. */

@@ -372,6 +372,10 @@ def map_max_entries(fd: int) -> int:
     return int(_map_info(fd).max_entries)
 
 
+def map_id(fd: int) -> int:
+    return int(_map_info(fd).id)
+
+
 BPF_F_MMAPABLE = 1 << 10
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
@@ -381,6 +385,20 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+def prog_map_ids(prog_id: int) -> set[int]:
+    """Ids of the maps a loaded program uses."""
+    fd = prog_fd_by_id(prog_id)
+    try:
+        count = _prog_info(fd).nr_map_ids
+        ids = (ctypes.c_uint32 * max(count, 1))()
+        info = _BpfProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program map ids")
+        return set(ids[: min(count, info.nr_map_ids)])
+    finally:
+        os.close(fd)
 
 
 def prog_name_by_id(prog_id: int) -> str | None:

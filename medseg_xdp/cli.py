@@ -111,7 +111,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
             raise
         print(f"medseg-xdp: {exc}", file=sys.stderr)
     if args.remove_state:
-        Loader(cfg.bridge, sizes=cfg.tables).remove_pinned_state()
+        Loader(cfg.bridge, sizes=cfg.tables).remove_pinned_state(args.netns)
         print("pinned state removed")
     return 0
 

@@ -200,12 +200,17 @@ class Loader:
         try:
             self._bpf = BPF(src_file=str(PROGRAM_SOURCE).encode(), cflags=cflags)
             self.judge_fd = self._bpf.load_func(JUDGE_PROGRAM_NAME.encode(), BPF.XDP).fd
-            # before the entry program can run: a packet that is no flow hit would find the slot empty
-            self._bpf[b"judge_program"][ctypes.c_int(0)] = ctypes.c_int(self.judge_fd)
             self.prog_fd = self._bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP).fd
         except Exception as exc:  # BCC raises bare Exception for compile and verifier errors
             raise LoaderError(f"cannot load {PROGRAM_SOURCE.name}: {exc}") from exc
         return self.prog_fd
+
+    def arm(self) -> None:
+        """Put this load's medseg_judge in the pinned judge_program slot, which every xdp_medseg on these maps
+        tail-calls. Right before attaching: a program still attached from before the restart then calls it too
+        (the handoff is one pinned map and the layouts agree: same directory), for as short a time as possible,
+        and a start that fails before attaching leaves the slot to the program that filled it."""
+        self.bpf[b"judge_program"][ctypes.c_int(0)] = ctypes.c_int(self.judge_fd)  # type: ignore[index]
 
     def program_fds(self) -> dict[str, int]:
         """Each loaded program by name: the attached one and the one it tail-calls."""
@@ -240,6 +245,7 @@ class Loader:
         """
         if self.prog_fd < 0:
             self.compile()
+        self.arm()
         done: list[Attachment] = []
         fresh: list[Attachment] = []
         with in_netns(netns_name):
@@ -309,14 +315,58 @@ class Loader:
             self._bpf = None
             self.prog_fd = self.judge_fd = -1
 
-    def remove_pinned_state(self) -> None:
-        """Delete this bridge's pinned maps (all layouts), and the root if now empty."""
+    def remove_pinned_state(self, netns_name: str | None = None) -> None:
+        """Delete this bridge's pinned maps (all layouts), and the root if now empty. Refused while an interface
+        still carries a program on them: the pin is what keeps judge_program filled, and without it that
+        interface would pass every new flow unjudged."""
         bridge_dir = self.pin_dir.parent
+        users = programs_on(pinned_map_ids(bridge_dir), netns_name)
+        if users:
+            raise LoaderError(f"{', '.join(users)} still carr{'ies' if len(users) == 1 else 'y'} {PROGRAM_NAME} on this "
+                              "bridge's pinned maps: unload those interfaces first (without the pins their new flows "
+                              "would pass unjudged)")
         shutil.rmtree(bridge_dir, ignore_errors=True)
         try:
             bridge_dir.parent.rmdir()
         except OSError:
             pass  # other bridges' state, or already gone
+
+
+def pinned_map_ids(directory: Path) -> set[int]:
+    """Ids of the maps pinned under a directory (any depth)."""
+    ids = set()
+    for path in directory.rglob("*") if directory.is_dir() else ():
+        if path.is_file():
+            try:
+                fd = bpfsys.obj_get(str(path))
+            except OSError:
+                continue  # not a map (a program pin, say)
+            try:
+                ids.add(bpfsys.map_id(fd))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return ids
+
+
+def programs_on(map_ids: set[int], netns_name: str | None = None) -> list[str]:
+    """The interfaces of a namespace whose attached XDP program uses any of these maps."""
+    if not map_ids:
+        return []
+    users = []
+    with in_netns(netns_name), IPRoute() as ipr:
+        for link in ipr.get_links():
+            for flags in (bpfsys.XDP_FLAGS_DRV_MODE, bpfsys.XDP_FLAGS_SKB_MODE):
+                prog_id = bpfsys.xdp_attached_id(link["index"], flags)
+                try:
+                    uses = bool(prog_id) and bool(bpfsys.prog_map_ids(prog_id) & map_ids)
+                except OSError:
+                    uses = False  # detached meanwhile
+                if uses:
+                    users.append(link.get_attr("IFLA_IFNAME"))
+                    break
+    return users
 
 
 def detach(ifnames: Sequence[str], netns_name: str | None = None) -> list[str]:

@@ -88,6 +88,7 @@ class Tracer:
                     ipr.link("set", index=index, state="up")
                     self.ifindex[port] = index
             self.loader.compile()
+            self.loader.arm()
             self.dataplane = Dataplane(self.loader.pin_dir)
             self.load_config(self.config)
         except BaseException:

@@ -135,6 +135,25 @@ def test_load_twice_unload_twice_and_restart_on_pinned_state(bridge_config: tupl
 
 @pytest.mark.root
 @pytest.mark.netns
+def test_pinned_state_stays_while_a_port_still_carries_the_program(bridge_config: tuple[InlineBridge, Path]) -> None:
+    """The pins keep judge_program filled: removed under a port that still carries xdp_medseg, that port would
+    pass every new flow unjudged."""
+    from medseg_xdp.loader import DEFAULT_PIN_ROOT
+
+    ward, path = bridge_config
+    netns = ["--netns", ward.bridge_ns.name]
+    medseg("load", "-c", str(path), *netns, check=True)
+    pins = DEFAULT_PIN_ROOT / f"clitest-{os.getpid()}"
+    partial = medseg("unload", "-c", str(path), *netns, "--ports", DEFAULT_CLIENT.port_name, "--remove-state")
+    assert partial.returncode == 1 and "Traceback" not in partial.stderr
+    assert f"{DEFAULT_SERVER.port_name} still carries xdp_medseg" in partial.stderr
+    assert pins.is_dir()
+    full = medseg("unload", "-c", str(path), *netns, "--remove-state", check=True)
+    assert "pinned state removed" in full.stdout and not pins.exists()
+
+
+@pytest.mark.root
+@pytest.mark.netns
 def test_load_on_fresh_maps_turns_break_glass_on_again(bridge_config: tuple[InlineBridge, Path], tmp_path: Path) -> None:
     """Without a daemon too: a reboot during break-glass does not quietly put enforcement back."""
     from medseg_xdp.breakglass import BreakGlassRecord

@@ -636,6 +636,25 @@ def test_without_the_judging_program_a_new_flow_passes_unjudged_and_counted(trac
     assert tracer.trace(b(modality() / TCP(sport=40132, dport=22, flags="S")), "portA").verdict == "drop"
 
 
+def test_a_restart_pairs_the_attached_program_with_the_new_judging_one(tracer: Tracer) -> None:
+    """A restart fills the pinned slot with its medseg_judge while the old xdp_medseg is still attached: the old
+    one's handoff must reach the new one (pinned handoff maps), and the pairing must judge as either alone."""
+    from medseg_xdp.loader import Loader
+
+    restarted = Loader(tracer.loader.bridge, pin_root=tracer.pin_root, sizes=tracer.loader.sizes)
+    try:
+        restarted.compile()
+        restarted.arm()
+        allowed = tracer.trace(b(dicom_syn(40140)), "portA")  # tracer.loader's xdp_medseg, the new medseg_judge
+        denied = tracer.trace(b(modality() / TCP(sport=40141, dport=22, flags="S")), "portA")
+        assert (allowed.verdict, allowed.reason, allowed.rule) == ("pass", "rule", "dicom")
+        assert (denied.verdict, denied.reason, denied.rule) == ("drop", "segment_default", "default:modalities")
+    finally:
+        restarted.close()  # its medseg_judge stays in the pinned slot
+    assert tracer.trace(b(dicom_syn(40142)), "portA").rule == "dicom"
+    tracer.loader.arm()
+
+
 def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
     """The per-packet record is the tracer's alone (SETTING_RECORD_DECISION): as deployed, the program skips it."""
     frame = b(dicom_syn(40100))
