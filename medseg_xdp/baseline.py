@@ -90,6 +90,10 @@ DHCP_RAIL_PORTS = frozenset(
     }
 )
 ECHO_REQUEST = {ICMP: ICMP_ECHO, ICMPV6: ICMPV6_ECHO_REQUEST}
+TFTP_PORT = 69
+# How long after a TFTP request its server's answer from a new port belongs to it: the dataplane relates the two
+# while the request's flow entry lives (UDP idle timeout, 5 minutes by default).
+TFTP_ANSWER_SECONDS = 300.0
 
 RecordKey = tuple[str, str, int, int]  # (src group, dst group, proto, port)
 
@@ -302,6 +306,8 @@ class Baseline:
         self._recent = _RecentFlows()
         # TCP starts not answered yet: flow id -> (record, endpoints, the (address, port) that sent the start)
         self._awaiting: OrderedDict[tuple[Any, ...], tuple[RecordKey, tuple[str, str, str, str, int], tuple[str, int]]] = OrderedDict()
+        # TFTP requests: (client address, client port, server address) -> when
+        self._tftp_requests: OrderedDict[tuple[str, int, str], float] = OrderedDict()
         self._segments = _SegmentNames(config) if config is not None else None
 
     def __len__(self) -> int:
@@ -325,6 +331,8 @@ class Baseline:
         start = flow_start(frame)
         midstream = start is None and kind == FIRST_PACKETS and is_midstream(frame)
         if start is None and not midstream:
+            return False
+        if start is not None and start.proto == UDP and self._tftp_answer(frame, now):
             return False
         flow = tcp_id
         if flow is None:
@@ -351,6 +359,20 @@ class Baseline:
             if len(self._awaiting) > MAX_TRACKED_FLOWS:
                 self._awaiting.popitem(last=False)
         return added
+
+    def _tftp_answer(self, frame: Frame, now: float) -> bool:
+        """Notes a TFTP request; True for its server's answer from a new port to the request's port (RFC 1350),
+        which the dataplane passes with the request (related_tftp): learned as a flow of its own, it would become
+        a rule from the server on a random port. No VLAN: the answer may come tagged through a trunk."""
+        if frame.dport == TFTP_PORT and frame.sport != TFTP_PORT:
+            request = (str(frame.src_ip), frame.sport, str(frame.dst_ip))
+            self._tftp_requests[request] = now
+            self._tftp_requests.move_to_end(request)
+            if len(self._tftp_requests) > MAX_TRACKED_FLOWS:
+                self._tftp_requests.popitem(last=False)
+            return False
+        asked = self._tftp_requests.get((str(frame.dst_ip), frame.dport, str(frame.src_ip)))
+        return frame.sport != TFTP_PORT and asked is not None and now - asked <= TFTP_ANSWER_SECONDS
 
     def _opened_by_src(self, frame: Frame, inventory: Inventory) -> bool:
         """Which end opened a connection seen mid-stream: the direction already learned between the two groups
