@@ -615,10 +615,14 @@ static __always_inline struct flow_entry *tftp_request(struct packet *pkt,
 	return e;
 }
 
-/* The transfer takes its request's decision: returns 1 with d set so. */
+/* The transfer takes its request's decision, over a judgement that did not
+ * pass it, unless that judgement found the sender spoofed (a port-bound
+ * server's address from another port): returns 1 with d set so. */
 static __always_inline int tftp_transfer(struct packet *pkt, u16 vlan, u32 gen,
 					 struct decision *d)
 {
+	if (d->verdict == VERDICT_PASS || d->reason == REASON_SPOOFED)
+		return 0;
 	struct flow_entry *request = tftp_request(pkt, vlan, gen);
 
 	if (!request)
@@ -633,6 +637,23 @@ static __always_inline int is_midstream(struct packet *pkt)
 {
 	return pkt->proto == IPPROTO_TCP &&
 	       (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_ACK;
+}
+
+/* A cached denial of this packet (cached_denial, with d set to it) that
+ * still holds: not for a TFTP transfer whose request came after the denial
+ * was cached, which medseg_judge relates (a spoofed sender's denial holds). */
+static __always_inline int cached_denial_holds(struct xdp_md *ctx, u32 gen,
+					       struct packet *pkt,
+					       struct settings *s,
+					       struct flow_key *key,
+					       struct deny_key *denial,
+					       int src_is_lo, u16 vlan,
+					       struct decision *d)
+{
+	if (!cached_denial(ctx, gen, pkt, s, key, denial, src_is_lo,
+			   is_midstream(pkt), d))
+		return 0;
+	return d->reason == REASON_SPOOFED || !tftp_request(pkt, vlan, gen);
 }
 
 /* xdp_medseg's part of the flow path: a packet whose flow entry's decision
@@ -655,12 +676,8 @@ static __always_inline int flow_served(struct xdp_md *ctx, u32 gen,
 		u32 zero = 0;
 		struct deny_key *denial = denial_scratch.lookup(&zero);
 
-		if (!denial || !cached_denial(ctx, gen, pkt, s, &f->key, denial,
-					      src_is_lo, is_midstream(pkt), d))
-			return 0;
-		/* a TFTP transfer whose request came after the denial was
-		 * cached: medseg_judge relates it */
-		return !tftp_request(pkt, vlan, gen);
+		return denial && cached_denial_holds(ctx, gen, pkt, s, &f->key,
+						     denial, src_is_lo, vlan, d);
 	}
 	if (flow_is_idle(e, pkt, s, now))
 		return 0;
@@ -744,7 +761,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	struct deny_key *denial = denial_scratch.lookup(&zero);
 	/* xdp_medseg asked the deny cache where it found no entry */
 	if (!f->flow_missed && denial &&
-	    cached_denial(ctx, gen, pkt, s, key, denial, src_is_lo, midstream, d))
+	    cached_denial_holds(ctx, gen, pkt, s, key, denial, src_is_lo, vlan, d))
 		return;
 
 	fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
@@ -780,7 +797,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		}
 		d->flags |= DECISION_MIDSTREAM;
 	}
-	if (d->verdict != VERDICT_PASS && tftp_transfer(pkt, vlan, gen, d)) {
+	if (tftp_transfer(pkt, vlan, gen, d)) {
 		/* the request's client opened it, on port 69: a flip judges it so */
 		initiator_is_lo = !src_is_lo;
 		initiator_port = TFTP_PORT;

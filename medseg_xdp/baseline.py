@@ -361,18 +361,23 @@ class Baseline:
         return added
 
     def _tftp_answer(self, frame: Frame, now: float) -> bool:
-        """Notes a TFTP request; True for its server's answer from a new port to the request's port (RFC 1350),
-        which the dataplane passes with the request (related_tftp): learned as a flow of its own, it would become
-        a rule from the server on a random port. No VLAN: the answer may come tagged through a trunk."""
-        if frame.dport == TFTP_PORT and frame.sport != TFTP_PORT:
-            request = (str(frame.src_ip), frame.sport, str(frame.dst_ip))
-            self._tftp_requests[request] = now
-            self._tftp_requests.move_to_end(request)
-            if len(self._tftp_requests) > MAX_TRACKED_FLOWS:
-                self._tftp_requests.popitem(last=False)
+        """Notes a TFTP request; True for the transfer it starts (RFC 1350): the server's answer from a new port
+        to the request's port, and the client's acknowledgements back to that port, which the dataplane passes
+        with the request (related_tftp). Learned as flows of their own, they would become rules on a random
+        port, one per transfer. No VLAN: the answer may come tagged through a trunk."""
+        if TFTP_PORT in (frame.sport, frame.dport):
+            if frame.dport == TFTP_PORT:
+                request = (str(frame.src_ip), frame.sport, str(frame.dst_ip))
+                self._tftp_requests[request] = now
+                self._tftp_requests.move_to_end(request)
+                if len(self._tftp_requests) > MAX_TRACKED_FLOWS:
+                    self._tftp_requests.popitem(last=False)
             return False
-        asked = self._tftp_requests.get((str(frame.dst_ip), frame.dport, str(frame.src_ip)))
-        return frame.sport != TFTP_PORT and asked is not None and now - asked <= TFTP_ANSWER_SECONDS
+        for client, port, server in ((frame.dst_ip, frame.dport, frame.src_ip), (frame.src_ip, frame.sport, frame.dst_ip)):
+            asked = self._tftp_requests.get((str(client), port, str(server)))
+            if asked is not None and now - asked <= TFTP_ANSWER_SECONDS:
+                return True
+        return False
 
     def _opened_by_src(self, frame: Frame, inventory: Inventory) -> bool:
         """Which end opened a connection seen mid-stream: the direction already learned between the two groups

@@ -35,6 +35,7 @@ _lib.bpf_xdp_detach.argtypes = [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
 _lib.bpf_xdp_query_id.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
 _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
 _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_lib.bpf_prog_get_next_id.argtypes = [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]
 _lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
 _lib.bpf_map_lookup_batch.argtypes = [
@@ -385,6 +386,15 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+
+
+def loaded_program_ids() -> list[int]:
+    """Ids of every BPF program loaded on this host (all namespaces)."""
+    ids, current, following = [], 0, ctypes.c_uint32()
+    while _lib.bpf_prog_get_next_id(current, ctypes.byref(following)) == 0:
+        current = following.value
+        ids.append(current)
+    return ids
 
 
 def prog_map_ids(prog_id: int) -> set[int]:

@@ -207,9 +207,10 @@ class Loader:
 
     def arm(self) -> None:
         """Put this load's medseg_judge in the pinned judge_program slot, which every xdp_medseg on these maps
-        tail-calls. Right before attaching: a program still attached from before the restart then calls it too
-        (the handoff is one pinned map and the layouts agree: same directory), for as short a time as possible,
-        and a start that fails before attaching leaves the slot to the program that filled it."""
+        tail-calls. Right before attaching, after the ports' checks: a program still attached from before the
+        restart then calls it too (the handoff is one pinned map and the layouts agree: same directory), for as
+        short a time as possible, and a start that fails before (or at) those checks leaves the slot to the
+        program that filled it."""
         self.bpf[b"judge_program"][ctypes.c_int(0)] = ctypes.c_int(self.judge_fd)  # type: ignore[index]
 
     def program_fds(self) -> dict[str, int]:
@@ -245,6 +246,7 @@ class Loader:
         """
         if self.prog_fd < 0:
             self.compile()
+        self.preflight(ifnames, netns_name, replace)
         self.arm()
         done: list[Attachment] = []
         fresh: list[Attachment] = []
@@ -316,15 +318,22 @@ class Loader:
             self.prog_fd = self.judge_fd = -1
 
     def remove_pinned_state(self, netns_name: str | None = None) -> None:
-        """Delete this bridge's pinned maps (all layouts), and the root if now empty. Refused while an interface
-        still carries a program on them: the pin is what keeps judge_program filled, and without it that
-        interface would pass every new flow unjudged."""
+        """Delete this bridge's pinned maps (all layouts), and the root if now empty. Refused while an xdp_medseg
+        uses them, in any namespace (attached, or held by a running manager): the pin is what keeps
+        judge_program filled, and without it such a program would pass every new flow unjudged."""
         bridge_dir = self.pin_dir.parent
-        users = programs_on(pinned_map_ids(bridge_dir), netns_name)
+        maps = pinned_map_ids(bridge_dir)
+        users = programs_on(maps, netns_name)
         if users:
             raise LoaderError(f"{', '.join(users)} still carr{'ies' if len(users) == 1 else 'y'} {PROGRAM_NAME} on this "
                               "bridge's pinned maps: unload those interfaces first (without the pins their new flows "
                               "would pass unjudged)")
+        elsewhere = [prog_id for prog_id in bpfsys.loaded_program_ids()
+                     if bpfsys.prog_name_by_id(prog_id) == PROGRAM_NAME and _uses(prog_id, maps)]
+        if elsewhere:
+            raise LoaderError(f"{PROGRAM_NAME} (program id {', '.join(map(str, elsewhere))}) still uses this bridge's pinned "
+                              "maps: on ports of another namespace (unload --netns), or held by a running medseg-xdp "
+                              "(stop it); without the pins its new flows would pass unjudged")
         shutil.rmtree(bridge_dir, ignore_errors=True)
         try:
             bridge_dir.parent.rmdir()
@@ -350,6 +359,14 @@ def pinned_map_ids(directory: Path) -> set[int]:
     return ids
 
 
+def _uses(prog_id: int, map_ids: set[int]) -> bool:
+    """The program uses any of these maps (False for one that went away meanwhile)."""
+    try:
+        return bool(bpfsys.prog_map_ids(prog_id) & map_ids)
+    except OSError:
+        return False
+
+
 def programs_on(map_ids: set[int], netns_name: str | None = None) -> list[str]:
     """The interfaces of a namespace whose attached XDP program uses any of these maps."""
     if not map_ids:
@@ -359,11 +376,7 @@ def programs_on(map_ids: set[int], netns_name: str | None = None) -> list[str]:
         for link in ipr.get_links():
             for flags in (bpfsys.XDP_FLAGS_DRV_MODE, bpfsys.XDP_FLAGS_SKB_MODE):
                 prog_id = bpfsys.xdp_attached_id(link["index"], flags)
-                try:
-                    uses = bool(prog_id) and bool(bpfsys.prog_map_ids(prog_id) & map_ids)
-                except OSError:
-                    uses = False  # detached meanwhile
-                if uses:
+                if prog_id and _uses(prog_id, map_ids):
                     users.append(link.get_attr("IFLA_IFNAME"))
                     break
     return users

@@ -799,7 +799,8 @@ class ReferenceDataplane:
 
     def tftp_transfer(self, pkt: Packet, vlan: int, gen: int, d: abi.Decision) -> bool:
         """tftp_transfer(): a UDP flow from a host to the port that sent it a request to 69 (RFC 1350) takes the
-        request's decision, when the table holds the request under gen between the same MACs."""
+        request's decision, when the table holds the request under gen between the same MACs (the caller keeps a
+        pass, and a spoofed sender's drop)."""
         tftp = bswap16(TFTP_PORT)
         if pkt.proto != IPPROTO_UDP or tftp in (pkt.sport, pkt.dport):
             return False
@@ -953,7 +954,7 @@ class ReferenceDataplane:
                 initiator_is_lo = not src_is_lo
                 initiator_port = reply_port
             d.flags |= C.DECISION_MIDSTREAM
-        if d.verdict != C.VERDICT_PASS and self.tftp_transfer(pkt, vlan, gen, d):
+        if d.verdict != C.VERDICT_PASS and d.reason != C.REASON_SPOOFED and self.tftp_transfer(pkt, vlan, gen, d):
             initiator_is_lo = not src_is_lo  # the request's client opened it, on port 69
             initiator_port = TFTP_PORT
         if d.verdict == C.VERDICT_DROP:

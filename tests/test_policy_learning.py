@@ -149,14 +149,15 @@ def test_flow_starts_are_counted_once(catalog: Catalog) -> None:
 
 
 def test_a_tftp_servers_answer_from_a_new_port_belongs_to_its_request(catalog: Catalog) -> None:
-    """RFC 1350: the server sends the file from a port of its own to the request's port. The dataplane passes it
-    with the request (related_tftp), so the baseline learns the request only: learned as a flow of its own, the
-    answer became a rule from the server to the client on a random port, one per transfer."""
+    """RFC 1350: the server sends the file from a port of its own to the request's port, and the client
+    acknowledges to that port. The dataplane passes both with the request (related_tftp), so the baseline learns
+    the request only: learned as flows of their own, they became rules on a random port, one per transfer."""
     inventory = inventory_of(catalog)
     baseline = Baseline()
     for n in range(3):
         assert baseline.observe(udp(PUMP, PUMP_SERVER, 69, 41000 + n), inventory, T0 + n)
         assert not baseline.observe(udp(PUMP_SERVER, PUMP, 41000 + n, 50000 + n), inventory, T0 + n + 0.1)
+        assert not baseline.observe(udp(PUMP, PUMP_SERVER, 50000 + n, 41000 + n), inventory, T0 + n + 0.2)  # ACK
     assert [record.key for record in baseline] == [("class:infusion_pump", "class:web_server", 17, 69)]
     # long after its request, or to a port that asked another host, an answer is a flow of its own
     assert baseline.observe(udp(PUMP_SERVER, PUMP, 41000, 50100), inventory, T0 + 3600)

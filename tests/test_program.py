@@ -180,6 +180,12 @@ CASES = [
         "drop", "segment_default", "default:pacs", "pacs", "modalities", sample="drop_event",
     ),
     Case(
+        "a spoofed TFTP server (a port-bound server's address, from another port and MAC) stays spoofed",
+        [(b(Ether(src=ROUTER, dst=STRAY) / IP(src="10.0.99.5", dst="10.0.1.9") / UDP(sport=40205, dport=69)), "portB"),
+         (b(Ether(src=OTHER, dst=ROUTER) / IP(src="10.0.1.9", dst="10.0.99.5") / UDP(sport=50005, dport=40205)), "portB")],
+        "drop", "spoofed", "-", "modalities", "mgmt", sample="drop_event",
+    ),
+    Case(
         "a TFTP transfer is related also after its first packet's denial was cached, before the request",
         [*[(b(to_modality() / UDP(sport=50004, dport=40204)), "portB")] * 64,
          (b(modality() / UDP(sport=40204, dport=69)), "portA"), (b(to_modality() / UDP(sport=50004, dport=40204)), "portB")],
@@ -653,6 +659,16 @@ def test_a_restart_pairs_the_attached_program_with_the_new_judging_one(tracer: T
         restarted.close()  # its medseg_judge stays in the pinned slot
     assert tracer.trace(b(dicom_syn(40142)), "portA").rule == "dicom"
     tracer.loader.arm()
+
+
+def test_pinned_state_stays_while_a_manager_holds_the_program(tracer: Tracer) -> None:
+    """Not attached anywhere, but loaded by a manager (here the tracer): the pins that keep judge_program filled
+    stay, whichever namespace asks."""
+    from medseg_xdp.loader import Loader, LoaderError
+
+    with pytest.raises(LoaderError, match=r"xdp_medseg \(program id \d+\) still uses this bridge's pinned maps"):
+        Loader(tracer.loader.bridge, pin_root=tracer.pin_root, sizes=tracer.loader.sizes).remove_pinned_state()
+    assert tracer.loader.pin_dir.is_dir()
 
 
 def test_a_live_bridge_writes_no_decision_record(tracer: Tracer) -> None:
