@@ -10,6 +10,7 @@ works, worse than it should.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import shutil
@@ -23,7 +24,17 @@ from pyroute2 import IPRoute
 from medseg_xdp import abi, bpfsys
 from medseg_xdp.config import Config
 from medseg_xdp.fingerprint.parsers.oui import IEEE_DATA_DIR
-from medseg_xdp.loader import BPFFS, DEFAULT_PIN_ROOT, NATIVE_XDP_MAX_MTU, PROGRAM_NAME, Loader, ifindex_problem, in_netns, kernel_headers_problem
+from medseg_xdp.loader import (
+    BPFFS,
+    DEFAULT_PIN_ROOT,
+    JUDGE_PROGRAM_NAME,
+    NATIVE_XDP_MAX_MTU,
+    PROGRAM_NAME,
+    Loader,
+    ifindex_problem,
+    in_netns,
+    kernel_headers_problem,
+)
 from medseg_xdp.samples import HEADER_SIZE
 
 MINIMUM_KERNEL = (5, 18)  # bpf_xdp_load_bytes
@@ -93,6 +104,24 @@ def check_pinned_state(cfg: Config, pin_root: Path) -> Check:
     if others:
         return Check("pinned state", Status.WARN, f"{expected}, and stale layouts beside it: {', '.join(others)}", f"remove them: rm -r {' '.join(str(bridge_dir / o) for o in others)}")
     return Check("pinned state", Status.OK, str(expected))
+
+
+def check_judging_program(pin_dir: Path) -> Check:
+    """The slot xdp_medseg tail-calls for every packet that is no flow hit: empty, new flows pass unjudged."""
+    path = pin_dir / "judge_program"
+    try:
+        fd = bpfsys.obj_get(str(path))
+    except OSError:
+        return Check("judging program", Status.FAIL, f"no {path}", "restart medseg-xdp (systemctl restart medseg-xdp)")
+    slots = bpfsys.Map(fd, "judge_program", ctypes.c_uint32, ctypes.c_uint32)
+    try:
+        prog_id = slots.lookup(ctypes.c_uint32(0))
+    finally:
+        slots.close()
+    if prog_id is None:
+        return Check("judging program", Status.FAIL, "the judge_program slot is empty: new flows, flows after a policy change and "
+                     "idle flows pass unjudged (reason unjudged)", "restart medseg-xdp (systemctl restart medseg-xdp), which fills it")
+    return Check("judging program", Status.OK, f"{JUDGE_PROGRAM_NAME}, program {prog_id.value}")  # type: ignore[attr-defined]
 
 
 def check_port(ifname: str, netns: str | None) -> list[Check]:
@@ -173,6 +202,8 @@ def run_checks(cfg: Config, netns: str | None = None, pin_root: Path = DEFAULT_P
     checks = host_checks()
     if checks[2].status is Status.OK:
         checks.append(check_pinned_state(cfg, pin_root))
+        if checks[-1].status is not Status.FAIL:
+            checks.append(check_judging_program(Loader(cfg.bridge, pin_root=pin_root, sizes=cfg.tables).pin_dir))
     checks.append(check_sample_ring(cfg, os.cpu_count() or 1))
     checks.append(check_vendor_data())
     for port in cfg.ports:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -59,6 +60,19 @@ def test_doctor_reports_a_broken_then_a_healthy_set_up(tmp_path: Path) -> None:
             assert "[warn] port portA: generic (skb) XDP" in healthy.stdout
             assert "[  ok] port portB: native XDP" in healthy.stdout
             assert "[  ok] pinned state" in healthy.stdout
+            assert "[  ok] judging program: medseg_judge, program" in healthy.stdout
+            # the slot xdp_medseg tail-calls, emptied: new flows would pass unjudged
+            from medseg_xdp import bpfsys
+            from medseg_xdp import config as config_mod
+            from medseg_xdp.loader import Loader
+
+            cfg = config_mod.load(config)
+            slots_fd = bpfsys.obj_get(str(Loader(cfg.bridge, sizes=cfg.tables).pin_dir / "judge_program"))
+            slots = bpfsys.Map(slots_fd, "judge_program", ctypes.c_uint32, ctypes.c_uint32)
+            slots.delete(ctypes.c_uint32(0))
+            slots.close()
+            empty = doctor(config, ward.bridge_ns.name)
+            assert empty.returncode == 1 and "[FAIL] judging program: the judge_program slot is empty" in empty.stdout
         finally:
             subprocess.run([*cli, "unload", "-c", str(config), "--netns", ward.bridge_ns.name, "--remove-state"], capture_output=True)
 
