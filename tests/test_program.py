@@ -163,6 +163,12 @@ CASES = [
         "pass", "related_tftp", "udp-any", "modalities", "pacs", ("new_flow",),
     ),
     Case(
+        "a TFTP transfer over IPv6 takes its request's decision too",
+        [(b(Ether(src=MODALITY, dst=ROUTER) / IPv6(src="fd00:1::5", dst="fd00:2::5") / UDP(sport=40210, dport=69)), "portA"),
+         (b(Ether(src=ROUTER, dst=MODALITY) / IPv6(src="fd00:2::5", dst="fd00:1::5") / UDP(sport=50010, dport=40210)), "portB")],
+        "pass", "related_tftp", "udp-any", "modalities", "pacs", ("new_flow",),
+    ),
+    Case(
         "the TFTP client's acknowledgement to the server's new port is the transfer's",
         [(b(modality() / UDP(sport=40201, dport=69) / Raw(b"\x00\x01fw.bin\x00octet\x00")), "portA"),
          (b(to_modality() / UDP(sport=50001, dport=40201) / Raw(b"\x00\x03\x00\x01")), "portB"),
