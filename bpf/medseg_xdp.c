@@ -575,14 +575,26 @@ static __always_inline int decision_holds(struct flow_entry *e,
 	       (ends || (dir && same_identity(e, pkt, src_is_lo, gen)));
 }
 
+/* 0: the packet goes the way the entry's initiator sent, 1: a reply. */
+static __always_inline int direction(struct flow_entry *e, int src_is_lo)
+{
+	return src_is_lo == e->initiator_is_lo ? 0 : 1;
+}
+
+/* d takes the decision an entry holds, for this reason. */
+static __always_inline void take_decision(struct decision *d,
+					  struct flow_entry *e, u8 reason)
+{
+	set_decision(d, e->verdict, reason, e->rule_id);
+	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
+}
+
 static __always_inline void serve_flow_hit(struct flow_entry *e,
 					   struct packet *pkt,
 					   struct settings *s, u64 now,
 					   int dir, struct decision *d)
 {
-	set_decision(d, e->verdict, dir ? REASON_REPLY : REASON_ESTABLISHED,
-		     e->rule_id);
-	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
+	take_decision(d, e, dir ? REASON_REPLY : REASON_ESTABLISHED);
 	account(e, dir, pkt, now);
 	want_sample(d, flow_sample_kind(e, s));
 }
@@ -627,9 +639,7 @@ static __always_inline int tftp_transfer(struct packet *pkt, u16 vlan, u32 gen,
 
 	if (!request)
 		return 0;
-	set_decision(d, request->verdict, REASON_RELATED_TFTP, request->rule_id);
-	set_segments(d, request->src_segment, request->dst_segment,
-		     request->pair_index);
+	take_decision(d, request, REASON_RELATED_TFTP);
 	return 1;
 }
 
@@ -681,7 +691,7 @@ static __always_inline int flow_served(struct xdp_md *ctx, u32 gen,
 	}
 	if (flow_is_idle(e, pkt, s, now))
 		return 0;
-	int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
+	int dir = direction(e, src_is_lo);
 	if ((dir && is_new_connection(pkt)) ||
 	    !decision_holds(e, pkt, src_is_lo, dir,
 			    same_ends(e, pkt, src_is_lo), gen))
@@ -709,7 +719,7 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 		e = NULL;
 	}
 	if (e) {
-		int dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
+		int dir = direction(e, src_is_lo);
 
 		if (dir && is_new_connection(pkt)) {
 			fill_judge_args(&args, pkt, s, vlan, 0, pkt->policy_port);
@@ -840,13 +850,8 @@ static __always_inline void handle_flow(struct xdp_md *ctx, u32 gen,
 	if (e && !same_ends(e, pkt, src_is_lo))
 		return;
 	if (e) {
-		dir = src_is_lo == e->initiator_is_lo ? 0 : 1;
 		count_pressure(PRESSURE_FLOW_INSERT_RACE);
-		set_decision(d, e->verdict,
-			     dir ? REASON_REPLY : REASON_ESTABLISHED, e->rule_id);
-		set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
-		account(e, dir, pkt, now);
-		want_sample(d, flow_sample_kind(e, s));
+		serve_flow_hit(e, pkt, s, now, direction(e, src_is_lo), d);
 		return;
 	}
 	count_pressure(PRESSURE_FLOW_INSERT_FAILED);
@@ -1171,8 +1176,7 @@ static __always_inline int related_icmp(struct xdp_md *ctx, u32 gen,
 	 * its own next packet is judged again: the error meets the policy. */
 	if (!e || e->gen != gen)
 		return 0;
-	set_decision(d, e->verdict, REASON_RELATED_ICMP, e->rule_id);
-	set_segments(d, e->src_segment, e->dst_segment, e->pair_index);
+	take_decision(d, e, REASON_RELATED_ICMP);
 	return 1;
 }
 

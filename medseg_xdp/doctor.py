@@ -92,8 +92,8 @@ def check_btf() -> Check:
     return Check("BTF", Status.OK, "/sys/kernel/btf/vmlinux")
 
 
-def check_pinned_state(cfg: Config, pin_root: Path) -> Check:
-    expected = Loader(cfg.bridge, pin_root=pin_root, sizes=cfg.tables).pin_dir
+def check_pinned_state(expected: Path) -> Check:
+    """expected: this layout's pin directory (Loader.pin_dir)."""
     bridge_dir = expected.parent
     others = sorted(p.name for p in bridge_dir.iterdir() if p != expected) if bridge_dir.is_dir() else []
     if not expected.is_dir():
@@ -201,9 +201,10 @@ def host_checks() -> list[Check]:
 def run_checks(cfg: Config, netns: str | None = None, pin_root: Path = DEFAULT_PIN_ROOT) -> list[Check]:
     checks = host_checks()
     if checks[2].status is Status.OK:
-        checks.append(check_pinned_state(cfg, pin_root))
+        pin_dir = Loader(cfg.bridge, pin_root=pin_root, sizes=cfg.tables).pin_dir
+        checks.append(check_pinned_state(pin_dir))
         if checks[-1].status is not Status.FAIL:
-            checks.append(check_judging_program(Loader(cfg.bridge, pin_root=pin_root, sizes=cfg.tables).pin_dir))
+            checks.append(check_judging_program(pin_dir))
     checks.append(check_sample_ring(cfg, os.cpu_count() or 1))
     checks.append(check_vendor_data())
     for port in cfg.ports:

@@ -799,9 +799,11 @@ class ReferenceDataplane:
 
     def tftp_transfer(self, pkt: Packet, vlan: int, gen: int, d: abi.Decision) -> bool:
         """tftp_transfer(): a UDP flow from a host to the port that sent it a request to 69 (RFC 1350) takes the
-        request's decision, when the table holds the request under gen between the same MACs (the caller keeps a
-        pass, and a spoofed sender's drop)."""
+        request's decision over a judgement that did not pass it (unless it found the sender spoofed), when the
+        table holds the request under gen between the same MACs."""
         tftp = bswap16(TFTP_PORT)
+        if d.verdict == C.VERDICT_PASS or d.reason == C.REASON_SPOOFED:
+            return False
         if pkt.proto != IPPROTO_UDP or tftp in (pkt.sport, pkt.dport):
             return False
         request, server_is_lo = self.make_flow_key(pkt, vlan, (tftp, pkt.dport))
@@ -809,9 +811,13 @@ class ReferenceDataplane:
         if (e is None or e.gen != gen or e.policy_port != TFTP_PORT or e.initiator_is_lo == server_is_lo
                 or not (self.same_ends(e, pkt, server_is_lo) or self.same_identity(e, pkt, server_is_lo, gen))):
             return False
-        self.set_decision(d, e.verdict, C.REASON_RELATED_TFTP, e.rule_id)
-        self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
+        self.take_decision(d, e, C.REASON_RELATED_TFTP)
         return True
+
+    def take_decision(self, d: abi.Decision, e: abi.FlowEntry, reason: int) -> None:  # type: ignore[valid-type]
+        """take_decision(): d takes the decision an entry holds, for this reason."""
+        self.set_decision(d, e.verdict, reason, e.rule_id)
+        self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
 
     @staticmethod
     def same_ends(e: abi.FlowEntry, pkt: Packet, src_is_lo: bool) -> bool:  # type: ignore[valid-type]
@@ -900,9 +906,7 @@ class ReferenceDataplane:
             ends = self.same_ends(e, pkt, src_is_lo)
             # replies only: the initiator's packets are checked for spoofing, by port, which an entry does not keep
             if e.gen == gen and (ends or (direction and self.same_identity(e, pkt, src_is_lo, gen))):
-                reason = C.REASON_REPLY if direction else C.REASON_ESTABLISHED
-                self.set_decision(d, e.verdict, reason, e.rule_id)
-                self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
+                self.take_decision(d, e, C.REASON_REPLY if direction else C.REASON_ESTABLISHED)
             else:
                 # Re-judge the initiator's direction under the active policy and this packet's MACs.
                 args = self.fill_judge_args(pkt, s, vlan, bool(direction), e.policy_port)
@@ -954,7 +958,7 @@ class ReferenceDataplane:
                 initiator_is_lo = not src_is_lo
                 initiator_port = reply_port
             d.flags |= C.DECISION_MIDSTREAM
-        if d.verdict != C.VERDICT_PASS and d.reason != C.REASON_SPOOFED and self.tftp_transfer(pkt, vlan, gen, d):
+        if self.tftp_transfer(pkt, vlan, gen, d):
             initiator_is_lo = not src_is_lo  # the request's client opened it, on port 69
             initiator_port = TFTP_PORT
         if d.verdict == C.VERDICT_DROP:
@@ -1151,8 +1155,7 @@ class ReferenceDataplane:
         e = self.flows.get(bytes(key))
         if e is None or e.gen != gen:  # a flow of an earlier generation vouches for nothing
             return False
-        self.set_decision(d, e.verdict, C.REASON_RELATED_ICMP, e.rule_id)
-        self.set_segments(d, e.src_segment, e.dst_segment, e.pair_index)
+        self.take_decision(d, e, C.REASON_RELATED_ICMP)
         return True
 
     def handle_ip(
